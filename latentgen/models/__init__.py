@@ -1,0 +1,1 @@
+"""Models: builders and named presets for the VAE, CLIP and UNet. No training code here."""

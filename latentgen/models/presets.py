@@ -1,0 +1,62 @@
+"""Frozen dataclass configs with named presets, saved as JSON beside the weights.
+
+Every model config in latentgen is a frozen dataclass; a module keeps a dict
+``PRESETS = {"tiny": ..., "small": ..., "base": ...}``. ``save_config`` writes
+``latentgen_config.json`` into a model's folder and ``load_config`` reads it back,
+so a folder always says which preset (and which exact numbers) made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CONFIG_NAME = "latentgen_config.json"
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a dataclass config, with its class name."""
+    d = dataclasses.asdict(cfg)
+    d["_class"] = type(cfg).__name__
+    return d
+
+
+def config_from_dict(cls: type[T], d: dict) -> T:
+    """Rebuild ``cls`` from a dict, turning lists back into tuples where the field is a tuple."""
+    d = {k: v for k, v in d.items() if not k.startswith("_")}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}; the config was written by another version")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in d.items():
+        origin = typing.get_origin(hints.get(k))
+        out[k] = tuple(v) if (origin is tuple and isinstance(v, list)) else v
+    return cls(**out)
+
+
+def save_config(cfg: Any, folder: str | os.PathLike, name: str = CONFIG_NAME) -> str:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    with open(path, "w") as f:
+        json.dump(config_to_dict(cfg), f, indent=2)
+    return path
+
+
+def load_config(cls: type[T], folder: str | os.PathLike, name: str = CONFIG_NAME) -> T:
+    with open(os.path.join(folder, name)) as f:
+        return config_from_dict(cls, json.load(f))
+
+
+def get_preset(presets: dict[str, T], name: str, kind: str = "model") -> T:
+    """Look a preset up by name, with an error that lists the choices."""
+    try:
+        return presets[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of {', '.join(presets)}") from None

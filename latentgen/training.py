@@ -1,0 +1,487 @@
+"""The one training loop, on accelerate. It knows nothing about the model it trains.
+
+Every trainer (VAE, CLIP, UNet, distillation, fine-tuning) builds a model, a data
+set and a step function, and hands them to :class:`Trainer`::
+
+    def step_fn(model, batch, ctx):            # batch is already on ctx.device
+        loss = ...
+        return {"loss": loss, "psnr": p}      # "loss" is backpropagated, the rest is logged
+
+    model = Trainer(cfg, model, dataset, step_fn, frozen={"vae": vae}).fit()
+
+What the loop does: devices, processes and mixed precision (accelerate), AdamW with
+linear warm-up, gradient accumulation and clipping, an EMA of the weights (diffusers'
+``EMAModel``), a tqdm bar with loss and throughput, TensorBoard plus a
+``metrics.jsonl`` log, periodic validation, per-step seeding, atomic rotating
+checkpoints and ``resume="latest"``.
+
+Determinism: micro-batch ``m`` always holds the same examples (a seeded permutation per
+epoch, cut the same way on every process) and the global RNG is reseeded from
+``(seed, m, rank)`` before each step, so a run that is killed and resumed from a
+checkpoint ends with the same weights as an unbroken run.
+
+Checkpoints are written to a temporary folder, renamed into place, and only then is the
+oldest deleted: a kill at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite more often than ``max_bad_steps`` allows."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions): the previous one is intact."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    max_steps: int = 1000
+    batch_size: int = 16  # per process
+    lr: float = 1e-4
+    seed: int = 0
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0  # 0: only at the end
+    log_every: int = 10
+    ema_decay: float | None = None
+    ema_warmup: bool = True
+    resume: str | None = None  # None | "latest" | path to a checkpoint folder
+    num_workers: int = 0
+    max_bad_steps: int = 0  # non-finite losses skipped before the run stops
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.keep_checkpoints < 1:
+            raise ValueError("keep_checkpoints must be >= 1")
+
+
+@dataclass
+class StepContext:
+    """What a step function may need besides the model and the batch."""
+
+    device: torch.device
+    step: int  # optimizer steps done before this one
+    frozen: dict[str, nn.Module]
+    accelerator: Any
+    generator: torch.Generator  # seeded per micro-step and process, on ctx.device
+
+
+# ----------------------------------------------------------------------------- data order
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Endless batches from a seeded permutation per epoch, sharded over processes.
+
+    Micro-batch ``m`` of process ``rank`` is always the same list of indices, so starting at
+    ``start`` reproduces exactly the batches an unbroken run would have drawn.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        if n < 1:
+            raise ValueError("the data set is empty")
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.start = n, batch_size, seed, rank, world, start
+
+    def _perm(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_b = self.batch_size * self.world
+        pos = self.start * global_b + self.rank * self.batch_size  # position in the endless stream
+        epoch, perm = -1, []
+        while True:
+            batch = []
+            for p in range(pos, pos + self.batch_size):
+                e = p // self.n
+                if e != epoch:
+                    epoch, perm = e, self._perm(e)
+                batch.append(perm[p % self.n])
+            yield batch
+            pos += global_b
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """Completed checkpoints in ``folder`` as (step, path), oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        m = CHECKPOINT_RE.match(name)
+        path = os.path.join(folder, name)
+        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(resume: str | None, ckpt_dir: str) -> str | None:
+    """Turn ``--resume`` into a checkpoint path (None: start fresh)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(ckpt_dir)
+        return found[-1][1] if found else None
+    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+        raise FileNotFoundError(
+            f"{resume} is not a complete checkpoint (no {STATE_FILE}); pass --resume latest "
+            f"or one of the checkpoint-N folders in {ckpt_dir}"
+        )
+    return resume
+
+
+# ----------------------------------------------------------------------------- the loop
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        dataset: Dataset,
+        step_fn: Callable[[nn.Module, Any, StepContext], dict],
+        *,
+        collate_fn: Callable | None = None,
+        frozen: dict[str, nn.Module] | None = None,
+        validate_fn: Callable[["Trainer", nn.Module, int], dict] | None = None,
+        run_config: dict | None = None,
+        params: Callable[[nn.Module], Any] | None = None,
+        find_unused_parameters: bool = False,
+    ):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+        self.cfg = cfg
+        self.step_fn, self.validate_fn, self.collate_fn = step_fn, validate_fn, collate_fn
+        self.dataset = dataset
+        self.run_config = run_config or {}
+        self.ckpt_dir = os.path.join(cfg.out, "checkpoints")
+        self.log_dir = os.path.join(cfg.out, "logs")
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # one Trainer after another in a process (tests, the recipe) may differ
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=cfg.out, logging_dir=self.log_dir),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.frozen = {}
+        for name, m in (frozen or {}).items():
+            m.requires_grad_(False).eval().to(self.device)
+            self.frozen[name] = m
+
+        trainable = params(model) if params else [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        )
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, self.optimizer, self.lr_scheduler)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ema = None
+        if cfg.ema_decay:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self._params, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
+        self.step = 0
+        self.bad_steps = 0
+        self._stop = threading.Event()
+
+    # -- helpers a trainer may call
+    @property
+    def finished(self) -> bool:
+        """True when the run reached ``max_steps`` (False after a stop request)."""
+        return self.step >= self.cfg.max_steps
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Swap the EMA weights in for the duration (validation, export)."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self._params)
+        self.ema.copy_to(self._params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self._params)
+
+    def log(self, values: dict, step: int | None = None):
+        step = self.step if step is None else step
+        values = {k: (v.item() if torch.is_tensor(v) else v) for k, v in values.items()}
+        self.accelerator.log(values, step=step)
+        if self.is_main:
+            with open(os.path.join(self.log_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+
+    def log_images(self, tag: str, image, step: int | None = None):
+        """Log a PIL image to TensorBoard and save it as ``<out>/samples/<tag>-<step>.png``."""
+        if not self.is_main:
+            return
+        import numpy as np
+
+        step = self.step if step is None else step
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+        os.makedirs(os.path.join(self.cfg.out, "samples"), exist_ok=True)
+        image.save(os.path.join(self.cfg.out, "samples", f"{safe}-{step:07d}.png"))
+        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        if tracker is not None and hasattr(tracker, "add_image"):
+            tracker.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+
+    def request_stop(self):
+        """Finish the current step, write a checkpoint and return from fit()."""
+        self._stop.set()
+
+    # -- run config and checkpoints
+    def _check_run_config(self, resuming: bool):
+        path = os.path.join(self.cfg.out, "run_config.json")
+        current = json.loads(json.dumps(self.run_config))
+        if resuming and os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved != current:
+                diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+                raise ValueError(
+                    f"{self.cfg.out} was started with different settings ({', '.join(diff)}: "
+                    f"{ {k: saved.get(k) for k in diff} } then, { {k: current.get(k) for k in diff} } now). "
+                    f"Resume with the original settings, or choose a new --out."
+                )
+        if self.is_main:
+            with open(path, "w") as f:
+                json.dump(current, f, indent=2)
+
+    def save_checkpoint(self) -> str:
+        """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_checkpoints``."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        final = os.path.join(self.ckpt_dir, f"checkpoint-{self.step}")
+        tmp = os.path.join(self.ckpt_dir, f".tmp-checkpoint-{self.step}")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(tmp)
+            if self.is_main:
+                if self.ema is not None:
+                    sd = self.ema.state_dict()
+                    save_file({f"p{i}": t.detach().contiguous().cpu() for i, t in enumerate(sd.pop("shadow_params"))},
+                              os.path.join(tmp, EMA_FILE))
+                    with open(os.path.join(tmp, "ema.json"), "w") as f:
+                        json.dump({k: v for k, v in sd.items() if isinstance(v, (int, float, bool))}, f)
+                with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                    json.dump({"step": self.step, "bad_steps": self.bad_steps, "time": time.time()}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if os.path.exists(final):  # a re-save of the same step (e.g. the end of a resumed run)
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+        except OSError as e:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = list_checkpoints(self.ckpt_dir)
+            raise CheckpointError(
+                f"could not write the checkpoint for step {self.step} to {self.ckpt_dir}: {e.strerror or e}. "
+                f"Free disk space (or choose another --out) and rerun with --resume latest; "
+                f"the last complete checkpoint is {kept[-1][1] if kept else 'none'}."
+            ) from e
+        acc.wait_for_everyone()
+        if self.is_main:
+            for _, old in list_checkpoints(self.ckpt_dir)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str):
+        from safetensors.torch import load_file
+
+        self.accelerator.load_state(path)
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+        self.step, self.bad_steps = state["step"], state.get("bad_steps", 0)
+        if self.ema is not None and os.path.isfile(os.path.join(path, EMA_FILE)):
+            tensors = load_file(os.path.join(path, EMA_FILE))
+            with open(os.path.join(path, "ema.json")) as f:
+                sd = json.load(f)
+            sd["shadow_params"] = [tensors[f"p{i}"].to(self.device) for i in range(len(tensors))]
+            self.ema.load_state_dict(sd)
+
+    # -- the loop
+    def _batches(self, start_micro: int):
+        from accelerate.utils import send_to_device
+
+        acc = self.accelerator
+        sampler = ResumableBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed,
+                                        acc.process_index, acc.num_processes, start_micro)
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
+                            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        for batch in loader:
+            yield send_to_device(batch, self.device)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
+
+    def _validate(self):
+        if self.validate_fn is None:
+            return
+        if self.is_main:
+            self.model.eval()
+            with self.ema_weights(), torch.no_grad(), self.accelerator.autocast():
+                metrics = self.validate_fn(self, self.unwrapped, self.step) or {}
+            self.model.train()
+            if metrics:
+                self.log({f"val/{k}": v for k, v in metrics.items()})
+        self.accelerator.wait_for_everyone()
+
+    def fit(self) -> nn.Module:
+        """Train to ``max_steps`` (resuming if asked) and return the unwrapped model, EMA weights in."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        if self.is_main:
+            os.makedirs(self.log_dir, exist_ok=True)
+        resume_path = resolve_resume(cfg.resume, self.ckpt_dir)
+        self._check_run_config(resuming=resume_path is not None)
+        acc.init_trackers("train", config={k: v for k, v in dataclasses.asdict(cfg).items()
+                                           if isinstance(v, (int, float, str, bool))})
+        if resume_path:
+            self.load_checkpoint(resume_path)
+            if self.is_main:
+                print(f"resumed from {resume_path} at step {self.step}")
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            self._loop(tqdm)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            for tracker in acc.trackers:  # not end_training(): that also tears down the process group
+                tracker.finish()
+            acc.trackers = []
+        if self.ema is not None:
+            self.ema.copy_to(self._params)
+        return self.unwrapped
+
+    def _loop(self, tqdm):
+        cfg, acc = self.cfg, self.accelerator
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (self.is_main and cfg.progress),
+                   dynamic_ncols=True, desc=os.path.basename(os.path.normpath(cfg.out)))
+        self.model.train()
+        micro = self.step * cfg.grad_accum
+        batches = self._batches(micro)
+        t0, n_seen, acc_logs = time.time(), 0, {}
+        while self.step < cfg.max_steps:
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                seed = (cfg.seed * 1_000_003 + micro * 7919 + acc.process_index) % (2**63)
+                torch.manual_seed(seed)
+                ctx = StepContext(self.device, self.step, self.frozen, acc,
+                                  torch.Generator(self.device).manual_seed(seed))
+                with acc.accumulate(self.model), acc.autocast():
+                    out = self.step_fn(self.model, batch, ctx)
+                    loss = out["loss"]
+                    if not self._all_finite(loss):
+                        self.bad_steps += 1
+                        self.optimizer.zero_grad(set_to_none=True)
+                        if self.bad_steps > cfg.max_bad_steps:
+                            raise NonFiniteLossError(
+                                f"the loss is {loss.item()} at step {self.step + 1} (micro-batch {micro}); "
+                                f"{self.bad_steps} non-finite step(s), max_bad_steps={cfg.max_bad_steps}. "
+                                f"Lower --lr, use --mixed-precision no, or check the data; "
+                                f"the last good checkpoint is in {self.ckpt_dir}."
+                            )
+                        micro += 1
+                        continue
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm:
+                        acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                n_seen += _batch_len(batch)
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, (int, float)):
+                        acc_logs.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
+            self.step += 1
+            if self.ema is not None:
+                self.ema.step(self._params)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                dt = max(time.time() - t0, 1e-9)
+                logs = {k: sum(v) / len(v) for k, v in acc_logs.items()}
+                logs.update(lr=self.lr_scheduler.get_last_lr()[0], samples_per_s=n_seen * acc.num_processes / dt)
+                self.log(logs)
+                bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}", it_s=f"{n_seen / dt / cfg.batch_size:.2f}")
+                t0, n_seen, acc_logs = time.time(), 0, {}
+            stop = self._stop.is_set()
+            if cfg.validate_every and self.step % cfg.validate_every == 0 and self.step < cfg.max_steps:
+                self._validate()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or stop:
+                self.save_checkpoint()
+            if stop:
+                if self.is_main:
+                    print(f"stopped at step {self.step}; checkpoint written, resume with --resume latest")
+                break
+        bar.close()
+        if self.step >= cfg.max_steps:
+            self._validate()
+
+
+def _batch_len(batch) -> int:
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if torch.is_tensor(v) or isinstance(v, (list, tuple)):
+                return len(v)
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0])
+    return 1

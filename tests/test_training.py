@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from latentgen.training import (CheckpointError, NonFiniteLossError, ResumableBatchSampler, TrainConfig, Trainer,
+                                list_checkpoints)
+from tests.toy import ToyData, toy_model, toy_step
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "run"), max_steps=12, batch_size=8, lr=1e-2, seed=3, checkpoint_every=4,
+                log_every=2, progress=False, ema_decay=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(out):
+    with open(os.path.join(out, "logs", "metrics.jsonl")) as f:
+        return [r["loss"] for r in map(json.loads, f) if "loss" in r]
+
+
+def test_toy_loss_falls(tmp_path):
+    cfg = _cfg(tmp_path, max_steps=60, log_every=10, ema_decay=None)
+    Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+    losses = _losses(cfg.out)
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert [s for s, _ in list_checkpoints(os.path.join(cfg.out, "checkpoints"))] == [56, 60]  # keep 2
+
+
+def test_sampler_is_resumable_and_sharded():
+    full = iter(ResumableBatchSampler(10, 4, seed=1))
+    first = [next(full) for _ in range(6)]
+    resumed = iter(ResumableBatchSampler(10, 4, seed=1, start=3))
+    assert [next(resumed) for _ in range(3)] == first[3:]
+    r0, r1 = iter(ResumableBatchSampler(10, 2, 1, rank=0, world=2)), iter(ResumableBatchSampler(10, 2, 1, rank=1, world=2))
+    assert next(r0) + next(r1) == first[0]  # the two processes split the global batch
+
+
+def test_kill_and_resume_matches_unbroken_run(tmp_path):
+    unbroken = Trainer(_cfg(tmp_path / "a"), toy_model(), ToyData(), toy_step).fit()
+
+    def dying_step(model, batch, ctx):
+        if ctx.step == 6:
+            raise KeyboardInterrupt  # killed between checkpoints 4 and 8
+        return toy_step(model, batch, ctx)
+
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, toy_model(), ToyData(), dying_step).fit()
+    assert list_checkpoints(os.path.join(cfg.out, "checkpoints"))[-1][0] == 4
+    resumed = Trainer(_cfg(tmp_path / "b", resume="latest"), toy_model(seed=99), ToyData(), toy_step).fit()
+    for p, q in zip(unbroken.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_resume_with_other_settings_is_a_clear_error(tmp_path):
+    Trainer(_cfg(tmp_path, max_steps=4), toy_model(), ToyData(), toy_step, run_config={"preset": "tiny"}).fit()
+    t = Trainer(_cfg(tmp_path, max_steps=8, resume="latest"), toy_model(), ToyData(), toy_step,
+                run_config={"preset": "small"})
+    with pytest.raises(ValueError, match="preset.*new --out"):
+        t.fit()
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    def nan_step(model, batch, ctx):
+        out = toy_step(model, batch, ctx)
+        return {"loss": out["loss"] * float("nan")} if ctx.step >= 4 else out
+
+    with pytest.raises(NonFiniteLossError, match="at step 5"):
+        Trainer(_cfg(tmp_path), toy_model(), ToyData(), nan_step).fit()
+    with pytest.raises(NonFiniteLossError, match="3 non-finite"):  # two skipped, the third stops it
+        Trainer(_cfg(tmp_path / "skip", max_bad_steps=2), toy_model(), ToyData(), nan_step).fit()
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    t = Trainer(cfg, toy_model(), ToyData(), toy_step)
+    real_save = t.accelerator.save_state
+
+    def save_state(path, **kw):
+        if t.step >= 8:
+            raise OSError(28, "No space left on device")
+        return real_save(path, **kw)
+
+    monkeypatch.setattr(t.accelerator, "save_state", save_state)
+    with pytest.raises(CheckpointError, match="No space left.*checkpoint-4"):
+        t.fit()
+    ckpts = os.listdir(os.path.join(cfg.out, "checkpoints"))
+    assert ckpts == ["checkpoint-4"]  # the half-written one is gone, the old one intact
+
+
+def test_stop_request_writes_a_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path)
+    holder = {}
+
+    def stopping_step(model, batch, ctx):
+        if ctx.step == 5:
+            holder["t"].request_stop()
+        return toy_step(model, batch, ctx)
+
+    holder["t"] = t = Trainer(cfg, toy_model(), ToyData(), stopping_step)
+    t.fit()
+    assert not t.finished and t.step == 6
+    assert list_checkpoints(os.path.join(cfg.out, "checkpoints"))[-1][0] == 6
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    cfg = _cfg(tmp_path, mixed_precision="bf16", max_steps=30, log_every=10, ema_decay=None)
+    Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+    losses = _losses(cfg.out)
+    assert losses[-1] < losses[0]
+
+
+def test_validation_and_images_are_logged(tmp_path):
+    from PIL import Image
+
+    def validate(trainer, model, step):
+        trainer.log_images("grid", Image.new("RGB", (8, 8), "red"))
+        return {"score": 1.0}
+
+    cfg = _cfg(tmp_path, validate_every=4, max_steps=8)
+    Trainer(cfg, toy_model(), ToyData(), toy_step, validate_fn=validate).fit()
+    assert sorted(os.listdir(os.path.join(cfg.out, "samples"))) == ["grid-0000004.png", "grid-0000008.png"]
+    with open(os.path.join(cfg.out, "logs", "metrics.jsonl")) as f:
+        assert sum("val/score" in r for r in map(json.loads, f)) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_keep_parameters_in_sync(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tests.ddp_worker", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    sums = [json.loads((out / f"params-{rank}.json").read_text()) for rank in (0, 1)]
+    assert sums[0]["world"] == 2
+    assert sums[0]["params"] == pytest.approx(sums[1]["params"], abs=0)
+    assert sums[0]["params"] != pytest.approx(sums[0]["initial"], abs=1e-6)  # it did train

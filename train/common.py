@@ -1,0 +1,59 @@
+"""The command-line convention every trainer shares.
+
+    parser = common.base_parser("Train the VAE", presets=PRESETS)
+    parser.add_argument("--kl-weight", type=float, default=1e-6)
+    args = parser.parse_args(argv)
+    cfg = common.train_config(args, checkpoint_every=200)
+
+Flags: --data DIR (repeatable), --out DIR, --model DIR, --preset NAME, --max-steps N,
+--batch-size N, --lr X, --seed K, --resume latest, --mixed-precision {no,bf16,fp16},
+plus the loop's knobs (--checkpoint-every, --validate-every, --ema-decay, ...).
+A flag left unset takes the trainer's default (passed to ``train_config``), then the loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from latentgen.training import TrainConfig
+
+
+def base_parser(description: str, presets=None, default_preset: str | None = None,
+                needs_model: bool = False, needs_data: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", action="append", required=needs_data, metavar="DIR",
+                   help="image folder (repeat for several)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, logs and the exported model")
+    p.add_argument("--model", required=needs_model, metavar="DIR", help="base model folder")
+    if presets:
+        p.add_argument("--preset", choices=list(presets), default=default_preset or next(iter(presets)))
+    g = p.add_argument_group("training loop")
+    g.add_argument("--max-steps", type=int)
+    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--resume", metavar="latest|PATH", help="resume from the latest (or a given) checkpoint")
+    g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    g.add_argument("--grad-accum", type=int)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--checkpoint-every", type=int)
+    g.add_argument("--keep-checkpoints", type=int)
+    g.add_argument("--validate-every", type=int)
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--num-workers", type=int)
+    g.add_argument("--max-bad-steps", type=int, help="non-finite losses to skip before stopping")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    return p
+
+
+def train_config(args: argparse.Namespace, **defaults) -> TrainConfig:
+    """A TrainConfig from parsed flags; flags that were not given fall back to ``defaults``."""
+    values = dict(defaults)
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return TrainConfig(**values)
