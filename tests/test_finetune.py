@@ -1,0 +1,137 @@
+import os
+
+import pytest
+import torch
+
+from latentgen.data.shapes import write_shapes_folder
+from tests.tiny_models import make_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def base_and_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = str(root / "data")
+    write_shapes_folder(data, n=12, size=16, seed=1)
+    return make_tiny_pipeline(root), data
+
+
+def _args(base, data, out, *extra):
+    return ["--model", base, "--data", data, "--out", str(out), "--max-steps", "12", "--batch-size", "4",
+            "--lr", "5e-3", "--no-progress", "--log-every", "4", "--checkpoint-every", "6", *extra]
+
+
+def _image(pipe, seed=0):
+    return pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed),
+                output_type="np").images
+
+
+def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from latentgen import LatentGenPipeline
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "lora"
+    with pytest.warns(UserWarning, match="new to the tokenizer"):
+        res = finetune.main(_args(base, data, out, "--lora-rank", "4"))
+    assert res["finished"] and res["lora"]
+    assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "pytorch_lora_weights.safetensors")
+    assert keys and all("lora" in k for k in keys)
+
+    ours = LatentGenPipeline.from_pretrained(base)
+    before = _image(ours)
+    base_sd = {k: v.clone() for k, v in ours.unet.state_dict().items()}
+    ours.load_lora_weights(str(out))
+    after = _image(ours)
+    assert abs(after - before).max() > 1e-4  # the adapters change the image
+    # only adapter weights differ from the base model
+    for k, v in ours.unet.state_dict().items():
+        if "lora" not in k:
+            torch.testing.assert_close(v, base_sd[k.replace(".base_layer", "")], rtol=0, atol=0)
+
+    stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    stock.load_lora_weights(str(out))
+    theirs = stock("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
+    assert abs(theirs - after).max() < 1e-3
+
+    ours.fuse_lora(lora_scale=0.0)  # scale 0 = the base model again
+    assert abs(_image(ours) - before).max() < 1e-4
+
+
+def _fixed_loss(pipe, data, repeats=4):
+    """The v-loss of ``pipe`` on the folder's images, with fixed t and noise (comparable across models)."""
+    from latentgen.cache import build_cache, sample_latents
+    from latentgen.data.folder import ImageCaptionDataset
+    from latentgen.diffusion import diffusion_loss
+
+    cache = build_cache(ImageCaptionDataset([data], size=16), pipe.vae, pipe.tokenizer, pipe.text_encoder)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        losses = [diffusion_loss(pipe.unet, sample_latents(cache, pipe.vae.config.scaling_factor, g),
+                                 cache["embeddings"][cache["caption_id"]], g) for _ in range(repeats)]
+    return torch.stack(losses).mean().item()
+
+
+def test_full_finetune_lowers_loss_and_saves_a_model(base_and_data, tmp_path):
+    from latentgen import LatentGenPipeline
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "full"
+    res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--lr", "2e-3", "--max-steps", "30",
+                              "--caption-dropout", "0"))
+    assert res["finished"] and not res["lora"]
+    tuned = LatentGenPipeline.from_pretrained(str(out))
+    assert _fixed_loss(tuned, data) < 0.9 * _fixed_loss(LatentGenPipeline.from_pretrained(base), data)
+    assert _image(tuned).shape == (1, 16, 16, 3)
+
+
+def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "db"
+    res = finetune.main(_args(base, data, out, "--lora-rank", "2", "--train-text-encoder",
+                              "--instance-prompt", "a red circle", "--class-prompt", "a circle",
+                              "--num-class-images", "4", "--val-steps", "2", "--max-steps", "6"))
+    assert res["finished"]
+    assert len([f for f in os.listdir(out / "class_images") if f.endswith(".png")]) == 4
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["--lora-rank", "-1"], "lora-rank must be >= 0"),
+    (["--class-prompt", "a dog"], "num-class-images"),
+])
+def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
+    from train import finetune
+
+    base, data = base_and_data
+    with pytest.raises(SystemExit):
+        finetune.main(_args(base, data, tmp_path / "x", *bad))
+    assert match in capsys.readouterr().err
+
+
+def test_not_a_model_folder(base_and_data, tmp_path):
+    from train import finetune
+
+    _, data = base_and_data
+    with pytest.raises(SystemExit, match="not a latentgen or Stable Diffusion model"):
+        finetune.main(_args(str(tmp_path), data, tmp_path / "x"))
+
+
+def test_empty_data_folder(base_and_data, tmp_path):
+    from train import finetune
+
+    base, _ = base_and_data
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="(?i)no usable"):
+        finetune.main(_args(base, str(tmp_path / "empty"), tmp_path / "x"))

@@ -1,0 +1,271 @@
+"""Fine-tune a model on your own captioned images: full UNet, or LoRA through peft; optionally the text encoder.
+
+    # LoRA (rank 8) on a folder of images with .txt captions
+    python -m train.finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 8
+    # full fine-tuning of the UNet
+    python -m train.finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 0
+    # a concept from a few images (DreamBooth), with prior preservation
+    python -m train.finetune --model M --data dog_photos --out runs/dog --instance-prompt "a photo of sks dog" \
+        --class-prompt "a photo of a dog" --num-class-images 50
+
+LoRA output: ``pytorch_lora_weights.safetensors`` at the top of ``--out``, written with diffusers'
+``save_lora_weights``: ``LatentGenPipeline.load_lora_weights(out)`` and stock diffusers'
+``StableDiffusionPipeline.load_lora_weights(out)`` both load it (scale it with
+``pipe.fuse_lora(lora_scale=s)`` or ``set_adapters``). Full fine-tuning writes a complete model folder.
+
+New words: when many caption words are split into pieces the base tokenizer never learned as
+words, the trainer warns; continue CLIP pretraining on the folder first
+(``python -m train.clip --model BASE --data DIR``) or pass ``--train-text-encoder``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+
+import torch
+from torch import nn
+
+from train import common
+
+DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
+TEXT_LORA_TARGETS = "q_proj,k_proj,v_proj,out_proj"
+
+
+def parse_args(argv=None):
+    p = common.base_parser(__doc__.splitlines()[0], needs_model=True)
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank; 0 = full fine-tuning of the UNet")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    p.add_argument("--lora-targets", default=DEFAULT_LORA_TARGETS, help="comma-separated UNet module names")
+    p.add_argument("--train-text-encoder", action="store_true",
+                   help="also train the text encoder (LoRA when --lora-rank > 0, else fully)")
+    p.add_argument("--instance-prompt", help="caption every training image with this prompt (DreamBooth)")
+    p.add_argument("--class-prompt", help="prior preservation: the base model draws images for this prompt")
+    p.add_argument("--num-class-images", type=int, default=0)
+    p.add_argument("--prior-loss-weight", type=float, default=1.0)
+    p.add_argument("--val-prompt", action="append", default=[], help="rendered at each validation (repeatable)")
+    p.add_argument("--val-steps", type=int, default=25)
+    p.add_argument("--val-guidance", type=float, default=4.0)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    args = p.parse_args(argv)
+    if args.lora_rank < 0:
+        p.error(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {args.lora_rank}")
+    if args.class_prompt and args.num_class_images < 1:
+        p.error("--class-prompt needs --num-class-images N (N >= 1)")
+    if args.num_class_images and not args.class_prompt:
+        p.error("--num-class-images needs --class-prompt TEXT")
+    return args
+
+
+def load_base(model_dir: str):
+    """The base pipeline; a folder that is not a latentgen or SD model is a clear error."""
+    from latentgen.pipeline import LatentGenPipeline
+
+    try:
+        return LatentGenPipeline.from_pretrained(model_dir)
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: --model {model_dir} is not a latentgen or Stable Diffusion model folder "
+                         f"(model_index.json with unet/, vae/, text_encoder/, tokenizer/, scheduler/): {e}")
+
+
+def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> float:
+    """Warn when many caption words are split into pieces the base tokenizer never learned whole."""
+    from latentgen.models.clip import unseen_word_report
+
+    report = unseen_word_report(tokenizer, captions)
+    share = len(report.split) / max(report.n_words, 1)
+    if share >= threshold:
+        warnings.warn(
+            f"{report.summary()} The base text encoder has no meaning for these words: continue CLIP pretraining "
+            f"on this folder first (python -m train.clip --model BASE --data DIR --out DIR) or fine-tune with "
+            f"--train-text-encoder.", stacklevel=2)
+    return share
+
+
+def make_class_images(pipe, prompt: str, n: int, out_dir: str, size: int, seed: int, steps: int, guidance: float):
+    """Prior-preservation images drawn by the base model (Ruiz et al. 2023, Sec. 3.3), written as a folder."""
+    os.makedirs(out_dir, exist_ok=True)
+    done = len([f for f in os.listdir(out_dir) if f.endswith(".png")])
+    g = torch.Generator("cpu").manual_seed(seed)
+    for i in range(done, n):
+        img = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                   generator=g.manual_seed(seed + i)).images[0]
+        img.save(os.path.join(out_dir, f"class-{i:04d}.png"))
+        with open(os.path.join(out_dir, f"class-{i:04d}.txt"), "w") as f:
+            f.write(prompt)
+
+
+class CaptionOverride(torch.utils.data.Dataset):
+    """A folder data set whose captions are replaced by one prompt (the DreamBooth instance prompt)."""
+
+    def __init__(self, dataset, prompt: str):
+        self.dataset, self.prompt = dataset, prompt
+        self.items = [type(it)(it.path, prompt, it.extra) for it in dataset.items]
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return {**self.dataset[i], "caption": self.prompt}
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float | None, targets: str):
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                                 target_modules=[t.strip() for t in targets.split(",") if t.strip()]))
+
+
+def add_text_lora(te: nn.Module, rank: int, alpha: float | None):
+    from peft import LoraConfig, get_peft_model
+
+    te.requires_grad_(False)
+    return get_peft_model(te, LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                                         target_modules=TEXT_LORA_TARGETS.split(",")))
+
+
+def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, captions: list[str],
+                 is_prior: torch.Tensor, prior_weight: float, train_te: bool):
+    from latentgen.cache import sample_latents
+    from latentgen.diffusion import diffusion_loss
+    from latentgen.pipeline import encode_prompts
+
+    embeddings, uncond = cache["embeddings"], int(cache["uncond_id"])
+
+    def step_fn(model, batch, ctx):
+        latents = sample_latents(batch, scaling, ctx.generator)  # (B, C, h, w)
+        ids = batch["caption_id"].cpu()
+        drop = torch.rand(ids.shape, generator=torch.Generator().manual_seed(ctx.step)) < caption_dropout
+        ids = torch.where(drop, uncond, ids)
+        if train_te:
+            emb = encode_prompts(tokenizer, model["text_encoder"], [captions[i] for i in ids], ctx.device)
+        else:
+            emb = embeddings[ids].to(ctx.device)  # (B, L, D)
+        unet = model["unet"]
+        prior = is_prior[batch["index"].cpu()]
+        if not prior.any() or prior.all():
+            loss = diffusion_loss(unet, latents, emb, ctx.generator)
+            return {"loss": loss * (prior_weight if prior.all() else 1.0)}
+        inst = diffusion_loss(unet, latents[~prior], emb[~prior.to(emb.device)], ctx.generator)
+        pri = diffusion_loss(unet, latents[prior], emb[prior.to(emb.device)], ctx.generator)
+        return {"loss": inst + prior_weight * pri, "instance_loss": inst, "prior_loss": pri}
+
+    return step_fn
+
+
+class IndexedLatents(torch.utils.data.Dataset):
+    def __init__(self, cache):
+        from latentgen.cache import LatentDataset
+
+        self.inner = LatentDataset(cache)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return {**self.inner[i], "index": i}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from latentgen.cache import load_or_build_cache
+    from latentgen.data.folder import ImageCaptionDataset
+    from latentgen.pipeline import LatentGenPipeline
+    from latentgen.training import Trainer
+
+    pipe = load_base(args.model)
+    unet, vae, te, tok = pipe.unet, pipe.vae.eval(), pipe.text_encoder.eval(), pipe.tokenizer
+    size = pipe.default_size()[0]
+    data = ImageCaptionDataset(args.data, size=size)
+    if args.instance_prompt:
+        data = CaptionOverride(data, args.instance_prompt)
+    folders = [data]
+    if args.class_prompt:
+        class_dir = os.path.join(args.out, "class_images")
+        make_class_images(pipe, args.class_prompt, args.num_class_images, class_dir, size, args.seed or 0,
+                          args.val_steps, args.val_guidance)
+        folders.append(ImageCaptionDataset([class_dir], size=size))
+    dataset = torch.utils.data.ConcatDataset(folders) if len(folders) > 1 else data
+    dataset.items = [it for d in folders for it in d.items]
+    captions_all = [it.caption for it in dataset.items]
+    share = warn_new_words(tok, captions_all)
+    is_prior = torch.tensor([i >= len(data) for i in range(len(dataset))])
+
+    cache = load_or_build_cache(dataset, vae, tok, te, os.path.join(args.out, "cache"), size)
+    distinct = sorted(set(captions_all) | {""})  # the cache's caption ids index this list
+    lora = args.lora_rank > 0
+    if lora:
+        add_lora(unet, args.lora_rank, args.lora_alpha, args.lora_targets)
+    parts = {"unet": unet}
+    if args.train_text_encoder:
+        te = add_text_lora(te, args.lora_rank, args.lora_alpha) if lora else te.requires_grad_(True)
+        parts["text_encoder"] = te
+    model = nn.ModuleDict(parts)
+
+    cfg = common.train_config(args, max_steps=1000, batch_size=8, lr=1e-4 if lora else 2e-5,
+                              checkpoint_every=200, validate_every=200, seed=0)
+    run = {"trainer": "finetune", "base": os.path.abspath(args.model), "lora_rank": args.lora_rank,
+           "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
+           "train_text_encoder": args.train_text_encoder, "instance_prompt": args.instance_prompt,
+           "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3)}
+
+    def validate(trainer, m, step):
+        if not args.val_prompt:
+            return {}
+        from latentgen.eval.grid import image_grid
+
+        vpipe = LatentGenPipeline(vae=vae, text_encoder=m["text_encoder"] if "text_encoder" in m else te,
+                                  tokenizer=tok, unet=m["unet"], scheduler=pipe.scheduler)
+        vpipe.set_progress_bar_config(disable=True)
+        imgs = vpipe(args.val_prompt, num_inference_steps=args.val_steps, guidance_scale=args.val_guidance,
+                     generator=torch.Generator().manual_seed(0)).images
+        trainer.log_images("validation", image_grid(imgs, args.val_prompt))
+        return {}
+
+    trainer = Trainer(cfg, model, IndexedLatents(cache),
+                      make_step_fn(cache, float(vae.config.scaling_factor), args.caption_dropout, tok, distinct,
+                                   is_prior, args.prior_loss_weight, args.train_text_encoder),
+                      frozen={} if args.train_text_encoder else {"text_encoder": te},
+                      validate_fn=validate, run_config=run)
+    model = trainer.fit()
+    if not trainer.finished or not trainer.is_main:
+        return {"finished": trainer.finished, "step": trainer.step}
+    save_result(args, pipe, model, lora)
+    with open(os.path.join(args.out, "finetune.json"), "w") as f:
+        json.dump(run, f, indent=2)
+    print(f"saved to {args.out}")
+    return {"finished": True, "step": trainer.step, "out": args.out, "lora": lora}
+
+
+def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
+    """LoRA: diffusers-format LoRA weights at the top of --out; full: a complete model folder."""
+    from latentgen.pipeline import LatentGenPipeline
+
+    if lora:
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model["unet"]))
+        te_layers = None
+        if "text_encoder" in model:
+            te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model["text_encoder"]))
+        LatentGenPipeline.save_lora_weights(args.out, unet_lora_layers=unet_layers,
+                                            text_encoder_lora_layers=te_layers, safe_serialization=True)
+        return
+    te = model["text_encoder"] if "text_encoder" in model else pipe.text_encoder
+    out = LatentGenPipeline(vae=pipe.vae, text_encoder=te, tokenizer=pipe.tokenizer, unet=model["unet"],
+                            scheduler=pipe.scheduler)
+    out.save_pretrained(args.out, safe_serialization=True)
+    for extra in ("clip", "README.md"):
+        src = os.path.join(args.model, extra)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(args.out, extra), dirs_exist_ok=True)
+        elif os.path.isfile(src):
+            shutil.copy(src, os.path.join(args.out, extra))
+
+
+if __name__ == "__main__":
+    main()
