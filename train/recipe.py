@@ -1,0 +1,211 @@
+"""From an empty folder to a finished teacher and 4-step student, stage by stage, resumable.
+
+    python -m train.recipe --out runs/recipe --preset tiny     # a few minutes on 2 CPU cores
+    python -m train.recipe --out runs/recipe --preset small    # the bundled model (hours on 2 CPU cores)
+    accelerate launch -m train.recipe --out runs/recipe --preset base   # GPU(s)
+
+Stages: data (shapes with the held-out pairs excluded, plus OpenMoji) -> vae -> clip -> unet ->
+distill (guided, then progressive halving to 4 steps). Each stage runs its own trainer
+(``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
+killed recipe (or one stopped for the night) continues where it was with the same command.
+Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end.
+The teacher ends in ``<out>/unet`` and the student in ``<out>/distill/final``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+STAGES = ("data", "vae", "clip", "unet", "distill")
+
+
+@dataclass(frozen=True)
+class RecipePreset:
+    size: int              # image side of the data
+    shapes: int            # shapes images (held-out pairs excluded)
+    emoji: int | None      # OpenMoji images (None: all, 0: none)
+    vae_preset: str
+    vae_steps: int
+    vae_batch: int
+    clip_preset: str
+    clip_steps: int
+    clip_batch: int
+    unet_preset: str
+    unet_steps: int
+    unet_batch: int
+    unet_lr: float
+    teacher_steps: int     # DDIM steps of the teacher the distillation starts from
+    student_steps: int     # the last round's step count
+    stage1_steps: int
+    round_steps: int
+    distill_batch: int
+    mixed_precision: str = "no"
+
+
+PRESETS = {
+    # a quick look and the CI test: 16 px, tiny models, minutes
+    "tiny": RecipePreset(size=16, shapes=96, emoji=32, vae_preset="tiny", vae_steps=30, vae_batch=16,
+                         clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
+                         unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
+                         round_steps=10, distill_batch=8),
+    # the bundled model: 64 px, shapes + OpenMoji; sized for 2 CPU cores
+    "small": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=6000,
+                          vae_batch=16, clip_preset="small", clip_steps=3000, clip_batch=128,
+                          unet_preset="small", unet_steps=30_000, unet_batch=32, unet_lr=2e-4,
+                          teacher_steps=64, student_steps=4, stage1_steps=3000, round_steps=1500,
+                          distill_batch=32, mixed_precision="bf16"),
+    # the same recipe, larger, for one GPU or several (accelerate launch)
+    "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
+                         vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
+                         unet_preset="base", unet_steps=200_000, unet_batch=256, unet_lr=2e-4,
+                         teacher_steps=64, student_steps=4, stage1_steps=20_000, round_steps=10_000,
+                         distill_batch=128, mixed_precision="bf16"),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="recipe folder (data, every stage's run, the final models)")
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument("--include-heldout", action="store_true",
+                   help="also train on the held-out pairs (purple square, orange triangle, green circle)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- stages
+def _data_dirs(out: str, pr: RecipePreset) -> list[str]:
+    dirs = [os.path.join(out, "data", "shapes")]
+    if pr.emoji != 0:
+        dirs.append(os.path.join(out, "data", "emoji"))
+    return dirs
+
+
+def stage_data(out, pr, args):
+    from latentgen.data.emoji import write_emoji_folder
+    from latentgen.data.shapes import write_shapes_folder
+
+    shapes, *emoji = _data_dirs(out, pr)
+    if not os.path.isfile(os.path.join(shapes, "metadata.jsonl")):
+        write_shapes_folder(shapes + ".tmp", n=pr.shapes, size=pr.size, seed=args.seed,
+                            include_heldout=args.include_heldout, paraphrase_prob=0.3)
+        os.replace(shapes + ".tmp", shapes)
+    if emoji and not os.path.isfile(os.path.join(emoji[0], "metadata.jsonl")):
+        write_emoji_folder(emoji[0] + ".tmp", size=pr.size, limit=pr.emoji)
+        os.replace(emoji[0] + ".tmp", emoji[0])
+    return {"folders": [shapes, *emoji]}
+
+
+def _common(out_dir, data, steps, batch, seed, mp, no_progress, preset=None):
+    argv = ["--out", out_dir, "--max-steps", str(steps), "--batch-size", str(batch), "--seed", str(seed),
+            "--resume", "latest", "--mixed-precision", mp]
+    for d in data:
+        argv += ["--data", d]
+    if preset:
+        argv += ["--preset", preset]
+    if no_progress:
+        argv.append("--no-progress")
+    return argv
+
+
+def stage_vae(out, pr, args):
+    from train import vae
+
+    return vae.main(_common(os.path.join(out, "vae"), _data_dirs(out, pr), pr.vae_steps, pr.vae_batch, args.seed,
+                            "no", args.no_progress, pr.vae_preset))
+
+
+def stage_clip(out, pr, args):
+    from train import clip
+
+    return clip.main(_common(os.path.join(out, "clip"), _data_dirs(out, pr), pr.clip_steps, pr.clip_batch,
+                             args.seed, pr.mixed_precision, args.no_progress, pr.clip_preset))
+
+
+def stage_unet(out, pr, args):
+    from train import unet
+
+    argv = _common(os.path.join(out, "unet"), _data_dirs(out, pr), pr.unet_steps, pr.unet_batch, args.seed,
+                   pr.mixed_precision, args.no_progress, pr.unet_preset)
+    argv += ["--vae", os.path.join(out, "vae"), "--text-encoder", os.path.join(out, "clip"),
+             "--size", str(pr.size), "--lr", str(pr.unet_lr)]
+    return unet.main(argv)
+
+
+def stage_distill(out, pr, args):
+    from train import distill
+
+    argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr), pr.round_steps, pr.distill_batch,
+                   args.seed, pr.mixed_precision, args.no_progress)
+    argv += ["--model", os.path.join(out, "unet"), "--teacher-steps", str(pr.teacher_steps),
+             "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
+             "--steps-per-round", str(pr.round_steps)]
+    return distill.main(argv)
+
+
+RUNNERS = {"data": stage_data, "vae": stage_vae, "clip": stage_clip, "unet": stage_unet, "distill": stage_distill}
+
+
+# ---------------------------------------------------------------- driver
+def _load_state(path: str, preset: str) -> dict:
+    if os.path.isfile(path):
+        with open(path) as f:
+            state = json.load(f)
+        if state.get("preset") != preset:
+            raise SystemExit(f"error: {os.path.dirname(path)} holds a {state.get('preset')!r} recipe; "
+                             f"rerun with --preset {state.get('preset')} or choose a new --out")
+        return state
+    return {"preset": preset, "done": {}, "seconds": {}}
+
+
+def _save_state(path: str, state: dict):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    pr = PRESETS[args.preset]
+    os.makedirs(args.out, exist_ok=True)
+    state_path = os.path.join(args.out, "recipe.json")
+    state = _load_state(state_path, args.preset)
+    state["config"] = asdict(pr)
+    for stage in STAGES:
+        if stage in state["done"]:
+            print(f"[recipe] {stage}: done ({state['seconds'].get(stage, 0) / 60:.1f} min)")
+        else:
+            print(f"[recipe] {stage}: running")
+            t0 = time.time()
+            try:
+                result = RUNNERS[stage](args.out, pr, args) or {}
+            finally:
+                state["seconds"][stage] = state["seconds"].get(stage, 0) + time.time() - t0
+                _save_state(state_path, state)
+            if result.get("finished") is False:
+                print(f"[recipe] {stage} stopped at step {result.get('step')}; rerun the same command to go on")
+                return state
+            state["done"][stage] = json.loads(json.dumps(result, default=str))
+            _save_state(state_path, state)
+        if stage == args.until:
+            break
+    total = sum(state["seconds"].values())
+    print("[recipe] summary")
+    for stage in STAGES:
+        if stage in state["seconds"]:
+            print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min")
+    print(f"  {'total':8s} {total / 60:8.1f} min")
+    print(f"  teacher: {os.path.join(args.out, 'unet')}\n  student: {os.path.join(args.out, 'distill', 'final')}")
+    return state
+
+
+if __name__ == "__main__":
+    main()
