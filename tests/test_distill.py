@@ -1,0 +1,320 @@
+"""Guided + progressive distillation: the equations, the student, the trainer, and stock-diffusers parity."""
+
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from latentgen import LatentGenPipeline
+from latentgen.diffusion import make_scheduler, pred_x0_from_v, training_alphas_cumprod, v_target
+from latentgen.distill import (
+    copy_unet, ddim_step, grid_alpha_sigma, grid_timesteps, guidance_embedding, guided_distillation_loss,
+    guided_v, make_student, progressive_distillation_loss, progressive_target, snr_from_alpha_sigma,
+    truncated_snr_v_weight, truncated_snr_weight,
+)
+from latentgen.pipeline import read_model_card_defaults
+from tests.tiny_models import make_tiny_components, make_tiny_pipeline
+
+T = 1024
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and much faster on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- equations
+def test_progressive_target_hand_computed():
+    z_t, z_t2 = torch.tensor(1.0), torch.tensor(0.5)
+    a_t, s_t, a_2, s_2 = (torch.tensor(v) for v in (0.6, 0.8, 0.8, 0.6))
+    # x~ = (0.5 - 0.75 * 1) / (0.8 - 0.75 * 0.6) = -0.25 / 0.35
+    x = progressive_target(z_t, z_t2, a_t, s_t, a_2, s_2)
+    assert x.item() == pytest.approx(-0.25 / 0.35, abs=1e-7)
+    # by construction one DDIM step from z_t with that x0 lands on z_t''
+    assert ddim_step(z_t, x, a_t, s_t, a_2, s_2).item() == pytest.approx(0.5, abs=1e-6)
+    # the last step (t'' = -1: alpha 1, sigma 0): the target is z_t'' itself
+    z2 = torch.randn(2, 4, 8, 8, generator=_gen(0))
+    last = progressive_target(torch.randn_like(z2), z2, a_t, s_t, torch.tensor(1.0), torch.tensor(0.0))
+    assert torch.equal(last, z2)
+
+
+def test_grid_and_ddim_step_match_diffusers():
+    ac = training_alphas_cumprod()
+    for n in (1, 2, 4, 8, 16, 64):
+        s = make_scheduler("ddim")
+        s.set_timesteps(n)
+        assert torch.equal(s.timesteps, grid_timesteps(n)), n
+    assert grid_timesteps(1).tolist() == [1023]  # the 1-step student starts from pure noise
+    a, sg = grid_alpha_sigma(ac, torch.tensor([1023, -1]))
+    assert a.flatten().tolist() == [0.0, 1.0] and sg.flatten().tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="power of two"):
+        grid_timesteps(3)
+    s = make_scheduler("ddim")
+    s.set_timesteps(4)
+    z, v = torch.randn(2, 1, 4, 8, 8, generator=_gen(1))
+    for t in s.timesteps.tolist():
+        a_t, s_t = grid_alpha_sigma(ac, torch.tensor([t]))
+        a_s, s_s = grid_alpha_sigma(ac, torch.tensor([t - T // 4]))
+        ours = ddim_step(z, pred_x0_from_v(z, v, a_t, s_t), a_t, s_t, a_s, s_s)
+        theirs = s.step(v, t, z, eta=0.0).prev_sample
+        assert (ours - theirs).abs().max() < 1e-5, t
+    # at t = T - 1 (alpha = 0) x0 = -v is defined
+    a_t, s_t = grid_alpha_sigma(ac, torch.tensor([1023]))
+    assert torch.equal(pred_x0_from_v(z, v, a_t, s_t), -v)
+
+
+def test_truncated_snr_weight_on_x_equals_the_v_loss_weight():
+    assert truncated_snr_weight(torch.tensor([0.0, 0.5, 1.0, 4.0])).tolist() == [1.0, 1.0, 1.0, 4.0]
+    ac = training_alphas_cumprod()
+    g = _gen(2)
+    t = torch.tensor([0, 100, 600, 900, 1022, 1023])
+    x0, eps, v_hat = torch.randn(3, 6, 4, 8, 8, generator=g)
+    a, s = grid_alpha_sigma(ac, t)
+    z = a * x0 + s * eps
+    snr = snr_from_alpha_sigma(a, s)
+    x_loss = truncated_snr_weight(snr) * (x0 - pred_x0_from_v(z, v_hat, a, s)).pow(2).mean((1, 2, 3))
+    v_loss = truncated_snr_v_weight(snr) * (v_target(x0, eps, a, s) - v_hat).pow(2).mean((1, 2, 3))
+    torch.testing.assert_close(x_loss, v_loss, rtol=1e-4, atol=1e-6)
+    w = truncated_snr_v_weight(snr)
+    assert w.min() >= 0.5 - 1e-6 and w.max() <= 1.0 + 1e-6  # max(alpha^2, sigma^2)
+
+
+def test_guidance_embedding_is_diffusers(tmp_path):
+    parts = make_tiny_components()
+    stock = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                    requires_safety_checker=False)
+    ours_pipe = LatentGenPipeline(**make_tiny_components())
+    for g in (1.0, 1.3, 4.5, 7.77):
+        for dim in (16, 255, 256):
+            want = stock.get_guidance_scale_embedding(torch.tensor(g - 1).repeat(3), embedding_dim=dim)
+            assert torch.equal(guidance_embedding(g, dim, batch=3), want), (g, dim)
+            w = torch.tensor(g - 1).repeat(3)
+            assert torch.equal(ours_pipe.get_guidance_scale_embedding(w, dim), want)
+    gs = torch.tensor([1.0, 2.5, 8.0])
+    want = stock.get_guidance_scale_embedding(gs - 1, embedding_dim=32)  # a (B,) tensor of scales
+    assert torch.equal(guidance_embedding(gs, 32), want)
+    v = guided_v(torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1), torch.tensor([2.0, 3.0]))
+    torch.testing.assert_close(v, torch.tensor([2.0, 3.0]).reshape(2, 1, 1, 1))
+
+
+# ----------------------------------------------------------------------------- the student
+def _tiny_unet():
+    return make_tiny_components()["unet"]
+
+
+def _conditioned(unet, seed=3):
+    """A guidance-conditioned UNet whose guidance input matters (cond_proj not zero)."""
+    s = make_student(unet, 16)
+    torch.nn.init.normal_(s.time_embedding.cond_proj.weight, std=0.3, generator=_gen(seed))
+    return s.eval()
+
+
+def test_make_student_starts_as_the_conditional_teacher():
+    teacher = _tiny_unet()
+    student = make_student(teacher, 16).eval()
+    assert student.config.time_cond_proj_dim == 16 and not student.time_embedding.cond_proj.weight.any()
+    z, emb = torch.randn(2, 4, 8, 8, generator=_gen(0)), torch.randn(2, 16, 32, generator=_gen(1))
+    t = torch.tensor([1023, 300])
+    with torch.no_grad():
+        want = teacher(z, t, encoder_hidden_states=emb).sample
+        for g in (1.0, 7.0):
+            w_emb = guidance_embedding(g, 16, batch=2)
+            got = student(z, t, encoder_hidden_states=emb, timestep_cond=w_emb).sample
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="already takes a guidance embedding"):
+        make_student(student)
+
+
+class _Oracle(torch.nn.Module):
+    """A 'student' that is exactly what it should learn, computed with stock diffusers schedulers:
+    one step of it = two DDIM steps of ``teacher`` (progressive), or the guided teacher (guided)."""
+
+    def __init__(self, teacher, teacher_steps, uncond=None, g=None, config=None):
+        super().__init__()
+        self.teacher, self.config, self.uncond, self.g = teacher, config or teacher.config, uncond, g
+        self.dtype = teacher.dtype
+        self.teacher_sched = make_scheduler("ddim")
+        self.teacher_sched.set_timesteps(teacher_steps)
+        self.student_sched = make_scheduler("ddim")
+        self.student_sched.set_timesteps(max(teacher_steps // 2, 1))
+
+    def forward(self, z, t, encoder_hidden_states, timestep_cond, return_dict=False):
+        if self.uncond is not None:  # guided: uncond + g (cond - uncond), from a plain teacher
+            v_c = self.teacher(z, t, encoder_hidden_states=encoder_hidden_states).sample
+            uncond = self.uncond.expand_as(encoder_hidden_states)
+            v_u = self.teacher(z, t, encoder_hidden_states=uncond).sample
+            return (v_u + self.g.reshape(-1, 1, 1, 1) * (v_c - v_u),)
+        out = []
+        for i in range(len(z)):
+            zi, ti = z[i:i + 1], int(t[i])
+            kw = dict(encoder_hidden_states=encoder_hidden_states[i:i + 1],
+                      timestep_cond=timestep_cond[i:i + 1])
+            z1 = self.teacher_sched.step(self.teacher(zi, ti, **kw).sample, ti, zi).prev_sample
+            t1 = ti - T // self.teacher_sched.num_inference_steps
+            z2 = self.teacher_sched.step(self.teacher(z1, t1, **kw).sample, t1, z1).prev_sample
+            # the student's DDIM step is affine in v: solve step(v) = z2 for v
+            f0 = self.student_sched.step(torch.zeros_like(zi), ti, zi).prev_sample
+            f1 = self.student_sched.step(torch.ones_like(zi), ti, zi).prev_sample
+            out.append((z2 - f0) / (f1 - f0))
+        return (torch.cat(out),)
+
+
+def test_a_student_that_reproduces_its_teacher_has_zero_loss():
+    ac = training_alphas_cumprod()
+    plain = _tiny_unet().eval()
+    teacher = _conditioned(plain)
+    z0 = torch.randn(6, 4, 8, 8, generator=_gen(4))
+    cond = torch.randn(6, 16, 32, generator=_gen(5))
+    g = torch.tensor([1.0, 2.0, 3.0, 4.0, 6.0, 8.0])
+    with torch.no_grad():
+        for steps in (1, 2):  # the 1-step case ends on the clean image (t'' = -1)
+            oracle = _Oracle(teacher, 2 * steps)
+            zero = progressive_distillation_loss(oracle, teacher, z0, cond, g, steps, ac, _gen(6))
+            base = progressive_distillation_loss(copy_unet(teacher), teacher, z0, cond, g, steps, ac, _gen(6))
+            assert base > 1e-3 and zero < 1e-6 * base, (steps, zero, base)
+        uncond = torch.randn(1, 16, 32, generator=_gen(7))
+        student = make_student(plain, 16)
+        oracle = _Oracle(plain, 4, uncond=uncond, g=g, config=student.config)
+        zero = guided_distillation_loss(oracle, plain, z0, cond, uncond.expand(6, -1, -1), g, 4, ac, _gen(8))
+        base = guided_distillation_loss(student, plain, z0, cond, uncond.expand(6, -1, -1), g, 4, ac,
+                                        _gen(8))
+        assert base > 1e-3 and zero < 1e-6 * base, (zero, base)
+
+
+# ----------------------------------------------------------------------------- the trainer
+def _args(model, data, out, *extra):
+    return ["--model", model, "--data", data, "--out", out, "--teacher-steps", "4", "--min-steps", "1",
+            "--stage1-steps", "10", "--steps-per-round", "40", "--batch-size", "8", "--lr", "2e-3",
+            "--log-every", "5", "--time-cond-proj-dim", "16", "--no-progress", "--val-prompts", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from latentgen.data.shapes import write_shapes_folder
+    from train import distill
+
+    root = tmp_path_factory.mktemp("distill")
+    model = make_tiny_pipeline(root)
+    data = str(root / "data")
+    write_shapes_folder(data, n=16, size=16, seed=0)
+    out = str(root / "out")
+    res = distill.main(_args(model, data, out))
+    return {"model": model, "data": data, "out": out, "res": res}
+
+
+def test_trainer_writes_every_round(run):
+    res, out = run["res"], run["out"]
+    assert res["finished"] and [r["student_steps"] for r in res["rounds"]] == [4, 2, 1]
+    for name, steps in (("stage1", 4), ("round-2", 2), ("round-1", 1), ("final", 1)):
+        folder = os.path.join(out, name)
+        card = read_model_card_defaults(folder)
+        assert card == {"sampler": "ddim", "num_inference_steps": steps, "guidance_scale": 5.0}, name
+        assert "negative_prompt` is ignored" in open(os.path.join(folder, "README.md")).read()
+        sched = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))
+        assert sched["_class_name"] == "DDIMScheduler" and sched["timestep_spacing"] == "trailing"
+        assert sched["prediction_type"] == "v_prediction"
+        assert sched["set_alpha_to_one"] and not sched["clip_sample"]
+        assert json.load(open(os.path.join(folder, "unet", "config.json")))["time_cond_proj_dim"] == 16
+
+
+def _cache_batch(out):
+    from safetensors.torch import load_file
+
+    cache = load_file(glob.glob(os.path.join(out, "cache", "*.safetensors"))[0])
+    z0 = cache["mean"] * 0.7  # the tiny VAE's scaling factor
+    return z0, cache["embeddings"][cache["caption_id"]]
+
+
+def test_one_round_halves_the_steps_and_lowers_the_loss(run):
+    out = run["out"]
+    ac = training_alphas_cumprod()
+    teacher, student = (UNet2DConditionModel.from_pretrained(os.path.join(out, name, "unet")).eval()
+                        for name in ("stage1", "round-2"))
+    z0, cond = _cache_batch(out)
+    g = torch.linspace(1.0, 8.0, len(z0))
+
+    def loss(unet):
+        with torch.no_grad():
+            return sum(progressive_distillation_loss(unet, teacher, z0, cond, g, 2, ac, _gen(s))
+                       for s in range(4)) / 4
+
+    before, after = loss(copy_unet(teacher)), loss(student)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_student_runs_in_stock_diffusers_with_the_same_image(run):
+    for name, steps in (("round-2", 2), ("final", 1)):
+        folder = os.path.join(run["out"], name)
+        ours = LatentGenPipeline.from_pretrained(folder)
+        sd = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
+                                                     requires_safety_checker=False)
+        for p in (ours, sd):
+            p.set_progress_bar_config(disable=True)
+        kw = dict(prompt=["a red circle", "a small blue square"], num_inference_steps=steps,
+                  guidance_scale=4.5, output_type="np")
+        a = ours(**kw, generator=_gen(3)).images
+        b = sd(**kw, generator=_gen(3)).images
+        assert a.shape == (2, 16, 16, 3) and np.abs(a - b).max() < 1e-3, name
+        c = sd(**kw, negative_prompt=["green", "big"], generator=_gen(3)).images
+        assert np.abs(b - c).max() == 0, "a student ignores negative_prompt in stock pipelines"
+
+
+def test_finished_rounds_are_reused_and_settings_are_checked(run):
+    from train import distill
+
+    marker = os.path.join(run["out"], "round-1", "distill_round.json")
+    before = os.stat(marker).st_mtime_ns
+    res = distill.main(_args(run["model"], run["data"], run["out"]))
+    assert all(r["reused"] for r in res["rounds"]) and os.stat(marker).st_mtime_ns == before
+    with pytest.raises(SystemExit, match="other settings"):
+        distill.main(_args(run["model"], run["data"], run["out"], "--guidance-max", "6"))
+
+
+def test_resume_within_a_round_gives_the_same_student(run, tmp_path):
+    from safetensors.torch import load_file
+
+    from train import distill
+
+    out = str(tmp_path / "out")
+    args = _args(run["model"], run["data"], out, "--teacher-steps", "2", "--steps-per-round", "6",
+                 "--checkpoint-every", "2", "--keep-checkpoints", "5")
+    distill.main(args)
+    weights_file = os.path.join(out, "round-1", "unet", "diffusion_pytorch_model.safetensors")
+    unbroken = load_file(weights_file)
+    # as if killed after step 4 of round 1: no exported model, no later checkpoint
+    rnd = os.path.join(out, "round-1")
+    for name in ("distill_round.json", "unet", "checkpoints/checkpoint-6"):
+        path = os.path.join(rnd, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    with pytest.raises(SystemExit, match="--resume latest"):
+        distill.main(args)
+    res = distill.main(args + ["--resume", "latest"])
+    assert [r["reused"] for r in res["rounds"]] == [True, False]
+    resumed = load_file(weights_file)
+    assert unbroken.keys() == resumed.keys()
+    for k in unbroken:
+        torch.testing.assert_close(resumed[k], unbroken[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_bad_settings_are_clear_errors(run, tmp_path):
+    from train import distill
+
+    for extra, msg in ((["--teacher-steps", "6"], "power of two"), (["--min-steps", "8"], "no larger than"),
+                       (["--guidance-min", "5", "--guidance-max", "2"], "guidance-min")):
+        with pytest.raises(SystemExit, match=msg):
+            distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), *extra))
+    with pytest.raises(SystemExit, match="no model folder"):
+        distill.main(_args(str(tmp_path / "missing"), run["data"], str(tmp_path / "x")))
