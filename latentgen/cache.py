@@ -67,16 +67,19 @@ def load_or_build_cache(folder_dataset, vae, tokenizer, text_encoder, cache_dir:
     """The cache for this data and these models, from ``cache_dir`` if it is there, else built and saved."""
     from safetensors.torch import load_file, save_file
 
+    from accelerate import PartialState
+
     key = _fingerprint(folder_dataset.items, size, vae, text_encoder)
     path = os.path.join(cache_dir, f"cache-{key}.safetensors")
-    if os.path.isfile(path):
-        return load_file(path)
-    cache = build_cache(folder_dataset, vae, tokenizer, text_encoder, batch_size)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({k: v.contiguous() for k, v in cache.items()}, tmp)
-    os.replace(tmp, path)
-    return cache
+    with PartialState().main_process_first():  # one process builds it, the others then read it
+        if os.path.isfile(path):
+            return load_file(path)
+        cache = build_cache(folder_dataset, vae, tokenizer, text_encoder, batch_size)
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        save_file({k: v.contiguous() for k, v in cache.items()}, tmp)
+        os.replace(tmp, path)
+        return cache
 
 
 class LatentDataset(Dataset):
