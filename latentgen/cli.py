@@ -61,8 +61,167 @@ def _run_data(args) -> int:
     raise AssertionError(args.data_cmd)
 
 
+# ---------------------------------------------------------------- generate
+_GENERATE_HELP = """Write PNGs whose 'parameters' text chunk holds the prompt and every setting.
+
+--out: a path ending in .png is the file for --n 1, and the prefix for more
+(out.png -> out-0.png, out-1.png, ...); any other path is a folder (created if
+needed) that gets latentgen-<seed>.png per image. Image i uses seed --seed + i,
+so any image can be made again alone with its recorded seed and --n 1.
+Defaults for --steps, --guidance and --sampler come from the model folder's
+README.md front matter (num_inference_steps, guidance_scale, sampler), else 25,
+5.0 and the model's saved scheduler."""
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="make images from a prompt (and optionally an init image)",
+                       description=_GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder (default: the bundled latentgen/weights/default)")
+    p.add_argument("--prompt", required=True, help='what to draw ("" for an unconditional image)')
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded in the PNG)")
+    p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
+    p.add_argument("--n", type=int, default=1, help="number of images")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--init-image", default=None, help="image to edit (SDEdit image-to-image)")
+    p.add_argument("--strength", type=float, default=0.8,
+                   help="with --init-image: 0 keeps the image, 1 ignores it (default 0.8)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--out", required=True, help="output .png file (or prefix), or a folder; see above")
+
+
+def _generate_paths(out: str, seeds: list[int]) -> list[str]:
+    import os
+
+    if out.lower().endswith(".png"):
+        if len(seeds) == 1:
+            return [out]
+        stem = out[:-4]
+        return [f"{stem}-{i}.png" for i in range(len(seeds))]
+    return [os.path.join(out, f"latentgen-{s}.png") for s in seeds]
+
+
+def _run_generate(args) -> int:
+    import secrets
+
+    import torch
+
+    from latentgen.diffusion import sampler_name
+    from latentgen.pipeline import (DEFAULT_GUIDANCE, DEFAULT_STEPS, LatentGenPipeline, read_model_card_defaults,
+                                    resolve_model_dir, save_png_with_params)
+
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: the number of images must be at least 1")
+    model = resolve_model_dir(args.model)
+    card = read_model_card_defaults(model)
+    steps = args.steps if args.steps is not None else card.get("num_inference_steps", DEFAULT_STEPS)
+    guidance = args.guidance if args.guidance is not None else card.get("guidance_scale", DEFAULT_GUIDANCE)
+    sampler = args.sampler or card.get("sampler")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    init = None
+    if args.init_image is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            init = Image.open(args.init_image)
+            init.load()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--init-image {args.init_image!r} does not exist") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"--init-image {args.init_image!r} is not a readable image ({e})") from None
+
+    pipe = LatentGenPipeline.from_pretrained(model).to(device)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    seeds = [seed + i for i in range(args.n)]
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    images = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=steps,
+                  guidance_scale=guidance, generator=generators, height=args.height, width=args.width,
+                  num_images_per_prompt=args.n, image=init, strength=args.strength, sampler=sampler).images
+    for img, s, path in zip(images, seeds, _generate_paths(args.out, seeds)):
+        params = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "", "steps": steps,
+                  "sampler": sampler or sampler_name(pipe.scheduler), "guidance": guidance, "seed": s,
+                  "width": img.width, "height": img.height, "model": model}
+        if init is not None:
+            params.update(init_image=args.init_image, strength=args.strength)
+        print(save_png_with_params(img, path, params))
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+_EVAL_SHAPES_HELP = """Draw shapes prompts with a model and check every image analytically; print JSON.
+
+Groups: 1_object, 2_objects, 3_objects (pooled as "all"), heldout (1-object prompts
+naming a held-out colour-shape pair) and heldout_2_objects; --n prompts each. Each
+group reports full_prompt_accuracy, per-attribute accuracy (color, shape, size,
+position), object, no_stray_colors and nothing_else; settings and seconds per image
+come with them. Defaults for --steps, --guidance and --sampler come from the model
+folder's README.md front matter, else 25, 5.0 and the model's saved scheduler."""
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="measure a model")
+    esub = p.add_subparsers(dest="eval_cmd", required=True)
+    s = esub.add_parser("shapes", help="shapes prompt adherence (full-prompt and per-attribute accuracy)",
+                        description=_EVAL_SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    s.add_argument("--n", type=int, default=100, help="prompts per group (default 100)")
+    s.add_argument("--steps", type=int, default=None, help="denoising steps")
+    s.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
+    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the images")
+    s.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call")
+    s.add_argument("--groups", default=None,
+                   help="comma-separated: all, 1_object, 2_objects, 3_objects, heldout, heldout_2_objects")
+    s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    s.add_argument("--out", default=None, help="also write the JSON report to this file")
+
+
+def _run_eval(args) -> int:
+    import os
+
+    import torch
+
+    from latentgen.eval.adherence import evaluate_shapes, resolve_groups
+    from latentgen.pipeline import LatentGenPipeline, read_model_card_defaults, resolve_model_dir
+
+    if args.eval_cmd != "shapes":
+        raise AssertionError(args.eval_cmd)
+    if args.n < 1:
+        raise ValueError(f"--n {args.n}: the number of prompts per group must be at least 1")
+    model = resolve_model_dir(args.model)
+    card = read_model_card_defaults(model)
+    steps = args.steps if args.steps is not None else card.get("num_inference_steps")
+    guidance = args.guidance if args.guidance is not None else card.get("guidance_scale")
+    sampler = args.sampler or card.get("sampler")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    groups = None
+    if args.groups is not None:
+        groups = resolve_groups([g.strip() for g in args.groups.split(",") if g.strip()])
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    pipe = LatentGenPipeline.from_pretrained(model).to(device)
+    report = evaluate_shapes(pipe, n=args.n, steps=steps, sampler=sampler, guidance=guidance, seed=args.seed,
+                             batch_size=args.batch_size, groups=groups, progress=True)
+    report["settings"].update(model=model, device=device)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
 # ---------------------------------------------------------------- main
-_GROUPS = {"data": (_add_data, _run_data)}
+_GROUPS = {"data": (_add_data, _run_data), "generate": (_add_generate, _run_generate),
+           "eval": (_add_eval, _run_eval)}
 
 
 def build_parser() -> argparse.ArgumentParser:
