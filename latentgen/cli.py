@@ -90,6 +90,8 @@ def _add_generate(sub):
     p.add_argument("--strength", type=float, default=0.8,
                    help="with --init-image: 0 keeps the image, 1 ignores it (default 0.8)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow .bin/.ckpt pickle weights (they can run code: only for files you trust)")
     p.add_argument("--out", required=True, help="output .png file (or prefix), or a folder; see above")
 
 
@@ -115,7 +117,7 @@ def _run_generate(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n {args.n}: the number of images must be at least 1")
-    model = resolve_model_dir(args.model)
+    model = resolve_model_dir(args.model, trust_pickle=args.trust_pickle)
     card = read_model_card_defaults(model)
     steps = args.steps if args.steps is not None else card.get("num_inference_steps", DEFAULT_STEPS)
     guidance = args.guidance if args.guidance is not None else card.get("guidance_scale", DEFAULT_GUIDANCE)
@@ -135,7 +137,7 @@ def _run_generate(args) -> int:
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"--init-image {args.init_image!r} is not a readable image ({e})") from None
 
-    pipe = LatentGenPipeline.from_pretrained(model).to(device)
+    pipe = LatentGenPipeline.from_pretrained(model, trust_pickle=args.trust_pickle).to(device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.n)]
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

@@ -90,7 +90,13 @@ def _has(folder: str, *names: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, n)) for n in names)
 
 
-def _component_problem(folder: str, name: str) -> str | None:
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+PICKLE_HELP = ("pickle files can run arbitrary code when loaded, so latentgen loads safetensors only: convert the "
+               "weights to safetensors, or pass trust_pickle=True (CLI: --trust-pickle) if you trust whoever made "
+               "them")
+
+
+def _component_problem(folder: str, name: str, trust_pickle: bool = False) -> str | None:
     sub = os.path.join(folder, name)
     if not os.path.isdir(sub):
         return f"has no {name}/ folder"
@@ -101,30 +107,42 @@ def _component_problem(folder: str, name: str) -> str | None:
         return None if ok else "has no tokenizer/tokenizer.json (nor vocab.json + merges.txt)"
     if not _has(sub, "config.json"):
         return f"has no {name}/config.json"
-    if not any(f.endswith(".safetensors") for f in os.listdir(sub)):
+    files = os.listdir(sub)
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+        if pickles and trust_pickle:
+            return None
+        if pickles:
+            return f"holds only pickle weights in {name}/ ({', '.join(pickles)}): {PICKLE_HELP}"
         return f"has no .safetensors weights in {name}/ (latentgen loads safetensors only)"
     return None
 
 
-def check_model_folder(path: str | os.PathLike) -> str:
-    """``path`` as a str if it is a complete model folder, else a clear error saying what is missing."""
+def check_model_folder(path: str | os.PathLike, trust_pickle: bool = False) -> str:
+    """``path`` as a str if it is a complete model folder, else a clear error saying what is missing.
+
+    Pickle weights (.bin, .ckpt, .pt) are refused unless ``trust_pickle`` is set.
+    """
     path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(PICKLE_SUFFIXES):
+        raise ValueError(f"{path!r} is a single pickle checkpoint: {PICKLE_HELP}; and latentgen needs a model "
+                         f"folder: {FOLDER_CONTENTS}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model folder at {path!r}: {FOLDER_CONTENTS} "
                                 "(latentgen never downloads models)")
     if not os.path.isdir(path):
         raise NotADirectoryError(f"{path!r} is a file, not a model folder: {FOLDER_CONTENTS}")
     problems = [p for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-                if (p := _component_problem(path, n))]
+                if (p := _component_problem(path, n, trust_pickle))]
     if problems:
         raise FileNotFoundError(f"model folder {path!r} {'; '.join(problems)}: {FOLDER_CONTENTS}")
     return path
 
 
-def resolve_model_dir(model: str | os.PathLike | None) -> str:
+def resolve_model_dir(model: str | os.PathLike | None, trust_pickle: bool = False) -> str:
     """``model``, or the bundled default model when it is None."""
     if model is not None:
-        return check_model_folder(model)
+        return check_model_folder(model, trust_pickle)
     if not os.path.isdir(DEFAULT_MODEL_DIR):
         raise FileNotFoundError(
             f"no model given and no bundled default model at {DEFAULT_MODEL_DIR}: pass --model DIR "
@@ -249,23 +267,24 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, trust_pickle: bool = False, **kwargs):
         """Load a latentgen or Stable-Diffusion-format folder from disk (safetensors only).
 
         Components other than the five (safety_checker, feature_extractor, ...) are ignored.
+        Pickle weights (.bin) are refused unless ``trust_pickle=True``.
         """
-        folder = check_model_folder(pretrained_model_name_or_path)
-        kwargs.setdefault("use_safetensors", True)
+        folder = check_model_folder(pretrained_model_name_or_path, trust_pickle)
+        kwargs.setdefault("use_safetensors", None if trust_pickle else True)
         kwargs.setdefault("local_files_only", True)
         kwargs.setdefault("torch_dtype", torch.float32)  # whatever dtype the weights are stored in
         if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            return cls._from_component_folders(folder, kwargs["torch_dtype"])
+            return cls._from_component_folders(folder, kwargs["torch_dtype"], kwargs["use_safetensors"])
         for extra in ("safety_checker", "feature_extractor", "image_encoder", "requires_safety_checker"):
             kwargs.pop(extra, None)
         return super().from_pretrained(folder, **kwargs)
 
     @classmethod
-    def _from_component_folders(cls, folder: str, torch_dtype=None):
+    def _from_component_folders(cls, folder: str, torch_dtype=None, use_safetensors: bool | None = True):
         """Load the five components one by one: for SD-format folders without model_index.json."""
         import diffusers
 
@@ -278,10 +297,10 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                              f"{sched_cfg.get('_class_name')!r}: use a diffusers scheduler class name")
         dtype = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
         return cls(
-            vae=AutoencoderKL.from_pretrained(sub("vae"), use_safetensors=True, **dtype),
-            text_encoder=CLIPTextModel.from_pretrained(sub("text_encoder"), use_safetensors=True, **dtype),
+            vae=AutoencoderKL.from_pretrained(sub("vae"), use_safetensors=use_safetensors, **dtype),
+            text_encoder=CLIPTextModel.from_pretrained(sub("text_encoder"), use_safetensors=use_safetensors, **dtype),
             tokenizer=CLIPTokenizer.from_pretrained(sub("tokenizer")),
-            unet=UNet2DConditionModel.from_pretrained(sub("unet"), use_safetensors=True, **dtype),
+            unet=UNet2DConditionModel.from_pretrained(sub("unet"), use_safetensors=use_safetensors, **dtype),
             scheduler=sched_cls.from_config(sched_cfg),
         )
 

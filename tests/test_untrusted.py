@@ -1,0 +1,57 @@
+"""Weights load from safetensors only: pickles are refused unless the user says they trust them."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from latentgen.cli import main as cli
+from tests.tiny_models import make_tiny_pipeline
+
+
+@pytest.fixture
+def pickled_model(tmp_path):
+    """A model folder whose UNet weights are a pickle (.bin) instead of safetensors."""
+    from diffusers import UNet2DConditionModel
+
+    folder = make_tiny_pipeline(tmp_path)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"))
+    shutil.rmtree(os.path.join(folder, "unet"))
+    unet.save_pretrained(os.path.join(folder, "unet"), safe_serialization=False)
+    assert os.path.isfile(os.path.join(folder, "unet", "diffusion_pytorch_model.bin"))
+    return folder
+
+
+def test_pickle_weights_are_refused(pickled_model):
+    from latentgen import LatentGenPipeline
+
+    with pytest.raises(FileNotFoundError, match=r"pickle weights in unet/.*trust_pickle=True"):
+        LatentGenPipeline.from_pretrained(pickled_model)
+
+
+def test_pickle_weights_load_when_trusted(pickled_model):
+    from latentgen import LatentGenPipeline
+
+    pipe = LatentGenPipeline.from_pretrained(pickled_model, trust_pickle=True)
+    img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np").images
+    assert img.shape == (1, 16, 16, 3)
+
+
+def test_cli_refuses_pickle_and_names_the_flag(pickled_model, tmp_path, capsys):
+    out = str(tmp_path / "x.png")
+    assert cli(["generate", "--model", pickled_model, "--prompt", "a red circle", "--steps", "2", "--out", out]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err and not os.path.exists(out)
+    assert cli(["generate", "--model", pickled_model, "--prompt", "a red circle", "--steps", "2", "--out", out,
+                "--trust-pickle"]) == 0
+    assert os.path.isfile(out)
+
+
+def test_single_pickle_checkpoint_is_refused(tmp_path):
+    from latentgen import LatentGenPipeline
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not even a pickle")
+    with pytest.raises(ValueError, match="single pickle checkpoint"):
+        LatentGenPipeline.from_pretrained(str(ckpt))
