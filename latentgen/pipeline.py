@@ -325,13 +325,11 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
     def get_guidance_scale_embedding(self, w: torch.Tensor, embedding_dim: int = 512,
                                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Sinusoidal embedding of the guidance weight (Meng et al. 2023; VDM's timestep embedding
-        of 1000 w): stock ``StableDiffusionPipeline``'s own method, run as is.  # (B, embedding_dim)"""
+        """Sinusoidal embedding of the guidance weight (Meng et al. 2023), by stock diffusers' own code.  # (B, D)"""
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline.get_guidance_scale_embedding(self, w, embedding_dim, dtype)
 
-    @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled latents of images in [-1, 1] (the posterior mean).  # (N, C, h, w)"""
         x = x.to(device=self._execution_device, dtype=self.vae.dtype)
