@@ -1,0 +1,182 @@
+"""Train the VAE latent codec (``diffusers.AutoencoderKL``) on image folders.
+
+    python -m train.vae --data shapes/ --out runs/vae --preset small64 --max-steps 3000
+
+Loss (latent diffusion's autoencoder, Rombach et al. 2022, App. G):
+``L1 (or L2) reconstruction + kl_weight * KL``, plus, from ``--disc-start`` on, a
+PatchGAN hinge loss weighted by ``disc_weight`` times the adaptive weight of Esser et al. 2021.
+Validation logs the PSNR of held-out images and a grid of originals over reconstructions.
+At the end the latent scale is measured (``scaling_factor = 1 / std``) and the codec is
+exported to ``<out>/vae/`` (diffusers layout plus ``latentgen_config.json``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Subset
+
+from latentgen import autoencoding as ae
+from latentgen.data.folder import ImageCaptionDataset
+from latentgen.eval.psnr import psnr, reconstruction_psnr
+from latentgen.models.discriminator import PatchDiscriminator
+from latentgen.models.presets import config_to_dict, save_config
+from latentgen.models.vae import PRESETS, build_vae, get_vae_config
+from latentgen.training import Trainer
+from train import common
+
+
+class Codec(nn.Module):
+    """The one trainable module: the VAE and (optionally) its discriminator.
+
+    ``forward`` runs every network the step needs, so that under DDP all of it goes
+    through the wrapper's forward. The generator's adversarial logits are computed with
+    the discriminator's parameters frozen (``requires_grad_(False)`` for that one call):
+    their gradient reaches only the VAE. The discriminator sees detached images: its
+    hinge loss reaches only the discriminator. One backward of their sum therefore gives
+    each network exactly its own gradient, and one optimizer steps both.
+    """
+
+    def __init__(self, vae, disc: PatchDiscriminator | None = None):
+        super().__init__()
+        self.vae, self.disc = vae, disc
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, adversarial: bool = False):
+        posterior = self.vae.encode(x).latent_dist
+        x_rec = self.vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, H, W)
+        out = {"x_rec": x_rec, "mean": posterior.mean, "logvar": posterior.logvar}
+        if adversarial:
+            self.disc.requires_grad_(False)
+            out["logits_fake_g"] = self.disc(x_rec)  # gradient flows into the VAE only
+            self.disc.requires_grad_(True)
+            out["logits_real"] = self.disc(x.detach())  # gradient flows into the discriminator only
+            out["logits_fake_d"] = self.disc(x_rec.detach())
+        return out
+
+
+def make_step_fn(args):
+    def step_fn(model, batch, ctx) -> dict:
+        x = batch["pixels"]  # (B, 3, H, W) in [-1, 1]
+        adversarial = args.disc_start is not None and ctx.step >= args.disc_start
+        out = model(x, generator=ctx.generator, adversarial=adversarial)
+        rec = ae.reconstruction_loss(x, out["x_rec"], args.recon)
+        kl = ae.kl_per_pixel(out["mean"], out["logvar"], num_pixels=x[0].numel())
+        loss = rec + args.kl_weight * kl
+        logs = {"rec": rec.detach(), "kl": kl.detach(),
+                "psnr": psnr(out["x_rec"].detach().clamp(-1, 1).float(), x.float()).mean()}
+        if adversarial:
+            g_loss = ae.hinge_g_loss(out["logits_fake_g"])
+            last = ctx.accelerator.unwrap_model(model).vae.decoder.conv_out.weight
+            weight = args.disc_weight * ae.adaptive_adversarial_weight(rec, g_loss, last)
+            d_loss = ae.hinge_d_loss(out["logits_real"], out["logits_fake_d"])
+            loss = loss + weight * g_loss + d_loss
+            logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), d_weight=weight)
+        return {"loss": loss, **logs}
+
+    return step_fn
+
+
+def image_grid(rows: list[torch.Tensor]) -> Image.Image:
+    """A PIL grid with one row per ``(N, 3, H, W)`` tensor in [-1, 1]."""
+    t = torch.stack([r.float().clamp(-1, 1).cpu() for r in rows])  # (R, N, 3, H, W)
+    r, n, _, h, w = t.shape
+    t = ((t + 1) * 127.5).round().to(torch.uint8).permute(0, 3, 1, 4, 2).reshape(r * h, n * w, 3)
+    return Image.fromarray(np.ascontiguousarray(t.numpy()))
+
+
+def make_validate_fn(val_set, tag: str, n_grid: int = 8):
+    def validate_fn(trainer, model, step) -> dict:
+        vae = model.vae
+        value = reconstruction_psnr(vae, val_set)
+        device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+        x = torch.stack([val_set[i]["pixels"] for i in range(min(n_grid, len(val_set)))]).to(device, dtype)
+        x_rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        trainer.log_images("reconstructions", image_grid([x, x_rec]), step)
+        return {tag: value}
+
+    return validate_fn
+
+
+def split_heldout(dataset, count: int, seed: int):
+    """(train, held-out) subsets: ``count`` items (at most a tenth of the set) drawn by a seeded permutation."""
+    count = min(count, len(dataset) // 10)
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 12345)).tolist()
+    return Subset(dataset, sorted(perm[count:])), Subset(dataset, sorted(perm[:count]))
+
+
+def parse_args(argv=None):
+    p = common.base_parser("Train the VAE latent codec", presets=PRESETS, default_preset="small64")
+    g = p.add_argument_group("VAE")
+    g.add_argument("--recon", choices=["l1", "l2"], default="l1", help="reconstruction loss")
+    g.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term (latent diffusion: 1e-6)")
+    g.add_argument("--disc-start", type=int, default=None, metavar="STEP",
+                   help="switch the patch discriminator on at this step (default: no discriminator)")
+    g.add_argument("--disc-weight", type=float, default=0.5, help="adversarial weight (times the adaptive weight)")
+    g.add_argument("--val-data", action="append", metavar="DIR",
+                   help="held-out image folder for validation (default: hold out --val-count training images)")
+    g.add_argument("--val-count", type=int, default=64, help="images held out of --data when --val-data is not given")
+    g.add_argument("--scale-samples", type=int, default=512, help="training images used to measure the latent std")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Train, measure the latent scale, export ``<out>/vae/``; returns a summary dict."""
+    args = parse_args(argv)
+    preset = get_vae_config(args.preset)
+    if args.disc_start is not None and args.disc_start < 0:
+        raise ValueError(f"--disc-start must be a step >= 0, got {args.disc_start}")
+    cfg = common.train_config(args, out=args.out, max_steps=2000, batch_size=16, lr=4e-4, warmup_steps=100,
+                              checkpoint_every=500, validate_every=500,
+                              adam_betas=(0.5, 0.9) if args.disc_start is not None else (0.9, 0.999))
+    data = ImageCaptionDataset(args.data, size=preset.sample_size)  # a clear error for unusable folders
+    if args.val_data:
+        train_set, val_set, tag = data, ImageCaptionDataset(args.val_data, size=preset.sample_size), "psnr"
+    else:
+        train_set, val_set = split_heldout(data, args.val_count, cfg.seed)
+        tag = "psnr"
+        if len(val_set) == 0:  # too few images to hold any out: report the training PSNR, named as such
+            val_set, tag = Subset(data, range(min(8, len(data)))), "psnr_train"
+
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(preset)
+    disc = None
+    if args.disc_start is not None:  # 3 layers (70 px patches) at 32 px and up, fewer for smaller images
+        disc = PatchDiscriminator(n_layers=max(1, min(3, preset.sample_size.bit_length() - 3)))
+    run_config = {
+        "trainer": "vae", "preset": args.preset, "vae_config": config_to_dict(preset),
+        "data": [os.path.abspath(d) for d in args.data], "recon": args.recon, "kl_weight": args.kl_weight,
+        "disc_start": args.disc_start, "disc_weight": args.disc_weight if args.disc_start is not None else None,
+    }
+    trainer = Trainer(cfg, Codec(vae, disc), train_set, make_step_fn(args),
+                      validate_fn=make_validate_fn(val_set, tag), run_config=run_config,
+                      find_unused_parameters=disc is not None)  # the discriminator idles until --disc-start
+    t0 = time.time()
+    model = trainer.fit()
+    train_time = time.time() - t0
+    if not trainer.is_main:
+        return {}
+    vae = model.vae.eval()
+    gen = torch.Generator(trainer.device).manual_seed(cfg.seed)
+    stats = ae.latent_stats(vae, train_set, n=args.scale_samples, generator=gen)
+    vae.register_to_config(scaling_factor=1.0 / stats["std"])
+    folder = os.path.join(args.out, "vae")
+    vae.save_pretrained(folder, safe_serialization=True)
+    save_config(preset, folder)
+    summary = {"preset": args.preset, "steps": trainer.step, "train_time_s": round(train_time, 1),
+               "scaling_factor": 1.0 / stats["std"], "latent_mean": stats["mean"], "latent_std": stats["std"],
+               f"val_{tag}": reconstruction_psnr(vae, val_set), "n_val": len(val_set), "vae": folder}
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        sys.exit(f"error: {e}")
