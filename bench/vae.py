@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import time
 
 import torch
@@ -33,6 +34,7 @@ WORK = os.path.join(HERE, "_work")
 RESULTS = os.path.join(HERE, "results")
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 TARGETS = {"shapes": 32.0, "openmoji": 26.0}
+NOTES = "<!-- notes: kept when the table above is rewritten -->"
 
 
 # ---------------------------------------------------------------- data
@@ -76,6 +78,8 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     argv = ["--data", train, "--val-data", test, "--out", out, "--preset", preset, "--max-steps", str(steps),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", "0",
             "--validate-every", str(args.validate_every), "--checkpoint-every", "250", "--resume", "latest"]
+    if args.ema_decay and not args.choice:  # evaluated and exported with the EMA weights
+        argv += ["--ema-decay", str(args.ema_decay)]
     wall, cpu = time.time(), time.process_time()
     summary = train_vae.main(argv + (["--no-progress"] if not args.progress else []))
     spent = os.path.join(out, "bench_time.json")  # a run resumed to more steps adds to its earlier time
@@ -88,7 +92,8 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     c, s, _ = cfg.latent_shape
     return {"set": name, "preset": preset, "factor": cfg.downsample_factor, "latent_shape": list(cfg.latent_shape),
             "latent_numel": c * s * s, "unet_tokens": s * s, "steps": summary["steps"],
-            "batch_size": args.batch_size, "lr": args.lr, "psnr_test": round(summary["val_psnr"], 2),
+            "batch_size": args.batch_size, "lr": args.lr, "ema_decay": None if args.choice else args.ema_decay,
+            "psnr_test": round(summary["val_psnr"], 2),
             "n_test": summary["n_val"], "scaling_factor": round(summary["scaling_factor"], 4),
             "latent_mean": round(summary["latent_mean"], 4), "latent_std": round(summary["latent_std"], 4),
             "wall_s_this_call": round(time.time() - wall, 1), "train_time_s": round(total["train_s"], 1),
@@ -99,19 +104,32 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
 
 
 def write(stem: str, rows: list[dict], header: str, extra: dict):
+    """Write the table, keeping rows of other (set, preset) pairs from an earlier or parallel invocation."""
     os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{stem}.json")
+    mine = {(r["set"], r["preset"]) for r in rows}
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [r for r in json.load(f)["rows"] if (r["set"], r["preset"]) not in mine] + rows
     with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
         json.dump({"rows": rows, **extra}, f, indent=2)
     for r in rows:  # UNet compute grows with the latent area (its channel count only touches the end convs)
         r["unet_cost_vs_8x8"] = r["latent_shape"][1] * r["latent_shape"][2] / 64
-    cols = ["set", "preset", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "psnr_test", "target_db", "n_test",
-            "scaling_factor", "latent_std", "train_time_s", "cpu_s"]
+    cols = ["set", "preset", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "ema_decay", "psnr_test",
+            "target_db", "n_test", "scaling_factor", "latent_std", "train_time_s", "cpu_s"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape" else str(r[c]) for c in cols)
+        lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape" else str(r.get(c)) for c in cols)
                      + " |")
-    lines += ["", f"machine: {extra['machine']}; command: `{extra['command']}`", ""]
-    with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+    lines += ["", f"machine: {extra['machine']}", "", "commands (a run resumed to more steps keeps its folder "
+              "and adds to its time):", ""] + sorted({f"- `{r['command']}`" for r in rows}) + [""]
+    md = os.path.join(RESULTS, f"{stem}.md")
+    if os.path.isfile(md):  # hand-written analysis below the marker survives a rerun
+        with open(md) as f:
+            old = f.read()
+        if NOTES in old:
+            lines += [NOTES + old.split(NOTES, 1)[1]]
+    with open(md, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
 
@@ -127,6 +145,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--validate-every", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights for the benchmarked runs")
     p.add_argument("--n-shapes", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=256)
     p.add_argument("--progress", action="store_true")
@@ -138,18 +157,18 @@ def main(argv=None):
     os.makedirs(WORK, exist_ok=True)
     split = {"shapes": lambda: shapes_split(args.n_shapes, args.n_test), "openmoji": lambda: emoji_split(args.n_test)}
     extra = {"machine": f"{platform.machine()} {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-                        f"{args.threads} torch thread(s) (shared with other jobs)",
-             "command": "nice -n 10 python -m bench.vae " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+                        f"{args.threads} torch thread(s) (shared with other jobs)"}
+    command = "nice -n 10 python -m bench.vae " + " ".join(sys.argv[1:] if argv is None else argv)
     rows = []
     if args.choice:
         train, test = split["openmoji"]()
         for preset in args.candidates:
-            rows.append(run("openmoji", preset, train, test, args.choice_steps, args))
+            rows.append({**run("openmoji", preset, train, test, args.choice_steps, args), "command": command})
             write("vae_choice", rows, f"# VAE choice: {args.choice_steps} steps each on OpenMoji 64 px", extra)
         return rows
     for name in args.sets:
         train, test = split[name]()
-        rows.append(run(name, args.preset, train, test, args.steps, args))
+        rows.append({**run(name, args.preset, train, test, args.steps, args), "command": command})
         write("vae", rows, f"# VAE codec `{args.preset}`: held-out PSNR at 64 px", extra)
     return rows
 

@@ -49,7 +49,8 @@ def make_step_fn(tokenizer, hard_negatives: int):
         # Hard negatives are drawn from the step's seeded generator: a resumed run draws the same ones.
         rng = random.Random(int(torch.randint(2**62, (1,), generator=ctx.generator, device=ctx.device)))
         positives = set(captions)  # a neighbour's true caption is no hard negative for it
-        negatives = [n for c in captions for n in sample_hard_negatives(c, hard_negatives, rng) if n not in positives]
+        drawn = [n for c in captions for n in sample_hard_negatives(c, hard_negatives, rng)]
+        negatives = [n for n in drawn if n not in positives]
         # Padding to the batch's longest caption gives the same pooled embeddings as padding to the full
         # length (the text tower is causal and pools at the first <|endoftext|>), for less work.
         ids = tokenizer(captions + negatives, padding=True, truncation=True, return_tensors="pt")
@@ -91,10 +92,11 @@ def parse_args(argv=None):
     p = common.base_parser("Contrastive pretraining of the CLIP text encoder (and its image tower)",
                            presets=PRESETS, default_preset="small")
     g = p.add_argument_group("CLIP")
-    g.add_argument("--vocab-size", type=int, help="tokenizer size (default: the preset's)")
-    g.add_argument("--max-length", type=int, help="tokens per caption incl. start/end (default: the preset's)")
-    g.add_argument("--hard-negatives", type=int, default=1, metavar="K",
-                   help="altered captions per shapes caption (one attribute changed or colours swapped); 0: off")
+    g.add_argument("--vocab-size", type=int, help="tokenizer size (None: the preset's)")
+    g.add_argument("--max-length", type=int, help="tokens per caption incl. start/end (None: the preset's)")
+    g.add_argument("--hard-negatives", type=int, default=3, metavar="K",
+                   help="altered captions per shapes caption (one attribute changed or colours swapped, of K "
+                        "distinct kinds); 0: off")
     g.add_argument("--val-data", action="append", metavar="DIR", help="held-out image folder for validation")
     g.add_argument("--val-count", type=int, default=500, help="held-out pairs used by validation")
     return p.parse_args(argv)
@@ -114,13 +116,17 @@ def load_or_build(args, base, captions: list[str], resuming: bool):
     else:
         t0 = time.time()
         vocab = args.vocab_size or preset.vocab_size
-        tok = train_tokenizer(captions, vocab, out_dir=tok_dir, max_length=args.max_length or preset.max_length)
-        print(f"tokenizer: {len(tok)} tokens from {len(set(captions))} distinct captions "
-              f"in {time.time() - t0:.1f}s -> {tok_dir}")
+        # Every process learns the same tokenizer (it is deterministic); only the first one writes it.
+        first = int(os.environ.get("RANK", "0")) == 0
+        tok = train_tokenizer(captions, vocab, out_dir=tok_dir if first else None,
+                              max_length=args.max_length or preset.max_length)
+        if first:
+            print(f"tokenizer: {len(tok)} tokens from {len(set(captions))} distinct captions "
+                  f"in {time.time() - t0:.1f}s -> {tok_dir}")
     longest = longest_caption(tok, captions)
     if longest > tok.model_max_length:
-        print(f"warning: the longest caption has {longest} tokens; captions are cut at {tok.model_max_length} "
-              f"(raise --max-length)")
+        print(f"warning: the longest caption has {longest} tokens; captions are cut at "
+              f"{tok.model_max_length} (raise --max-length)")
     return build_clip(preset, tok), tok
 
 
@@ -129,8 +135,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.hard_negatives < 0:
         raise ValueError(f"--hard-negatives must be >= 0, got {args.hard_negatives}")
-    cfg = common.train_config(args, out=args.out, max_steps=3000, batch_size=128, lr=5e-4, warmup_steps=200,
-                              weight_decay=0.1, adam_betas=(0.9, 0.98), checkpoint_every=500, validate_every=0)
+    cfg = common.train_config(args, out=args.out, max_steps=3000, batch_size=128, lr=1e-3, warmup_steps=200,
+                              weight_decay=0.1, adam_betas=(0.9, 0.98), ema_decay=0.999, checkpoint_every=500,
+                              validate_every=0)
     base = load_clip(args.model) if args.model else None  # a clear error if it is no CLIP export
     preset = preset_from_model(base[0]) if base else get_clip_preset(args.preset)
     data = ImageCaptionDataset(args.data, size=preset.image_size)  # a clear error for unusable folders
@@ -142,8 +149,9 @@ def main(argv=None) -> dict:
         val_set = ImageCaptionDataset(args.val_data, size=preset.image_size)
         validate_fn = make_validate_fn(tok, image_processor(preset.image_size), val_set, args.val_count)
     run_config = {
-        "trainer": "clip", "preset": None if args.model else args.preset, "clip_config": config_to_dict(preset),
-        "vocab": len(tok), "max_length": tok.model_max_length, "data": [os.path.abspath(d) for d in args.data],
+        "trainer": "clip", "preset": None if args.model else args.preset,
+        "clip_config": config_to_dict(preset), "vocab": len(tok), "max_length": tok.model_max_length,
+        "data": [os.path.abspath(d) for d in args.data],
         "model": os.path.abspath(args.model) if args.model else None, "hard_negatives": args.hard_negatives,
     }
     t0 = time.time()

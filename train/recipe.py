@@ -58,6 +58,13 @@ PRESETS = {
                           unet_preset="small", unet_steps=30_000, unet_batch=32, unet_lr=2e-4,
                           teacher_steps=64, student_steps=4, stage1_steps=3000, round_steps=1500,
                           distill_batch=32, mixed_precision="bf16"),
+    # the bundled model as trained so far: the `small` models on the same data, with the step
+    # counts cut to fit about two hours of 2 CPU cores (a stopgap until `small` has been run whole)
+    "quick": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1500,
+                          vae_batch=16, clip_preset="small", clip_steps=800, clip_batch=128,
+                          unet_preset="small", unet_steps=6000, unet_batch=32, unet_lr=4e-4,
+                          teacher_steps=32, student_steps=4, stage1_steps=600, round_steps=400,
+                          distill_batch=32, mixed_precision="bf16"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,

@@ -66,7 +66,8 @@ def attribute_edits(caption: str) -> dict[str, list[str]]:
     edits: dict[str, list[str]] = {k: [] for k in KINDS}
     for i, (_, _, word) in enumerate(spans):
         kind = _KIND_OF[word]
-        free = [v for v in _VALUES[kind] if v != word and (kind in ("shape", "size") or v not in present[kind])]
+        unique = kind in ("color", "position")  # no two objects share a colour or a cell
+        free = [v for v in _VALUES[kind] if v != word and not (unique and v in present[kind])]
         edits[kind] += [replaced({i: v}) for v in free]
     colours = [i for i, (_, _, w) in enumerate(spans) if _KIND_OF[w] == "color"]
     for x in range(len(colours)):
@@ -77,14 +78,17 @@ def attribute_edits(caption: str) -> dict[str, list[str]]:
 
 
 def sample_hard_negatives(caption: str, k: int, rng: random.Random) -> list[str]:
-    """``k`` altered captions of a shapes caption, each of a kind drawn at random (none if not shapes)."""
+    """``k`` altered captions of a shapes caption (none if it is not one), of distinct kinds while
+    ``k`` allows (the kinds in a random order, repeated if ``k`` is larger), each edit drawn at random."""
     if k <= 0 or not is_shapes_caption(caption):
         return []
     edits = {kind: v for kind, v in attribute_edits(caption).items() if v}
     if not edits:
         return []
-    kinds = sorted(edits)
-    return [rng.choice(edits[kind]) for kind in (rng.choice(kinds) for _ in range(k))]
+    kinds = []
+    while len(kinds) < k:
+        kinds += rng.sample(sorted(edits), len(edits))
+    return [rng.choice(edits[kind]) for kind in kinds[:k]]
 
 
 # ---------------------------------------------------------------- embeddings
@@ -99,7 +103,8 @@ def encode_texts(model, tokenizer, texts: list[str], batch_size: int = 512) -> t
     """L2-normalised text embeddings ``(N, D)``, padded to the tokenizer's length as in training."""
     out = []
     for i in range(0, len(texts), batch_size):
-        ids = tokenizer(list(texts[i : i + batch_size]), padding="max_length", truncation=True, return_tensors="pt")
+        chunk = list(texts[i : i + batch_size])
+        ids = tokenizer(chunk, padding="max_length", truncation=True, return_tensors="pt")
         feats = model.get_text_features(input_ids=ids.input_ids.to(_device(model))).pooler_output
         out.append(F.normalize(feats.float(), dim=-1))
     return torch.cat(out)
@@ -135,7 +140,9 @@ def retrieval(model, tok, processor, images, captions: list[str], ks=(1, 5)) -> 
     (frequent for one-object shapes scenes) cannot be told apart by any text encoder.
     """
     if len(images) != len(captions):
-        raise ValueError(f"retrieval needs one caption per image, got {len(images)} images, {len(captions)} captions")
+        raise ValueError(
+            f"retrieval needs one caption per image: {len(images)} images, {len(captions)} captions"
+        )
     model.eval()
     img = encode_images(model, processor, images)  # (N, D)
     txt = encode_texts(model, tok, captions)  # (N, D)
@@ -158,7 +165,9 @@ def probe_shapes(model, tok, processor, images, captions: list[str]) -> dict:
     scores higher; ``all_<kind>`` the share of images whose true caption beats every altered one.
     """
     if len(images) != len(captions):
-        raise ValueError(f"probing needs one caption per image, got {len(images)} images, {len(captions)} captions")
+        raise ValueError(
+            f"probing needs one caption per image: {len(images)} images, {len(captions)} captions"
+        )
     model.eval()
     edits = [attribute_edits(c) for c in captions]
     texts = list(dict.fromkeys(list(captions) + [t for e in edits for ts in e.values() for t in ts]))
@@ -187,7 +196,9 @@ def probe_shapes(model, tok, processor, images, captions: list[str]) -> dict:
 def clip_score(model, processor, tok, images, prompts: list[str]) -> torch.Tensor:
     """CLIPScore ``100 * max(cos(image, prompt), 0)`` per pair, shape ``(N,)`` (Hessel et al. 2021)."""
     if len(images) != len(prompts):
-        raise ValueError(f"clip_score needs one prompt per image, got {len(images)} images, {len(prompts)} prompts")
+        raise ValueError(
+            f"clip_score needs one prompt per image: {len(images)} images, {len(prompts)} prompts"
+        )
     model.eval()
     img = encode_images(model, processor, images)
     txt = encode_texts(model, tok, prompts).to(img.device)

@@ -58,8 +58,9 @@ class ClipPreset:
 
 PRESETS = {
     "tiny": ClipPreset(32, 2, 2, 32, 2, 2, patch_size=8, projection_dim=32, image_size=32, vocab_size=600),
-    # small: a 4 x 4 grid of 16 px patches at 64 px; captions outnumber images (hard negatives), so the
-    # text tower is the narrower one. Trained on 2 CPU cores in about an hour (bench/clip.py).
+    # small: a 4 x 4 grid of 16 px patches at 64 px (8 px patches learned positions far more slowly in
+    # our runs); captions outnumber images (hard negatives), so the text tower is the narrower one.
+    # About an hour of one CPU core for the benchmark's run (bench/clip.py).
     "small": ClipPreset(128, 4, 4, 192, 4, 4, patch_size=16, projection_dim=128),
     "base": ClipPreset(512, 8, 8, 512, 8, 8, patch_size=8, projection_dim=512, vocab_size=8192),
 }
@@ -200,7 +201,9 @@ def unseen_word_report(tokenizer: CLIPTokenizer, captions: list[str]) -> UnseenW
 def build_clip(preset: ClipPreset, tokenizer: CLIPTokenizer) -> CLIPModel:
     """A freshly initialised ``CLIPModel``; vocabulary, length and special ids come from ``tokenizer``."""
     if tokenizer.model_max_length > 1024:
-        raise ValueError("the tokenizer has no model_max_length; build it with train_tokenizer(max_length=...)")
+        raise ValueError(
+            "the tokenizer has no model_max_length; build it with train_tokenizer(..., max_length=N)"
+        )
     text = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=preset.text_width,
@@ -266,8 +269,8 @@ def clip_folder(path: str | os.PathLike) -> str:
         ):
             return candidate
     raise FileNotFoundError(
-        f"{path!r} is not a CLIP export: expected {os.path.join(path, 'clip')}/config.json with its tokenizer "
-        f"(train one with `python -m train.clip --data DIR --out {path}`)"
+        f"{path!r} is not a CLIP export: expected {os.path.join(path, 'clip')}/config.json with its "
+        f"tokenizer (train one with `python -m train.clip --data DIR --out {path}`)"
     )
 
 

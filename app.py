@@ -1,0 +1,59 @@
+"""The latentgen browser app: ``python app.py`` then open http://127.0.0.1:7860.
+
+Generate (text to image), Edit (image to image), Fine-tune and Distill (background
+training runs) on one page, and the same generation as an API (``/generate``, ``/edit``,
+``/models``, ``/png_params``; see docs/app.md). Loopback only unless ``--host`` says
+otherwise; no public share link unless ``--share``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this user and password for the page and API")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--models-dir", default="./models", help="model folders offered in the app; runs go here")
+    p.add_argument("--model", help="model folder to start on (else latentgen/weights/default, if installed)")
+    p.add_argument("--concurrency", type=int, default=1, help="generation requests run at the same time")
+    args = p.parse_args(argv)
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not (sep and user and password):
+            p.error("--auth must be USER:PASS (both non-empty), e.g. --auth alice:s3cret")
+        args.auth = (user, password)
+    if args.concurrency < 1:
+        p.error(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.model is not None and not os.path.isdir(args.model):
+        p.error(f"--model {args.model}: no such folder (a model folder holds model_index.json)")
+    return args
+
+
+def main(argv=None, block: bool = True):
+    args = parse_args(argv)
+    from latentgen.ui import AppConfig, serve
+
+    config = AppConfig(
+        models_dir=args.models_dir,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        auth=args.auth,
+        share=args.share,
+        concurrency=args.concurrency,
+    )
+    try:
+        return serve(config, block=block)
+    except OSError as e:  # e.g. the port is taken
+        sys.exit(f"error: could not start the server on {args.host}:{args.port}: {e} (try --port 7861)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Build the page and serve it: loopback by default, an optional password, a bounded queue.
+
+``serve(AppConfig(...))`` is what ``python app.py`` runs; tests and the load benchmark
+call it with ``block=False`` to get the running server's URL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from latentgen.ui.api import build_api
+from latentgen.ui.generation import Generator
+from latentgen.ui.jobs import JobManager
+from latentgen.ui.page import build_edit_tab, build_generate_tab, model_defaults
+from latentgen.ui.registry import BUNDLED_DIR, ModelRegistry
+from latentgen.ui.streaming import Sessions
+from latentgen.ui.training_tab import DISTILL, FINETUNE, build_training_tab
+
+log = logging.getLogger("latentgen.ui")
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding latentgen/ and train/
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CSS = "#gallery {min-height: 260px} footer {display: none !important}"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    models_dir: str = "./models"
+    model: str | None = None  # None: the bundled default, when installed
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: tuple[str, str] | None = None
+    share: bool = False
+    concurrency: int = 1
+    repo_root: str = str(REPO_ROOT)
+    bundled_dir: str = str(BUNDLED_DIR)  # bundled models: default/ and default-4step/
+    max_loaded: int = 2
+    queue_size: int = 256
+
+    def __post_init__(self):
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be from 0 to 65535, got {self.port}")
+        if self.auth is not None and (len(self.auth) != 2 or not self.auth[0] or not self.auth[1]):
+            raise ValueError("--auth must be user:password, both non-empty")
+
+
+@dataclass
+class App:
+    """What the handlers share; ``demo`` is the Gradio page."""
+
+    config: AppConfig
+    registry: ModelRegistry
+    generator: Generator
+    jobs: JobManager
+    demo: gr.Blocks
+    startup_message: str
+
+    def close(self):
+        self.jobs.shutdown()
+        self.demo.close()
+        shutil.rmtree(self.generator.out_dir, ignore_errors=True)
+
+
+def startup_message(registry: ModelRegistry) -> str:
+    """Said in the console and on the page: which model is in use, or how to get one."""
+    default = registry.default_choice()
+    if default is None:
+        return registry.no_model_message()
+    try:
+        registry.load(default)  # load once at start: the first request does not wait for it
+    except Exception as e:
+        return f"The model **{default}** could not be loaded: {e}"
+    return f"Model **{default}** loaded. Models folder: `{registry.models_dir}`."
+
+
+def build_app(config: AppConfig) -> App:
+    if config.model is not None and not Path(config.model).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"--model {config.model}: no such folder (give a model folder with "
+            "model_index.json, or leave --model out to use the bundled model)"
+        )
+    registry = ModelRegistry(
+        config.models_dir, config.model, config.bundled_dir, max_loaded=config.max_loaded
+    )
+    generator = Generator(registry)
+    jobs = JobManager(config.repo_root, registry.models_dir)
+    message = startup_message(registry)
+    sessions = Sessions()
+    defaults = model_defaults(registry, registry.default_choice())
+    with gr.Blocks(title="latentgen", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# latentgen")
+        ok = registry.default_choice() is not None and "could not be loaded" not in message
+        gr.Markdown(message if ok else f"⚠️ {message}", elem_id="banner")
+        with gr.Tabs():
+            with gr.Tab("Generate"):
+                gen_tab = build_generate_tab(registry, generator, sessions, defaults)
+            with gr.Tab("Edit"):
+                edit_tab = build_edit_tab(registry, generator, sessions, defaults)
+            model_lists = [gen_tab["model"], edit_tab["model"]]
+            with gr.Tab("Fine-tune"):
+                build_training_tab(FINETUNE, registry, jobs, model_lists)
+            with gr.Tab("Distill"):
+                build_training_tab(DISTILL, registry, jobs, model_lists)
+        build_api(registry, generator, defaults, registry.default_choice())
+    demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    return App(config, registry, generator, jobs, demo, message)
+
+
+def serve(config: AppConfig, block: bool = True) -> App:
+    """Build and launch; with ``block=False`` return at once (``app.demo.local_url`` is the address)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_app(config)
+    print(app.startup_message.replace("**", "").replace("`", ""), flush=True)
+    if config.host not in LOOPBACK and config.auth is None:
+        print(
+            f"warning: listening on {config.host} without --auth: anyone who can reach this machine can "
+            "generate images and start training runs",
+            flush=True,
+        )
+    atexit.register(app.jobs.shutdown)
+    app.demo.launch(
+        server_name=config.host,
+        server_port=config.port,
+        auth=config.auth,
+        share=bool(config.share),
+        prevent_thread_lock=True,
+        quiet=True,
+        ssr_mode=False,
+        show_error=False,
+        css=CSS,
+        footer_links=["api"],
+        auth_message="latentgen: sign in with the --auth user and password",
+    )
+    print(
+        f"latentgen is running on {app.demo.local_url}"
+        + (f" and {app.demo.share_url}" if app.demo.share_url else ""),
+        flush=True,
+    )
+    if block:
+        try:
+            app.demo.block_thread()
+        finally:
+            app.jobs.shutdown()
+    return app

@@ -1,0 +1,102 @@
+"""The app in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright types a
+prompt, clicks Generate and sees an image; a path outside the models folder shows an error.
+
+Skipped, with the reason, where ``/usr/bin/chromium`` or the Playwright package is missing
+(``.ci/run`` installs Chromium). Playwright's own browser downloads are never used.
+Set ``LATENTGEN_SCREENSHOTS=DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.browser
+if not os.path.exists(CHROMIUM):
+    pytest.skip(
+        f"{CHROMIUM} is absent (apt-get install chromium; .ci/run installs it)", allow_module_level=True
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="the playwright package is not installed (pip install playwright; no browser download is needed)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from latentgen.ui import AppConfig, serve
+    from tests.tiny_models import make_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("browser")
+    make_tiny_pipeline(root / "models", name="tiny")
+    (root / "no_bundle").mkdir()
+    app = serve(
+        AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"), port=_free_port()),
+        block=False,
+    )
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app.demo.local_url)
+        page.wait_for_selector("#generate")
+        yield page
+        browser.close()
+
+
+def _keep(page, tmp_path, name):
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    keep = os.environ.get("LATENTGEN_SCREENSHOTS")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(path, keep)
+    return path
+
+
+def test_type_prompt_click_generate_see_image(page, tmp_path):
+    page.fill("#prompt textarea", "a red circle left of a blue square")
+    page.fill("#steps input[type=number]", "4")
+    page.press("#steps input[type=number]", "Tab")
+    page.click("#generate")
+    img = page.wait_for_selector("#gallery img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
+    assert img.evaluate("img => img.naturalWidth") == 16  # the tiny model's native size
+    page.wait_for_function("() => document.body.innerText.includes('image(s) in')")
+    assert "Seed used" in page.inner_text("body")
+    assert _keep(page, tmp_path, "generate.png").stat().st_size > 0
+
+
+def test_bad_model_path_is_an_error_on_the_page(page, tmp_path):
+    box = page.get_by_label("Model", exact=True)
+    box.fill("../../etc")
+    box.blur()
+    page.click("#generate")
+    toast = page.wait_for_selector("text=contains '..'", timeout=60_000)
+    assert toast is not None
+    _keep(page, tmp_path, "error.png")
