@@ -33,3 +33,40 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
     assert capsys.readouterr().out.count(": done") == len(recipe.STAGES)
+
+
+def test_bundle_fp16_loads_fp32_in_both_pipelines(tmp_path):
+    """train.bundle on the tiny recipe: fp16 storage, fp32 load, same images as the unbundled folders."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from latentgen import LatentGenPipeline
+    from latentgen.pipeline import read_model_card_defaults
+    from train import bundle, recipe
+
+    out = str(tmp_path / "recipe")
+    recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
+    weights = str(tmp_path / "weights")
+    res = bundle.main(["--recipe", out, "--out", weights, "--steps", "4", "--guidance", "3"])
+    teacher, student = os.path.join(weights, "default"), os.path.join(weights, "default-4step")
+    assert set(res["folders"].values()) == {teacher, student}
+    assert "OpenMoji" in open(os.path.join(weights, "NOTICE")).read()
+    assert read_model_card_defaults(teacher) == {"sampler": "dpm++2m", "num_inference_steps": 4,
+                                                 "guidance_scale": 3.0}
+    assert read_model_card_defaults(student)["num_inference_steps"] == 4
+    assert os.path.isdir(os.path.join(teacher, "clip")) and not os.path.exists(os.path.join(teacher, "cache"))
+    stored = load_file(os.path.join(teacher, "unet", "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    for bundled, original in ((teacher, os.path.join(out, "unet")), (student, os.path.join(out, "distill", "round-4"))):
+        ours = LatentGenPipeline.from_pretrained(bundled)
+        assert {m.dtype for m in (ours.unet, ours.vae, ours.text_encoder)} == {torch.float32}
+        a = ours("a large red circle at center", num_inference_steps=4, guidance_scale=3.0, generator=g(),
+                 output_type="np").images
+        ref = LatentGenPipeline.from_pretrained(original)("a large red circle at center", num_inference_steps=4,
+                                                         guidance_scale=3.0, generator=g(), output_type="np").images
+        stock = StableDiffusionPipeline.from_pretrained(bundled, safety_checker=None, requires_safety_checker=False)
+        assert stock.text_encoder.dtype == torch.float32
+        b = stock("a large red circle at center", num_inference_steps=4, guidance_scale=3.0, generator=g(),
+                  output_type="np").images
+        assert abs(a - b).max() < 1e-3 and abs(a - ref).max() < 0.02  # fp16 rounding of the weights only
