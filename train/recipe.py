@@ -52,19 +52,21 @@ PRESETS = {
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
                          round_steps=10, distill_batch=8),
-    # the bundled model: 64 px, shapes + OpenMoji; sized for 2 CPU cores
+    # the bundled model: 64 px, shapes + OpenMoji; sized for 2 CPU cores. fp32: on CPUs without
+    # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
+    # slower than fp32 (bench/results/speed.md), so bf16 is for GPUs and CPUs that have it
     "small": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=6000,
                           vae_batch=16, clip_preset="small", clip_steps=3000, clip_batch=128,
                           unet_preset="small", unet_steps=30_000, unet_batch=32, unet_lr=2e-4,
                           teacher_steps=64, student_steps=4, stage1_steps=3000, round_steps=1500,
-                          distill_batch=32, mixed_precision="bf16"),
+                          distill_batch=32, mixed_precision="no"),
     # the bundled model as trained so far: the `small` models on the same data, with the step
     # counts cut to fit about two hours of 2 CPU cores (a stopgap until `small` has been run whole)
-    "quick": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1500,
-                          vae_batch=16, clip_preset="small", clip_steps=800, clip_batch=128,
-                          unet_preset="small", unet_steps=6000, unet_batch=32, unet_lr=4e-4,
-                          teacher_steps=32, student_steps=4, stage1_steps=600, round_steps=400,
-                          distill_batch=32, mixed_precision="bf16"),
+    "quick": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
+                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
+                          unet_preset="small", unet_steps=3000, unet_batch=32, unet_lr=4e-4,
+                          teacher_steps=32, student_steps=4, stage1_steps=300, round_steps=200,
+                          distill_batch=32, mixed_precision="no"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
