@@ -2,7 +2,7 @@
 
 Generate (text to image), Edit (image to image), Fine-tune and Distill (background
 training runs) on one page, and the same generation as an API (``/generate``, ``/edit``,
-``/models``, ``/png_params``; see docs/app.md). Loopback only unless ``--host`` says
+``/models``, ``/png_params``; see the README). Loopback only unless ``--host`` says
 otherwise; no public share link unless ``--share``.
 """
 

@@ -72,7 +72,7 @@ def test_loopback_by_default_and_endpoints(app, client):
     assert app.demo.local_url.startswith("http://127.0.0.1:")
     assert app.demo.share_url is None
     api = client.view_api(return_format="dict", print_info=False)
-    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/models", "/png_params"}  # docs/app.md
+    assert set(api["named_endpoints"]) == {"/generate", "/edit", "/models", "/png_params"}  # README: API
     params = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert params[:7] == ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height"]
     assert client.predict(api_name="/models") == ["tiny", "tiny-4step"]
