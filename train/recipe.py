@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -148,8 +149,24 @@ def stage_unet(out, pr, args):
     return unet.main(argv)
 
 
+def _share_cache(src: str, dst: str):
+    """Hard-link the UNet stage's latent cache into the distillation's: same data, same frozen models,
+    same fingerprint, so the distillation does not encode every image again (a copy if links fail)."""
+    if not os.path.isdir(src):
+        return
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name.endswith(".safetensors") and not os.path.exists(os.path.join(dst, name)):
+            try:
+                os.link(os.path.join(src, name), os.path.join(dst, name))
+            except OSError:
+                shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
 def stage_distill(out, pr, args):
     from train import distill
+
+    _share_cache(os.path.join(out, "unet", "cache"), os.path.join(out, "distill", "cache"))
 
     argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr), pr.round_steps, pr.distill_batch,
                    args.seed, pr.mixed_precision, args.no_progress)
