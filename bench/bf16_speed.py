@@ -72,7 +72,9 @@ def main(argv=None):
           f"| {args.size}^2 matmul (TFLOP/s) | {res['matmul_fp32_tflops']:.3f} | {res['matmul_bf16_tflops']:.3f} "
           f"| {res['matmul_speedup']:.2f}x |\n"
           f"| UNet `{args.preset}` train step, batch {args.batch} (s) | {res['unet_step_fp32_s']:.3f} "
-          f"| {res['unet_step_bf16_s']:.3f} | {res['unet_step_speedup']:.2f}x |\n")
+          f"| {res['unet_step_bf16_s']:.3f} | {res['unet_step_speedup']:.2f}x |\n"
+          f"\n{res['threads']} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"command: `python bench/bf16_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
     with open("bench/results/bf16.md", "w") as f:
         f.write(md)
     print(md)
