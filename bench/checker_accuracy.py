@@ -23,8 +23,18 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from latentgen.data.shapes import (COLORS, POSITIONS, SHAPES, SIZES, ShapeObject, add_gaussian_noise,
-                                   attribute_accuracy, check_image, render_scene, sample_scene)
+from latentgen.data.shapes import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapeObject,
+    add_gaussian_noise,
+    attribute_accuracy,
+    check_image,
+    render_scene,
+    sample_scene,
+)
 
 TARGETS = {0.0: 0.99, 0.1: 0.95}  # spec: share of true scenes judged correct, by noise sigma
 NEGATIVES = ("one_attribute", "swap_colors", "missing_object", "extra_object", "blank")

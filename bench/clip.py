@@ -99,7 +99,7 @@ def write(result: dict):
     with open(os.path.join(RESULTS, "clip.json"), "w") as f:
         json.dump(result, f, indent=2)
     p = result["shapes_probing"]
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pct = lambda x: f"{100 * x:.1f}%"
     lines = [f"# CLIP `{result['preset']}`: held-out retrieval and shapes attribute probing "
              f"({result['image_size']} px)", "",
              f"Model: `{result['model']}` ({result['params_M']} M parameters, text tower "

@@ -20,7 +20,12 @@ import torch
 
 from latentgen.diffusion import SAMPLERS
 from latentgen.eval.adherence import evaluate_shapes
-from latentgen.pipeline import DEFAULT_GUIDANCE, LatentGenPipeline, read_model_card_defaults, resolve_model_dir
+from latentgen.pipeline import (
+    DEFAULT_GUIDANCE,
+    LatentGenPipeline,
+    read_model_card_defaults,
+    resolve_model_dir,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "samplers")

@@ -65,9 +65,8 @@ def build_cache(dataset, vae, tokenizer, text_encoder, batch_size: int = 32, dev
 def load_or_build_cache(folder_dataset, vae, tokenizer, text_encoder, cache_dir: str, size: int,
                         batch_size: int = 32) -> dict[str, torch.Tensor]:
     """The cache for this data and these models, from ``cache_dir`` if it is there, else built and saved."""
-    from safetensors.torch import load_file, save_file
-
     from accelerate import PartialState
+    from safetensors.torch import load_file, save_file
 
     key = _fingerprint(folder_dataset.items, size, vae, text_encoder)
     path = os.path.join(cache_dir, f"cache-{key}.safetensors")

@@ -112,8 +112,14 @@ def _run_generate(args) -> int:
     import torch
 
     from latentgen.diffusion import sampler_name
-    from latentgen.pipeline import (DEFAULT_GUIDANCE, DEFAULT_STEPS, LatentGenPipeline, read_model_card_defaults,
-                                    resolve_model_dir, save_png_with_params)
+    from latentgen.pipeline import (
+        DEFAULT_GUIDANCE,
+        DEFAULT_STEPS,
+        LatentGenPipeline,
+        read_model_card_defaults,
+        resolve_model_dir,
+        save_png_with_params,
+    )
 
     if args.n < 1:
         raise ValueError(f"--n {args.n}: the number of images must be at least 1")

@@ -35,7 +35,6 @@ import inspect
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -44,6 +43,7 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
 
 NUM_TRAIN_TIMESTEPS = 1024
 

@@ -34,10 +34,22 @@ from diffusers.utils.torch_utils import randn_tensor
 from latentgen.diffusion import pred_x0_from_v, q_sample
 
 __all__ = [
-    "guidance_embedding", "guided_v", "grid_timesteps", "sample_grid_timesteps", "grid_alpha_sigma",
-    "ddim_step", "progressive_target", "truncated_snr_weight", "truncated_snr_v_weight", "x0_loss",
-    "snr_from_alpha_sigma", "make_student", "copy_unet", "student_forward", "guided_distillation_loss",
+    "copy_unet",
+    "ddim_step",
+    "grid_alpha_sigma",
+    "grid_timesteps",
+    "guidance_embedding",
+    "guided_distillation_loss",
+    "guided_v",
+    "make_student",
     "progressive_distillation_loss",
+    "progressive_target",
+    "sample_grid_timesteps",
+    "snr_from_alpha_sigma",
+    "student_forward",
+    "truncated_snr_v_weight",
+    "truncated_snr_weight",
+    "x0_loss",
 ]
 
 

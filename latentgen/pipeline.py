@@ -46,9 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -58,9 +58,16 @@ from latentgen.diffusion import SAMPLERS, alpha_sigma, make_scheduler, pred_x0
 from latentgen.pngmeta import read_png_params, save_png_with_params
 
 __all__ = [
-    "LatentGenPipeline", "LatentGenPipelineOutput", "check_model_folder", "read_model_card_defaults",
-    "resolve_model_dir", "save_png_with_params", "read_png_params", "DEFAULT_MODEL_DIR", "DEFAULT_STEPS",
     "DEFAULT_GUIDANCE",
+    "DEFAULT_MODEL_DIR",
+    "DEFAULT_STEPS",
+    "LatentGenPipeline",
+    "LatentGenPipelineOutput",
+    "check_model_folder",
+    "read_model_card_defaults",
+    "read_png_params",
+    "resolve_model_dir",
+    "save_png_with_params",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,7 +295,7 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Load the five components one by one: for SD-format folders without model_index.json."""
         import diffusers
 
-        sub = lambda name: os.path.join(folder, name)  # noqa: E731
+        sub = lambda name: os.path.join(folder, name)
         with open(os.path.join(sub("scheduler"), "scheduler_config.json")) as f:
             sched_cfg = json.load(f)
         sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name")), None)

@@ -36,8 +36,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,7 +179,7 @@ class Trainer:
         *,
         collate_fn: Callable | None = None,
         frozen: dict[str, nn.Module] | None = None,
-        validate_fn: Callable[["Trainer", nn.Module, int], dict] | None = None,
+        validate_fn: Callable[[Trainer, nn.Module, int], dict] | None = None,
         run_config: dict | None = None,
         params: Callable[[nn.Module], Any] | None = None,
         find_unused_parameters: bool = False,

@@ -13,9 +13,19 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from latentgen import LatentGenPipeline
 from latentgen.diffusion import make_scheduler, pred_x0_from_v, training_alphas_cumprod, v_target
 from latentgen.distill import (
-    copy_unet, ddim_step, grid_alpha_sigma, grid_timesteps, guidance_embedding, guided_distillation_loss,
-    guided_v, make_student, progressive_distillation_loss, progressive_target, snr_from_alpha_sigma,
-    truncated_snr_v_weight, truncated_snr_weight,
+    copy_unet,
+    ddim_step,
+    grid_alpha_sigma,
+    grid_timesteps,
+    guidance_embedding,
+    guided_distillation_loss,
+    guided_v,
+    make_student,
+    progressive_distillation_loss,
+    progressive_target,
+    snr_from_alpha_sigma,
+    truncated_snr_v_weight,
+    truncated_snr_weight,
 )
 from latentgen.pipeline import read_model_card_defaults
 from tests.tiny_models import make_tiny_components, make_tiny_pipeline

@@ -12,8 +12,12 @@ from PIL import Image
 
 from latentgen.data.shapes import HELDOUT_PAIRS, parse_prompt, render_scene
 from latentgen.eval.adherence import GROUPS, evaluate_shapes, shapes_eval_set
-from latentgen.eval.fid import (frechet_distance, frechet_distance_from_stats, gaussian_stats,
-                                trace_sqrt_product)
+from latentgen.eval.fid import (
+    frechet_distance,
+    frechet_distance_from_stats,
+    gaussian_stats,
+    trace_sqrt_product,
+)
 
 
 # ---------------------------------------------------------------- fake pipelines
@@ -79,7 +83,7 @@ def test_batches_seeds_and_group_subsets():
     assert set(a) == {"heldout", "2_objects", "settings", "seconds_per_image"}  # no "all" without all three
     assert [c["n"] for c in pipe.calls] == [4, 2]
     b = evaluate_shapes(RenderPipe(), n=3, seed=5, batch_size=1, groups=["heldout", "2_objects"])
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("settings", "seconds_per_image")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("settings", "seconds_per_image")}
     assert strip(a) == strip(b)
     assert "all" in evaluate_shapes(RenderPipe(), n=1, groups=["all"])
     with pytest.raises(ValueError, match="unknown shapes eval group"):

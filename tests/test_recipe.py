@@ -16,7 +16,7 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     state = recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
     assert set(state["done"]) == set(recipe.STAGES)
     teacher, student = os.path.join(out, "unet"), os.path.join(out, "distill", "final")
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
     for folder, steps in ((teacher, 4), (student, 4)):
         ours = LatentGenPipeline.from_pretrained(folder)
         a = ours("a large red circle at center", num_inference_steps=steps, guidance_scale=3.0, generator=g(),
@@ -57,7 +57,7 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tmp_path):
     assert os.path.isdir(os.path.join(teacher, "clip")) and not os.path.exists(os.path.join(teacher, "cache"))
     stored = load_file(os.path.join(teacher, "unet", "diffusion_pytorch_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)
     for bundled, original in ((teacher, os.path.join(out, "unet")), (student, os.path.join(out, "distill", "round-4"))):
         ours = LatentGenPipeline.from_pretrained(bundled)
         assert {m.dtype for m in (ours.unet, ours.vae, ours.text_encoder)} == {torch.float32}

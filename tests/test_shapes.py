@@ -8,10 +8,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentgen.data.shapes import (COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES, ShapeObject,
-                                   add_gaussian_noise, attribute_accuracy, canonical_caption, check_image,
-                                   make_caption, object_geometry, paraphrase_caption, parse_prompt,
-                                   render_scene, sample_scene, score_image, write_shapes_folder)
+from latentgen.data.shapes import (
+    COLORS,
+    HELDOUT_PAIRS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapeObject,
+    add_gaussian_noise,
+    attribute_accuracy,
+    canonical_caption,
+    check_image,
+    make_caption,
+    object_geometry,
+    paraphrase_caption,
+    parse_prompt,
+    render_scene,
+    sample_scene,
+    score_image,
+    write_shapes_folder,
+)
 
 SCENE = [ShapeObject("circle", "red", "large", "top left"),
          ShapeObject("square", "blue", "small", "center"),

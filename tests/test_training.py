@@ -6,8 +6,14 @@ import sys
 import pytest
 import torch
 
-from latentgen.training import (CheckpointError, NonFiniteLossError, ResumableBatchSampler, TrainConfig, Trainer,
-                                list_checkpoints)
+from latentgen.training import (
+    CheckpointError,
+    NonFiniteLossError,
+    ResumableBatchSampler,
+    TrainConfig,
+    Trainer,
+    list_checkpoints,
+)
 from tests.toy import ToyData, toy_model, toy_step
 
 

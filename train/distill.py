@@ -266,7 +266,7 @@ def print_summary(records: list[dict], final: str):
     print("\ndistillation summary")
     print(f"{'stage':<12}{'steps':>6}{'trained':>9}{'loss first':>12}{'loss last':>11}{'seconds':>9}")
     for r in records:
-        fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+        fmt = lambda x: "-" if x is None else f"{x:.4g}"
         print(f"{r['run']['stage']:<12}{r['student_steps']:>6}{r['steps_trained']:>9}"
               f"{fmt(r['loss_first']):>12}{fmt(r['loss_last']):>11}{r['seconds']:>9}"
               + ("  (reused)" if r.get("reused") else ""))
@@ -317,7 +317,7 @@ def main(argv=None) -> dict:
 
     ctx = prepare(args)
     pipe = ctx["pipe"]
-    load = lambda folder: UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"),  # noqa: E731
+    load = lambda folder: UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"),
                                                                use_safetensors=True)
     records, prev, resume = [], args.model, args.resume
     for name, teacher_steps, steps in plan(args.teacher_steps, args.min_steps,

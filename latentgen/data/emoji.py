@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features

@@ -15,8 +15,8 @@ import math
 import os
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -75,7 +75,7 @@ class ShapeObject:
         return {"shape": self.shape, "color": self.color, "size": self.size, "position": self.position}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ShapeObject":
+    def from_dict(cls, d: dict) -> ShapeObject:
         unknown = set(d) - set(_ATTRS)
         if unknown:
             raise ValueError(f"ShapeObject has no field(s) {sorted(unknown)}; fields are {list(_ATTRS)}")

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from latentgen.data.shapes import (ShapeObject, attribute_accuracy, canonical_caption, check_image,
-                                   sample_scene)
+from latentgen.data.shapes import (
+    ShapeObject,
+    attribute_accuracy,
+    canonical_caption,
+    check_image,
+    sample_scene,
+)
 from latentgen.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 # group name -> (objects per prompt, held-out pair required)

@@ -304,9 +304,9 @@ __all__ = [
     "get_clip_preset",
     "image_processor",
     "load_clip",
+    "longest_caption",
     "preset_from_model",
     "save_clip",
     "train_tokenizer",
     "unseen_word_report",
-    "longest_caption",
 ]
