@@ -526,7 +526,7 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
 
         # 5. Denoising loop
         step_kwargs = self._step_kwargs(scheduler, generator)
-        denoised, steps_done = latents, 0
+        last, steps_done = None, 0  # last: the UNet's input and output of the latest step
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if self._interrupt:
@@ -537,17 +537,20 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 if do_cfg:
                     out_uncond, out_text = out.chunk(2)
                     out = out_uncond + guidance_scale * (out_text - out_uncond)  # Ho & Salimans 2022, Eq. 6
-                denoised = self._denoised(scheduler, x_in[:batch], out, t)
+                last = (x_in[:batch], out, t)
                 latents = scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
                 steps_done = i + 1
                 if callback_on_step_end is not None:
+                    denoised = self._denoised(scheduler, *last)
                     result = callback_on_step_end(self, i, t, {"latents": latents, "denoised": denoised})
                     latents = (result or {}).get("latents", latents)
                 progress.update()
         interrupted = steps_done < len(timesteps)
 
-        # 6. Decode
-        images = self.decode_latents(denoised if interrupted else latents, output_type, generator)
+        # 6. Decode (a cancelled run shows its latest estimate of the clean image)
+        if interrupted:
+            latents = latents if last is None else self._denoised(scheduler, *last)
+        images = self.decode_latents(latents, output_type, generator)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
