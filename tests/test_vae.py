@@ -192,3 +192,27 @@ def test_reconstruction_psnr_dataset_or_loader(shapes16):
     a = reconstruction_psnr(vae, ds, n=10, batch_size=4)
     b = reconstruction_psnr(vae, DataLoader(ds, batch_size=3), n=10)
     assert a == pytest.approx(b, rel=1e-5) and 0 < a < 60
+
+
+def test_stopped_run_exports_nothing_and_says_unfinished(shapes16, tmp_path, monkeypatch):
+    """SIGTERM mid-run: a checkpoint, no vae/ export, and finished=False (so the recipe does not call it done)."""
+    import signal
+
+    make = train_vae.make_step_fn
+
+    def make_stopping(args):
+        step = make(args)
+
+        def stopping(model, batch, ctx):
+            if ctx.step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler turns it into a stop request
+            return step(model, batch, ctx)
+
+        return stopping
+
+    monkeypatch.setattr(train_vae, "make_step_fn", make_stopping)
+    out = str(tmp_path / "vae")
+    res = train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "20", "--checkpoint-every", "50", *FAST])
+    assert res["finished"] is False and res["step"] < 20
+    assert not os.path.exists(os.path.join(out, "vae"))
+    assert os.listdir(os.path.join(out, "checkpoints"))

@@ -159,7 +159,8 @@ def main(argv=None) -> dict:
                       run_config=run_config)
     model = trainer.fit()
     seconds = time.time() - t0
-    summary = {"out": args.out, "steps": trainer.step, "train_seconds": seconds, "vocab": len(tok)}
+    summary = {"finished": trainer.finished, "out": args.out, "steps": trainer.step, "train_seconds": seconds,
+               "vocab": len(tok)}
     if trainer.is_main and trainer.finished:
         save_clip(model, tok, args.out)
         save_config(preset, os.path.join(args.out, "clip"))

@@ -159,6 +159,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     model = trainer.fit()
     train_time = time.time() - t0
+    if not trainer.finished:  # stopped (SIGTERM): a checkpoint, no export; the recipe must not call it done
+        return {"finished": False, "step": trainer.step}
     if not trainer.is_main:
         return {}
     vae = model.vae.eval()
@@ -168,7 +170,7 @@ def main(argv=None) -> dict:
     folder = os.path.join(args.out, "vae")
     vae.save_pretrained(folder, safe_serialization=True)
     save_config(preset, folder)
-    summary = {"preset": args.preset, "steps": trainer.step, "train_time_s": round(train_time, 1),
+    summary = {"finished": True, "preset": args.preset, "steps": trainer.step, "train_time_s": round(train_time, 1),
                "scaling_factor": 1.0 / stats["std"], "latent_mean": stats["mean"], "latent_std": stats["std"],
                f"val_{tag}": reconstruction_psnr(vae, val_set), "n_val": len(val_set), "vae": folder}
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
