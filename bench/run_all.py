@@ -72,8 +72,9 @@ def quality(teacher: str, student: str | None, n: int) -> str:
                     + " | ".join(f"{100 * rep[g]['full_prompt_accuracy']:.1f}%"
                                  for g in ("1_object", "2_objects", "3_objects", "heldout"))
                     + f" | {rep['seconds_per_image']:.3f} |")
-    with open(os.path.join(RESULTS_DIR, "quality.json"), "w") as f:
-        json.dump(reports, f, indent=2)
+    for label, rep in reports.items():  # train.bundle --eval-teacher / --eval-student read these
+        with open(os.path.join(RESULTS_DIR, f"quality-{label.split()[-1]}.json"), "w") as f:
+            json.dump(rep, f, indent=2)
     lines = [f"Full-prompt accuracy of the shapes checker, n = {n} prompts per group, each model at its card's "
              "settings (`latentgen eval shapes --model DIR --n N`).", "",
              "| model | settings | 1 object | 2 objects | 3 objects | held-out pairs | s / image |",
@@ -155,6 +156,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="teacher folder (default: latentgen/weights/default)")
     p.add_argument("--student-root", help="folder of distilled students (default: latentgen/weights)")
+    p.add_argument("--distill-root", help="train.distill --out with every round, for the distillation table "
+                                          "(default: --student-root)")
     p.add_argument("--n", type=int, default=50, help="prompts per group")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
     p.add_argument("--checker", action="store_true", help="also rerun the checker benchmark")
@@ -178,7 +181,8 @@ def main(argv=None) -> dict:
         elif name == "distill":
             from bench import distill
 
-            distill.main(["--teacher", teacher, "--student-root", root, "--n", str(max(2, args.n // 2))])
+            distill.main(["--teacher", teacher, "--student-root", args.distill_root or root,
+                          "--n", str(max(2, args.n // 2))])
         elif name == "speed":
             from bench import speed
 
