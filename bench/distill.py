@@ -27,6 +27,7 @@ import random
 
 import torch
 
+from bench.common import write_results
 from latentgen.eval.adherence import GROUPS, evaluate_shapes, shapes_eval_set
 from latentgen.pipeline import DEFAULT_GUIDANCE, LatentGenPipeline, read_model_card_defaults
 
@@ -179,12 +180,7 @@ def main(argv=None) -> dict:
             "image_size": size, "platform": platform.platform(), "torch": torch.__version__,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "note": args.note}
     result = {"meta": meta, "rows": rows, "targets": targets(rows)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.results + ".md", "w") as f:
-        f.write(markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_results(args.results, result, markdown(rows, meta))
     if result["targets"]:
         print("targets:", json.dumps(result["targets"]))
     return result

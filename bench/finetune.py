@@ -29,7 +29,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from bench.common import machine, write_results
 from bench.vae import emoji_split
 from latentgen.data import shapes
 from latentgen.eval.adherence import evaluate_shapes
@@ -326,11 +326,7 @@ def write(args, cases: dict) -> dict:
     path = args.results + ".json"
     res = read_json(path, {})
     res.update(cases)
-    with open(path, "w") as f:
-        json.dump(res, f, indent=2)
-    with open(args.results + ".md", "w") as f:
-        f.write(markdown(res))
-    print(markdown(res))
+    write_results(args.results, res, markdown(res))
     return res
 
 
@@ -365,9 +361,7 @@ def main(argv=None) -> dict:
     args.model = resolve_model_dir(args.model)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     s = sampling(args)
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} torch threads, {args.device}")
-    meta = {"n": args.n, "machine": machine,
+    meta = {"n": args.n, "machine": f"{machine()}, {args.device}",
             "command": "python -m bench.finetune " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "settings": {"model": args.model, "lora_rank": args.lora_rank, "batch_size": args.batch_size,

@@ -11,13 +11,10 @@ Writes ``bench/results/samplers.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 
-import torch
-
+from bench.common import machine, write_results
 from latentgen.diffusion import SAMPLERS
 from latentgen.eval.adherence import evaluate_shapes
 from latentgen.pipeline import (
@@ -73,14 +70,9 @@ def main(argv=None) -> dict:
             print(name, steps, table[name][str(steps)], flush=True)
     res = {"model": model, "n": args.n, "steps": args.steps, "samplers": args.samplers, "guidance": guidance,
            "seed": args.seed, "image_size": pipe.default_size()[0], "table": table,
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}",
+           "machine": machine(),
            "command": "python -m bench.samplers " + " ".join(sys.argv[1:] if argv is None else argv)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results + ".json", "w") as f:
-        json.dump(res, f, indent=2)
-    with open(args.results + ".md", "w") as f:
-        f.write(markdown(res))
-    print(markdown(res))
+    write_results(args.results, res, markdown(res))
     return res
 
 

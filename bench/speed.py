@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+from bench.common import machine, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "speed")
@@ -169,18 +169,12 @@ def main(argv=None) -> dict:
     student = args.student or (_bundled("default-4step") if args.model is None else None)
     if student and not os.path.isdir(student):
         student = None
-    res = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} torch threads",
+    res = {"machine": machine(),
            "command": "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:])}
     res["side_by_side"] = side_by_side(teacher, args.steps, args.guidance, args.n)
     res["teacher_vs_student"] = teacher_vs_student(teacher, student, args.guidance, args.n, args.bf16)
     res["flops"] = flops(teacher, args.guidance)
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results + ".json", "w") as f:
-        json.dump(res, f, indent=2)
-    with open(args.results + ".md", "w") as f:
-        f.write(markdown(res))
-    print(markdown(res))
+    write_results(args.results, res, markdown(res))
     return res
 
 
