@@ -83,7 +83,8 @@ def quality(teacher: str, student: str | None, n: int) -> str:
     if "teacher" in reports and "4-step student" in reports:
         gap = 100 * (reports["teacher"]["all"]["full_prompt_accuracy"]
                      - reports["4-step student"]["all"]["full_prompt_accuracy"])
-        lines += [f"Student against teacher, 1-3 objects pooled: {gap:+.1f} points (target: within 3).", ""]
+        lines += [f"1-3 objects pooled, the teacher is {gap:.1f} points {'above' if gap >= 0 else 'below'} the "
+                  "student (target: the student within 3 points).", ""]
     met = {g: reports["teacher"][g]["full_prompt_accuracy"] >= t for g, t in TARGETS.items()} \
         if "teacher" in reports else {}
     verdicts = ", ".join(f"{g} {'yes' if ok else 'no'}" for g, ok in met.items())

@@ -4,8 +4,9 @@
     python -m bench.speed --model runs/quick/unet --student runs/quick/distill/round-4
 
 1. ``LatentGenPipeline`` and stock ``diffusers.StableDiffusionPipeline`` load the same folder and
-   generate the same prompts with the same seeds and settings, alternating call by call (so
-   background load hits both alike); the table gives the median seconds per image and the largest
+   generate the same prompts with the same seeds and settings, alternating call by call in ABBA
+   order (so background load and warm caches favour neither); the table gives the median seconds
+   per image and the largest
    pixel difference between their images.
 2. The teacher with classifier-free guidance (two UNet passes per step) at 50 and 25 steps against
    the 4-step student (one pass per step), in ``LatentGenPipeline`` (``--bf16``: also under bf16 autocast).
@@ -62,9 +63,13 @@ def side_by_side(folder: str, steps: int, guidance: float, n: int) -> dict:
         _call(p, 0, 2, guidance)  # warm-up
     times = {"latentgen": [], "diffusers": []}
     diff = 0.0
-    for i in range(n):
-        a, ta = _call(ours, i, steps, guidance)
-        b, tb = _call(stock, i, steps, guidance)
+    for i in range(n):  # ABBA order: neither pipeline always runs first
+        if i % 2 == 0:
+            a, ta = _call(ours, i, steps, guidance)
+            b, tb = _call(stock, i, steps, guidance)
+        else:
+            b, tb = _call(stock, i, steps, guidance)
+            a, ta = _call(ours, i, steps, guidance)
         times["latentgen"].append(ta)
         times["diffusers"].append(tb)
         diff = max(diff, float(abs(a - b).max()))
@@ -132,7 +137,7 @@ def markdown(res: dict) -> str:
     s, f = res["side_by_side"], res["flops"]
     lines = [f"# Speed ({res['machine']})", "",
              f"## latentgen against stock diffusers (same folder, {s['sampler']}, {s['steps']} steps, guidance "
-             f"{s['guidance']}, batch 1, median of {s['n']} alternating calls)", "",
+             f"{s['guidance']}, batch 1, median of {s['n']} calls each, ABBA order)", "",
              "| pipeline | s / image | relative |", "|---|---:|---:|",
              f"| `LatentGenPipeline` | {s['latentgen_s']:.3f} | 1.00 |",
              f"| `diffusers.StableDiffusionPipeline` | {s['diffusers_s']:.3f} | "

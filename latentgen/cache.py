@@ -31,7 +31,10 @@ def _fingerprint(items, size: int, *modules: torch.nn.Module) -> str:
         for name, t in sorted(m.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().float().cpu().numpy().tobytes())
-        h.update(json.dumps(getattr(m, "config", {}), sort_keys=True, default=str).encode())
+        config = getattr(m, "config", {})
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers / diffusers
+        config = {k: v for k, v in config.items() if not str(k).startswith("_")}
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())  # not where it was loaded from
     return h.hexdigest()[:16]
 
 

@@ -33,7 +33,7 @@ OPENMOJI = ("All emojis designed by OpenMoji, the open-source emoji and icon pro
 EXAMPLES = ("a large red circle at center", "a small blue square at top left",
             "a large yellow triangle at bottom right and a small green square at top left",
             "a large purple circle at left and a large orange square at right",
-            "a purple square (held out)", "grinning face")
+            "a large purple square at center", "grinning face")
 
 
 def parse_args(argv=None):
@@ -144,7 +144,7 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              "## Vocabulary and example prompts", "",
              "Colours red, orange, yellow, green, blue, purple; shapes circle, square, triangle; sizes "
              "small, large; positions top left, top, top right, left, center, right, bottom left, bottom, "
-             "bottom right; and OpenMoji names. Examples:", "",
+             "bottom right; and OpenMoji names. Examples (the fifth names a held-out pair):", "",
              *(f"- `{e}`" for e in EXAMPLES), "",
              f"<details><summary>Whole words of the tokenizer ({len(vocab)})</summary>", "",
              " ".join(vocab), "", "</details>", "",
