@@ -70,3 +70,26 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tmp_path):
         b = stock("a large red circle at center", num_inference_steps=4, guidance_scale=3.0, generator=g(),
                   output_type="np").images
         assert abs(a - b).max() < 1e-3 and abs(a - ref).max() < 0.02  # fp16 rounding of the weights only
+
+
+def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
+    from dataclasses import asdict, replace
+
+    from train.recipe import PRESETS, reopen_stages
+
+    pr = PRESETS["tiny"]
+    for stage in ("unet", "distill"):
+        os.makedirs(tmp_path / stage / "checkpoints")
+    done = {s: {"finished": True} for s in ("data", "vae", "clip", "unet", "distill")}
+    state = {"preset": "tiny", "done": dict(done), "seconds": {s: 60.0 for s in done}, "config": asdict(pr)}
+
+    assert reopen_stages(str(tmp_path), state, pr) == []  # same preset: nothing reopens
+    assert set(state["done"]) == set(done)
+
+    raised = replace(pr, unet_steps=pr.unet_steps * 2)
+    assert reopen_stages(str(tmp_path), state, raised) == ["unet", "distill"]
+    assert set(state["done"]) == {"data", "vae", "clip"}
+    assert (tmp_path / "unet" / "checkpoints").is_dir()  # resumes from its own checkpoints
+    assert not (tmp_path / "distill").exists()  # trained on the old teacher: moved aside, starts over
+    assert [p.name.startswith("distill.before-") for p in tmp_path.iterdir()].count(True) == 1
+    assert "unet" in state["seconds"] and "distill" not in state["seconds"]

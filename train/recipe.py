@@ -9,6 +9,9 @@ distill (guided, then progressive halving to 4 steps). Each stage runs its own t
 (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
 killed recipe (or one stopped for the night) continues where it was with the same command.
 Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end.
+A preset whose step counts were raised since a stage finished reopens that stage (it resumes
+from its last checkpoint and trains on to the new count); the stages after it, trained on the
+old result, are moved aside to ``<stage>.before-<time>`` and run again.
 The teacher ends in ``<out>/unet`` and the student in ``<out>/distill/final``.
 """
 
@@ -62,11 +65,11 @@ PRESETS = {
                           teacher_steps=64, student_steps=4, stage1_steps=3000, round_steps=1500,
                           distill_batch=32, mixed_precision="no"),
     # the bundled model as trained so far: the `small` models on the same data, with the step
-    # counts cut to fit about two hours of 2 CPU cores (a stopgap until `small` has been run whole)
+    # counts cut to fit two sittings of 2 CPU cores (a stopgap until `small` has been run whole)
     "quick": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
                           vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
-                          unet_preset="small", unet_steps=2600, unet_batch=32, unet_lr=4e-4,
-                          teacher_steps=16, student_steps=4, stage1_steps=250, round_steps=200,
+                          unet_preset="small", unet_steps=6400, unet_batch=32, unet_lr=4e-4,
+                          teacher_steps=16, student_steps=1, stage1_steps=250, round_steps=200,
                           distill_batch=32, mixed_precision="no"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
@@ -191,6 +194,39 @@ def _load_state(path: str, preset: str) -> dict:
     return {"preset": preset, "done": {}, "seconds": {}}
 
 
+# which preset fields each stage trains to; raising one reopens the stage
+STEP_FIELDS = {"vae": ("vae_steps",), "clip": ("clip_steps",), "unet": ("unet_steps",),
+               "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps")}
+
+
+def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
+    """Reopen the first done stage whose step fields changed since it ran, and every stage after it.
+
+    The changed stage resumes from its checkpoints (its folder stays); later stages were trained on
+    its old result, so their folders are moved aside and they start over. Returns the reopened stages.
+    """
+    old = state.get("config")
+    if not old:
+        return []
+    first = next((s for s in STAGES if s in state["done"]
+                  and any(old.get(f) != getattr(pr, f) for f in STEP_FIELDS.get(s, ()))), None)
+    if first is None:
+        return []
+    later = STAGES[STAGES.index(first) + 1:]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for stage in later:
+        folder = os.path.join(out, stage)
+        if os.path.isdir(folder):
+            os.replace(folder, f"{folder}.before-{stamp}")
+        state["seconds"].pop(stage, None)
+    reopened = [s for s in (first, *later) if s in state["done"]]
+    for stage in (first, *later):
+        state["done"].pop(stage, None)
+    changed = {f: (old.get(f), getattr(pr, f)) for f in STEP_FIELDS[first] if old.get(f) != getattr(pr, f)}
+    print(f"[recipe] {first}: preset changed {changed}; reopening {', '.join(reopened)}")
+    return reopened
+
+
 def _save_state(path: str, state: dict):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -204,6 +240,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     state_path = os.path.join(args.out, "recipe.json")
     state = _load_state(state_path, args.preset)
+    reopen_stages(args.out, state, pr)
     state["config"] = asdict(pr)
     for stage in STAGES:
         if stage in state["done"]:
