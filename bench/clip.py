@@ -26,6 +26,7 @@ import time
 import torch
 from PIL import Image
 
+from bench.common import read_json
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.eval.clip_probe import probe_shapes, retrieval
 from latentgen.models.clip import load_clip
@@ -68,7 +69,7 @@ def train(args, data: list[str], out: str) -> dict:
     wall, cpu = time.time(), time.process_time()
     summary = train_clip.main(argv)
     spent = os.path.join(out, "bench_time.json")  # a resumed run adds to its earlier time
-    before = json.load(open(spent)) if os.path.isfile(spent) else {"wall_s": 0.0, "cpu_s": 0.0}
+    before = read_json(spent, {"wall_s": 0.0, "cpu_s": 0.0})
     total = {"wall_s": before["wall_s"] + time.time() - wall,
              "cpu_s": before["cpu_s"] + time.process_time() - cpu}
     with open(spent, "w") as f:
@@ -100,12 +101,12 @@ def write(result: dict):
         json.dump(result, f, indent=2)
     p = result["shapes_probing"]
     pct = lambda x: f"{100 * x:.1f}%"
-    lines = [f"# CLIP `{result['preset']}`: held-out retrieval and shapes attribute probing "
-             f"({result['image_size']} px)", "",
-             f"Model: `{result['model']}` ({result['params_M']} M parameters, text tower "
+    lines = [(f"# CLIP `{result['preset']}`: held-out retrieval and shapes attribute probing "
+             f"({result['image_size']} px)"), "",
+             (f"Model: `{result['model']}` ({result['params_M']} M parameters, text tower "
              f"{result['text_params_M']} M, vocabulary {result['vocab']}); "
              f"{result.get('steps', '?')} steps of {result.get('batch_size', '?')}, training "
-             f"{result.get('train_wall_s', '?')} s wall / {result.get('train_cpu_s', '?')} s CPU.", "",
+             f"{result.get('train_wall_s', '?')} s wall / {result.get('train_cpu_s', '?')} s CPU."), "",
              "| retrieval (N candidates) | t2i R@1 | t2i R@5 | i2t R@1 | i2t R@5 |", "|---|---|---|---|---|"]
     for name in ("shapes_retrieval", "emoji_retrieval"):
         if name in result:
@@ -119,10 +120,10 @@ def write(result: dict):
         met = "" if target is None else ("yes" if p[kind] >= target else "no")
         lines.append(f"| {kind} | {pct(p[kind])} | {pct(p['all_' + kind])} | {p['n_' + kind]} | "
                      f"{pct(target) if target else '-'} | {met} |")
-    lines += ["", f"{p['n_images']} held-out shapes images; retrieval counts a candidate with the query's "
+    lines += ["", (f"{p['n_images']} held-out shapes images; retrieval counts a candidate with the query's "
               "exact caption as correct. Accuracy (pairs): share of (image, altered caption) pairs where the "
               "true caption scores higher; image beats all: share of images whose true caption beats every "
-              "altered caption of that kind.", "",
+              "altered caption of that kind."), "",
               f"machine: {result['machine']}; command: `{result['command']}`", ""]
     with open(os.path.join(RESULTS, "clip.md"), "w") as f:
         f.write("\n".join(lines))

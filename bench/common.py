@@ -15,6 +15,14 @@ def machine() -> str:
             f"{torch.get_num_threads()} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
+def read_json(path: str, default: dict) -> dict:
+    """The JSON file at ``path``, or ``default`` when there is none."""
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_results(prefix: str, result: dict, markdown: str) -> None:
     """``result`` as ``<prefix>.json`` and ``markdown`` as ``<prefix>.md`` (also printed)."""
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)

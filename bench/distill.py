@@ -106,10 +106,10 @@ def measure(pipe, label: str, steps: int, passes: int, guidance: float, args, re
 def markdown(rows: list[dict], meta: dict) -> str:
     base = next((r["seconds_per_image"] for r in rows
                  if r["model"].startswith("teacher") and r["steps"] == 50), None)
-    lines = [f"# Distillation: teacher vs students (n = {meta['n']} prompts per group, guidance "
-             f"{meta['guidance']}, DDIM, {meta['device']})", "",
-             "| model | steps | UNet passes | adherence: all | 2 objects | held-out pairs | Fréchet dist. "
-             "| s / image | speed-up vs teacher@50 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [(f"# Distillation: teacher vs students (n = {meta['n']} prompts per group, guidance "
+             f"{meta['guidance']}, DDIM, {meta['device']})"), "",
+             ("| model | steps | UNet passes | adherence: all | 2 objects | held-out pairs | Fréchet dist. "
+             "| s / image | speed-up vs teacher@50 |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         speed = f"{base / r['seconds_per_image']:.1f}x" if base else "-"
         lines.append(f"| {r['model']} | {r['steps']} | {r['unet_passes']} | {r['adherence_all']:.3f} | "

@@ -6,10 +6,10 @@
 *teal*: 40 one-object shapes scenes drawn in teal (RGB 0, 150, 150), which is not in the shapes
 palette, captioned ``a {size} teal {shape} at {position}``. Before and after fine-tuning, ``--n``
 seeded prompts of that form are drawn and judged: a sample is right when it holds one object, of
-the right shape, size and position (the checker's own blob fit, ``latentgen.data.shapes``), whose
-mean colour is closer to teal than to every palette colour (unmixed as the checker unmixes: white
-mixed in at the rim does not count, and a colour off all of them by more than ``OFF_PALETTE`` is
-none). The model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object
+the right shape, size and position, and closer to teal than to every palette colour: the
+checker's own blob finder (``latentgen.data.shapes.find_blobs``) with teal added to its palette
+(white mixed in at the rim does not count, and a colour off all of them by more than
+``OFF_PALETTE`` is none). The model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object
 groups, same n and seeds) shows what the fine-tune cost.
 *emoji*: fine-tune on the OpenMoji training split (``bench.vae.emoji_split``, by emoji group) and
 compare the Fréchet distance (``latentgen.eval.fid``) between images generated for ``--n``
@@ -33,11 +33,10 @@ import random
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from bench.common import machine, write_results
+from bench.common import machine, read_json, write_results
 from bench.vae import emoji_split
 from latentgen.data import shapes
 from latentgen.eval.adherence import evaluate_shapes
@@ -57,9 +56,6 @@ TEAL = (0, 150, 150)
 REFERENCE = {**shapes.COLORS, "teal": TEAL}  # the palette plus teal, for the colour verdict only
 N_TEAL_IMAGES = 40
 ADHERENCE_GROUPS = ("1_object", "2_objects")
-OTHER = "other"  # no colour of REFERENCE
-NAMES = [*REFERENCE, OTHER]
-_REF = np.array(list(REFERENCE.values()), dtype=np.float64) / 255.0  # (7, 3)
 SHEET_NAMES = 8
 
 
@@ -75,15 +71,6 @@ def teal_prompt(obj: shapes.ShapeObject) -> str:
     return f"a {obj.size} teal {obj.shape} at {obj.position}"
 
 
-def render_teal(obj: shapes.ShapeObject, size: int, rng: random.Random) -> Image.Image:
-    """``render_scene`` for one object in teal: the spec's geometry and jitter, drawn at 4x, box-reduced."""
-    big = size * shapes.SUPERSAMPLE
-    image = Image.new("RGB", (big, big), shapes.BACKGROUND)
-    cx, cy, r = (v * shapes.SUPERSAMPLE for v in shapes.object_geometry(obj, size, rng))
-    shapes._draw(ImageDraw.Draw(image), obj.shape, cx, cy, r, TEAL)
-    return image.resize((size, size), Image.BOX)
-
-
 def write_teal_folder(out: str, size: int, seed: int) -> str:
     """``N_TEAL_IMAGES`` teal renders and their captions as an image folder (``metadata.jsonl``)."""
     if os.path.isfile(os.path.join(out, "metadata.jsonl")):
@@ -92,57 +79,21 @@ def write_teal_folder(out: str, size: int, seed: int) -> str:
     rng = random.Random(f"bench-finetune-teal-train:{seed}")
     with open(os.path.join(out, "metadata.jsonl.tmp"), "w") as meta:
         for i, obj in enumerate(teal_objects(N_TEAL_IMAGES, rng)):
-            render_teal(obj, size, rng).save(os.path.join(out, f"{i:05d}.png"))
+            shapes.render_scene([obj], size, rng, fill=TEAL).save(os.path.join(out, f"{i:05d}.png"))
             meta.write(json.dumps({"file_name": f"{i:05d}.png", "text": teal_prompt(obj)}) + "\n")
     os.replace(os.path.join(out, "metadata.jsonl.tmp"), os.path.join(out, "metadata.jsonl"))
     return out
 
 
 # ---------------------------------------------------------------- teal checker
-def unmix(rgb: np.ndarray, white: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best colour of ``REFERENCE`` (the palette plus teal) per pixel ``(..., 3)``, as the checker unmixes
-    against its palette (``shapes._unmix``, which takes no palette argument): ``pixel = white - alpha *
-    (white - colour)``. Returns ``(label, alpha)`` ``(...)``; label indexes ``NAMES``, ``other`` where even
-    the best colour misses by more than the checker's ``OFF_PALETTE``."""
-    ink = white - rgb  # (..., 3)
-    v = white - _REF  # (7, 3)
-    alpha = np.clip(ink @ v.T / (v * v).sum(1), 0.0, 1.0)  # (..., 7)
-    resid = np.linalg.norm(ink[..., None, :] - alpha[..., None] * v, axis=-1)  # (..., 7)
-    label = resid.argmin(-1)
-
-    def best(a):
-        return np.take_along_axis(a, label[..., None], -1)[..., 0]
-
-    return np.where(best(resid) > shapes.OFF_PALETTE, len(REFERENCE), label), best(alpha)
-
-
 def measure_object(image) -> dict:
-    """The significant one-colour blobs of an image (the checker's segmentation, over ``REFERENCE``); the
-    largest one's colour (of its mean pixel) and shape, size and position as the checker fits them
-    (``shapes._fit_blob``)."""
-    rgb = shapes._as_rgb(image)  # (S, S, 3)
-    smooth = shapes._smooth(rgb)  # labels come from the smoothed image, coverage from the raw one
-    white = shapes._background(rgb, smooth)
-    cell = rgb.shape[0] / 3
-    label, alpha = unmix(smooth, white)
-    core = alpha > shapes.CORE_ALPHA  # (S, S)
-    comps = [c for k in range(len(NAMES)) for c in shapes._components(core & (label == k))
-             if len(c) >= shapes.SIGNIFICANT * shapes._smallest_area(cell)]
-    found = {"n_objects": len(comps), "color": None, "shape": None, "size": None, "position": None}
-    if not comps:
-        return found
-    pixels = max(comps, key=len)
-    mask = np.zeros_like(core)
-    mask[pixels[:, 0], pixels[:, 1]] = True
-    found["color"] = NAMES[int(unmix(rgb[mask].mean(0), white)[0])]
-    if found["color"] == OTHER:
-        return found
-    v = white - np.array(REFERENCE[found["color"]]) / 255.0
-    coverage = (white - rgb) @ v / (v @ v)  # (S, S), unclipped as find_blobs takes it
-    region = shapes._dilate(mask, 2) & ~(core & ~mask) | mask  # the blob and its anti-aliased rim
-    blob = shapes._fit_blob(found["color"], coverage, region, cell)
-    if blob is not None:
-        found.update(shape=blob.shape, size=blob.size, position=blob.position)
+    """The checker's blobs over ``REFERENCE`` (the palette plus teal): how many, and the largest one's
+    colour, shape, size and position."""
+    blobs = shapes.find_blobs(image, palette=REFERENCE)
+    found = {"n_objects": len(blobs), "color": None, "shape": None, "size": None, "position": None}
+    if blobs:
+        big = blobs[0]
+        found.update(color=big.color, shape=big.shape, size=big.size, position=big.position)
     return found
 
 
@@ -311,14 +262,6 @@ def _footer(case: dict) -> list[str]:
     done = (f"Fine-tune ({kind}, {f['steps']} steps, batch {cfg['batch_size']}): {f['wall_s']:.1f} s wall, "
             f"{f['cpu_s']:.1f} s CPU. Sampling: {cfg['sampling']}. Model: `{cfg['model']}`.")
     return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}` ({case['date']})", ""]
-
-
-def read_json(path: str, default: dict) -> dict:
-    """The JSON file at ``path``, or ``default`` when there is none."""
-    if not os.path.isfile(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
 
 
 def write(args, cases: dict) -> dict:

@@ -75,16 +75,16 @@ def quality(teacher: str, student: str | None, n: int) -> str:
     for label, rep in reports.items():  # train.bundle --eval-teacher / --eval-student read these
         with open(os.path.join(RESULTS_DIR, f"quality-{label.split()[-1]}.json"), "w") as f:
             json.dump(rep, f, indent=2)
-    lines = [f"Full-prompt accuracy of the shapes checker, n = {n} prompts per group, each model at its card's "
-             "settings (`latentgen eval shapes --model DIR --n N`).", "",
+    lines = [(f"Full-prompt accuracy of the shapes checker, n = {n} prompts per group, each model at its card's "
+             "settings (`latentgen eval shapes --model DIR --n N`)."), "",
              "| model | settings | 1 object | 2 objects | 3 objects | held-out pairs | s / image |",
              "|---|---|---:|---:|---:|---:|---:|", *rows,
              "| target | | >= 97% | >= 90% | | >= 70% | |", ""]
     if "teacher" in reports and "4-step student" in reports:
         gap = 100 * (reports["teacher"]["all"]["full_prompt_accuracy"]
                      - reports["4-step student"]["all"]["full_prompt_accuracy"])
-        lines += [f"1-3 objects pooled, the teacher is {gap:.1f} points {'above' if gap >= 0 else 'below'} the "
-                  "student (target: the student within 3 points).", ""]
+        lines += [(f"1-3 objects pooled, the teacher is {gap:.1f} points {'above' if gap >= 0 else 'below'} the "
+                  "student (target: the student within 3 points)."), ""]
     met = {g: reports["teacher"][g]["full_prompt_accuracy"] >= t for g, t in TARGETS.items()} \
         if "teacher" in reports else {}
     verdicts = ", ".join(f"{g} {'yes' if ok else 'no'}" for g, ok in met.items())
@@ -106,8 +106,8 @@ def codec(teacher: str, n: int) -> str:
         write_shapes_folder(shapes, n, size=64, seed=12345)  # scenes no training run drew (seed)
     vae = AutoencoderKL.from_pretrained(os.path.join(teacher, "vae")).eval()
     lines = ["| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
-             f"| shapes, fresh scenes | {n} | {reconstruction_psnr(vae, ImageCaptionDataset([shapes], size=64)):.2f}"
-             " | 32 |"]
+             (f"| shapes, fresh scenes | {n} | {reconstruction_psnr(vae, ImageCaptionDataset([shapes], size=64)):.2f}"
+             " | 32 |")]
     from bench.vae import emoji_split
 
     _, emoji_test = emoji_split(256)
@@ -124,9 +124,9 @@ def codec(teacher: str, n: int) -> str:
         for kind, target in (("color", 95), ("shape", 95), ("size", 90), ("position", 90), ("swap", None)):
             lines.append(f"| {kind} | {100 * p[kind]:.1f}% | {f'>= {target}%' if target else '-'} |")
         r = res["shapes_retrieval"]
-        lines += ["", f"Shapes retrieval among {r['n']}: text-to-image R@1 {100 * r['t2i_r1']:.1f}%, R@5 "
+        lines += ["", (f"Shapes retrieval among {r['n']}: text-to-image R@1 {100 * r['t2i_r1']:.1f}%, R@5 "
                   f"{100 * r['t2i_r5']:.1f}%; image-to-text R@1 {100 * r['i2t_r1']:.1f}%, R@5 "
-                  f"{100 * r['i2t_r5']:.1f}%.", ""]
+                  f"{100 * r['i2t_r5']:.1f}%."), ""]
     return "\n".join(lines)
 
 
@@ -202,10 +202,10 @@ def main(argv=None) -> dict:
     stamp = datetime.datetime.now().isoformat(timespec="minutes")
     report = [
         "# latentgen benchmark report", "",
-        f"`python -m bench.run_all {' '.join(sys.argv[1:] if argv is None else argv)}` on {stamp}: teacher "
+        (f"`python -m bench.run_all {' '.join(sys.argv[1:] if argv is None else argv)}` on {stamp}: teacher "
         f"`{os.path.relpath(teacher, os.path.dirname(HERE))}`, student `{student and os.path.relpath(student, os.path.dirname(HERE))}`; "
         f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}. Seconds per section: "
-        f"{json.dumps(seconds)} (sections not run this time keep their last results).", "",
+        f"{json.dumps(seconds)} (sections not run this time keep their last results)."), "",
         "## Sample sheet", "", parts.get("sheet", "![samples](results/samples.png)\n"),
         "## Quality of the bundled model", "", parts.get("quality", "_(skipped)_\n"),
         "## Codec and text encoder", "", parts.get("codec", "_(skipped)_\n"),

@@ -31,10 +31,10 @@ GROUPS = ("1_object", "2_objects")
 
 def markdown(res: dict) -> str:
     steps = res["steps"]
-    lines = [f"# Adherence against steps, by sampler (n = {res['n']} prompts per group, guidance "
-             f"{res['guidance']}, {res['image_size']} px)", "",
-             f"Model: `{res['model']}`. Cells: full-prompt accuracy, 1-object / 2-object prompts; "
-             "last column: seconds per image at the most steps.", "",
+    lines = [(f"# Adherence against steps, by sampler (n = {res['n']} prompts per group, guidance "
+             f"{res['guidance']}, {res['image_size']} px)"), "",
+             (f"Model: `{res['model']}`. Cells: full-prompt accuracy, 1-object / 2-object prompts; "
+             "last column: seconds per image at the most steps."), "",
              "| sampler | " + " | ".join(f"{s} steps" for s in steps) + " | s / image |",
              "|---|" + "---:|" * (len(steps) + 1)]
     for name in res["samplers"]:

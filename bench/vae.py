@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from bench.common import read_json
 from latentgen.data.emoji import write_emoji_folder
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.models.vae import get_vae_config
@@ -39,7 +40,7 @@ NOTES = "<!-- notes: kept when the table above is rewritten -->"
 
 # ---------------------------------------------------------------- data
 def shapes_split(n_train: int, n_test: int) -> tuple[str, str]:
-    train, test = os.path.join(WORK, "shapes_train"), os.path.join(WORK, "shapes_test")
+    train, test = os.path.join(WORK, f"shapes_train-{n_train}"), os.path.join(WORK, f"shapes_test-{n_test}")
     for folder, n, seed in ((train, n_train, 0), (test, n_test, 1)):
         if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
             write_shapes_folder(folder, n, size=64, seed=seed)
@@ -47,8 +48,10 @@ def shapes_split(n_train: int, n_test: int) -> tuple[str, str]:
 
 
 def emoji_split(n_test: int, seed: int = 0) -> tuple[str, str]:
-    """Split OpenMoji into train/test folders by group (skin-tone modifiers removed)."""
-    every, train, test = (os.path.join(WORK, n) for n in ("emoji_all", "emoji_train", "emoji_test"))
+    """Split OpenMoji into train/test folders by group (skin-tone modifiers removed); one pair of
+    folders per ``(n_test, seed)``, so a split once made is reused only for the same request."""
+    every = os.path.join(WORK, "emoji_all")
+    train, test = (os.path.join(WORK, f"emoji_{part}-{n_test}-s{seed}") for part in ("train", "test"))
     if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
         write_emoji_folder(every, size=64)
     if os.path.isfile(os.path.join(test, "metadata.jsonl")):
@@ -83,7 +86,7 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     wall, cpu = time.time(), time.process_time()
     summary = train_vae.main(argv + (["--no-progress"] if not args.progress else []))
     spent = os.path.join(out, "bench_time.json")  # a run resumed to more steps adds to its earlier time
-    before = json.load(open(spent)) if os.path.isfile(spent) else {"train_s": 0.0, "cpu_s": 0.0}
+    before = read_json(spent, {"train_s": 0.0, "cpu_s": 0.0})
     total = {"train_s": before["train_s"] + summary["train_time_s"],
              "cpu_s": before["cpu_s"] + time.process_time() - cpu}
     with open(spent, "w") as f:
@@ -121,8 +124,8 @@ def write(stem: str, rows: list[dict], header: str, extra: dict):
     for r in rows:
         lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape" else str(r.get(c)) for c in cols)
                      + " |")
-    lines += ["", f"machine: {extra['machine']}", "", "commands (a run resumed to more steps keeps its folder "
-              "and adds to its time):", ""] + sorted({f"- `{r['command']}`" for r in rows}) + [""]
+    lines += ["", f"machine: {extra['machine']}", "", ("commands (a run resumed to more steps keeps its folder "
+              "and adds to its time):"), ""] + sorted({f"- `{r['command']}`" for r in rows}) + [""]
     md = os.path.join(RESULTS, f"{stem}.md")
     if os.path.isfile(md):  # hand-written analysis below the marker survives a rerun
         with open(md) as f:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,15 +20,10 @@ from latentgen.pngmeta import read_png_params
 from latentgen.ui import AppConfig, serve
 from latentgen.ui.jobs import JobManager, check_run_name
 from latentgen.ui.registry import ModelRegistry
+from tests.conftest import free_port
 from tests.tiny_models import make_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from tests.tiny_models import make_tiny_pipeline
 
 
 def test_teal_renders_are_teal_and_the_colour_verdict_can_fail():
-    from bench.finetune import TEAL, measure_object, render_teal, teal_objects, teal_verdict
+    from bench.finetune import TEAL, measure_object, teal_objects, teal_verdict
 
     assert "teal" not in shapes.COLORS  # the library's palette is left alone
     rng = random.Random(0)
     for obj in teal_objects(6, rng) + [shapes.ShapeObject("square", None, "large", "center")]:
-        image = render_teal(obj, 32, rng)
+        image = shapes.render_scene([obj], 32, rng, fill=TEAL)
         px = np.asarray(image).reshape(-1, 3).astype(float)  # (S*S, 3)
         ink = 255 - px
         alpha = ink[:, 0] / 255  # every pixel is white mixed with teal: 255 - alpha * (255 - TEAL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
 
@@ -35,22 +34,17 @@ sync_api = pytest.importorskip(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     from latentgen.ui import AppConfig, serve
+    from tests.conftest import free_port
     from tests.tiny_models import make_tiny_pipeline
 
     root = tmp_path_factory.mktemp("browser")
     make_tiny_pipeline(root / "models", name="tiny")
     (root / "no_bundle").mkdir()
     app = serve(
-        AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"), port=_free_port()),
+        AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"), port=free_port()),
         block=False,
     )
     yield app

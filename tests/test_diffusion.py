@@ -8,15 +8,6 @@ from latentgen import diffusion as D
 from latentgen.models.unet import PRESETS, UNetConfig, build_unet, get_unet_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are overhead-bound: one thread is faster, and much faster on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_training_schedule_reaches_zero_terminal_snr():
     abar = D.training_alphas_cumprod()
     assert abar.shape == (1024,)

@@ -135,3 +135,16 @@ def test_empty_data_folder(base_and_data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="(?i)no usable"):
         finetune.main(_args(base, str(tmp_path / "empty"), tmp_path / "x"))
+
+
+def test_resume_with_another_learning_rate_is_refused(base_and_data, tmp_path):
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "resumed"
+    res = finetune.main(_args(base, data, out, "--max-steps", "6"))
+    assert res["finished"]
+    with pytest.raises(ValueError, match=r"different settings \(lr"):
+        finetune.main(_args(base, data, out, "--max-steps", "12", "--lr", "1e-3", "--resume", "latest"))
+    again = finetune.main(_args(base, data, out, "--max-steps", "12", "--resume", "latest"))  # same settings go on
+    assert again["finished"]

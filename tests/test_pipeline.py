@@ -20,15 +20,6 @@ from latentgen.pipeline import read_model_card_defaults, read_png_params, save_p
 from tests.tiny_models import make_tiny_pipeline, make_tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are overhead-bound: one thread is faster, and much faster on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_tiny_pipeline(tmp_path_factory.mktemp("models"))

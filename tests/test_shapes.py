@@ -19,6 +19,7 @@ from latentgen.data.shapes import (
     attribute_accuracy,
     canonical_caption,
     check_image,
+    find_blobs,
     make_caption,
     object_geometry,
     paraphrase_caption,
@@ -241,3 +242,19 @@ def test_cli_data_shapes(tmp_path, capsys):
     for f in ["metadata.jsonl", "00000.png", "00003.png"]:
         assert (tmp_path / "cli" / f).read_bytes() == (tmp_path / "direct" / f).read_bytes()
     assert main(["data", "shapes", "--out", str(tmp_path / "bad"), "--n", "0"]) == 2
+
+
+def test_palette_argument_finds_a_colour_outside_the_palette():
+    """render_scene(fill=) and find_blobs(palette=): the default palette calls teal "other";
+    a palette with teal added names it, with the same shape, size and position."""
+    teal = (0, 150, 150)
+    obj = ShapeObject("triangle", None, "large", "top left")
+    image = render_scene([obj], 64, random.Random(3), fill=teal)
+    plain = find_blobs(image)
+    assert [b.color for b in plain] == ["other"]
+    blobs = find_blobs(image, palette={**COLORS, "teal": teal})
+    assert [(b.color, b.shape, b.size, b.position) for b in blobs] == [("teal", "triangle", "large", "top left")]
+    with pytest.raises(ValueError, match="every attribute"):
+        render_scene([obj], 64, random.Random(3))  # no colour and no fill
+    with pytest.raises(ValueError, match="palette"):
+        find_blobs(image, palette={})

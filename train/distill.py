@@ -166,12 +166,12 @@ def write_model_card(folder: str, steps: int, guidance: float, run: dict):
         f"guidance_range: [{gmin}, {gmax}]", f"distillation: {run['stage']}", "---", "",
         f"# latentgen distilled student: {steps} DDIM step{'s' if steps > 1 else ''}", "",
         f"Made by `python -m train.distill` from the model in `{run['teacher']}`: {stage}.", "",
-        f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
+        (f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
         f"scale from {gmin} to {gmax}. The guidance scale is an input of the UNet (the "
         "embedding of `guidance_scale - 1`, as stock diffusers computes it for a UNet with "
-        "`time_cond_proj_dim`), so each step is one conditional UNet pass, not two.", "",
-        "**`negative_prompt` is ignored.** The student has no unconditional pass: in stock "
-        "`diffusers.StableDiffusionPipeline` (and in `LatentGenPipeline`) a negative prompt has no effect.",
+        "`time_cond_proj_dim`), so each step is one conditional UNet pass, not two."), "",
+        ("**`negative_prompt` is ignored.** The student has no unconditional pass: in stock "
+        "`diffusers.StableDiffusionPipeline` (and in `LatentGenPipeline`) a negative prompt has no effect."),
         "",
         "## Training", "", "```json", json.dumps(run, indent=2), "```", "",
     ]

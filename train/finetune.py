@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
     run = {"trainer": "finetune", "base": os.path.abspath(args.model), "lora_rank": args.lora_rank,
            "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
            "train_text_encoder": args.train_text_encoder, "instance_prompt": args.instance_prompt,
-           "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3)}
+           "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3),
+           "lr": cfg.lr, "batch_size": cfg.batch_size}  # a resume with other settings is refused, by name
 
     def validate(trainer, m, step):
         if not args.val_prompt:

@@ -144,18 +144,24 @@ def _check_size(size: int) -> None:
                          "the spec uses 32, 64, 128, ...")
 
 
-def render_scene(objects: Iterable[ShapeObject], size: int, rng: random.Random) -> Image.Image:
-    """Draw ``objects`` at 4x on white, in list order, then reduce to ``size`` with ``Image.BOX``."""
+def render_scene(objects: Iterable[ShapeObject], size: int, rng: random.Random,
+                 fill: tuple[int, int, int] | None = None) -> Image.Image:
+    """Draw ``objects`` at 4x on white, in list order, then reduce to ``size`` with ``Image.BOX``.
+
+    ``fill``: draw every object in this RGB colour instead of its own, for a colour outside the
+    palette (a new colour word to fine-tune on); the objects' ``color`` may then be None.
+    """
     _check_size(size)
     big = size * SUPERSAMPLE
     image = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        if not obj.complete:
+        if not (obj.complete or fill is not None and None not in (obj.shape, obj.size, obj.position)):
             raise ValueError(f"cannot render {obj}: every attribute must be named; "
                              "sample_scene gives complete objects")
         cx, cy, r = object_geometry(obj, size, rng)
-        _draw(draw, obj.shape, cx * SUPERSAMPLE, cy * SUPERSAMPLE, r * SUPERSAMPLE, COLORS[obj.color])
+        color = COLORS[obj.color] if fill is None else tuple(fill)
+        _draw(draw, obj.shape, cx * SUPERSAMPLE, cy * SUPERSAMPLE, r * SUPERSAMPLE, color)
     return image.resize((size, size), Image.BOX)
 
 
@@ -345,15 +351,26 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return (x[:, :-2] + 2 * x[:, 1:-1] + x[:, 2:]) / 4
 
 
-def _unmix(rgb: np.ndarray, white: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _palette_array(palette: dict[str, tuple[int, int, int]] | None) -> np.ndarray:
+    """``(K, 3)`` on 0..1: ``COLORS`` by default, else the given ``{name: (r, g, b)}``."""
+    if palette is None:
+        return _PALETTE
+    if not palette or _OTHER in palette:
+        raise ValueError(f"a palette is a non-empty {{name: (r, g, b)}} without the name {_OTHER!r}")
+    return np.array(list(palette.values()), dtype=np.float64) / 255.0
+
+
+def _unmix(rgb: np.ndarray, white: np.ndarray, pal: np.ndarray = _PALETTE
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best palette colour per pixel as ``pixel = white - alpha * (white - colour)``.
 
-    Returns ``(label, alpha, residual)``, each ``(H, W)``; label indexes ``COLORS``.
+    Returns ``(label, alpha, residual)``, each ``(H, W)``; label indexes the rows of ``pal``
+    (``COLORS`` by default).
     """
     ink = white - rgb  # (H, W, 3)
-    v = white - _PALETTE  # (6, 3)
-    alpha = np.clip(ink @ v.T / (v * v).sum(1), 0.0, 1.0)  # (H, W, 6)
-    resid = np.linalg.norm(ink[:, :, None, :] - alpha[..., None] * v, axis=-1)  # (H, W, 6)
+    v = white - pal  # (K, 3)
+    alpha = np.clip(ink @ v.T / (v * v).sum(1), 0.0, 1.0)  # (H, W, K)
+    resid = np.linalg.norm(ink[:, :, None, :] - alpha[..., None] * v, axis=-1)  # (H, W, K)
     label = resid.argmin(-1)  # (H, W)
     pick = np.take_along_axis
     return label, pick(alpha, label[..., None], -1)[..., 0], pick(resid, label[..., None], -1)[..., 0]
@@ -460,12 +477,13 @@ def _smallest_area(cell: float) -> float:
     return _SHAPE_AREA["triangle"] * (SIZE_K["small"] * R_JITTER[0] * cell / 2) ** 2
 
 
-def _core_components(smooth: np.ndarray, white: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def _core_components(smooth: np.ndarray, white: np.ndarray, names: list[str], pal: np.ndarray
+                     ) -> list[tuple[str, np.ndarray]]:
     """``(colour, pixels)`` for each connected patch of well-covered pixels of one colour (or ``other``)."""
-    label, alpha, resid = _unmix(smooth, white)
+    label, alpha, resid = _unmix(smooth, white, pal)
     core = alpha > CORE_ALPHA
     other = core & (resid > OFF_PALETTE)
-    comps = [(name, c) for k, name in enumerate(COLORS) for c in _components(core & ~other & (label == k))]
+    comps = [(name, c) for k, name in enumerate(names) for c in _components(core & ~other & (label == k))]
     return comps + [(_OTHER, c) for c in _components(other)]
 
 
@@ -485,23 +503,25 @@ def _owner_map(comps: list[tuple[str, np.ndarray]], side: int, smallest: float) 
     return owner
 
 
-def find_blobs(image) -> list[Blob]:
+def find_blobs(image, palette: dict[str, tuple[int, int, int]] | None = None) -> list[Blob]:
     """Every significant single-colour blob in an image, largest first.
 
     Reliable from S = 24 up (measured by ``bench/checker_accuracy.py``); at S = 16 small
-    objects are only a few pixels wide.
+    objects are only a few pixels wide. ``palette``: the ``{name: (r, g, b)}`` colours to tell
+    apart (default ``COLORS``), e.g. the palette plus a colour a fine-tune taught.
     """
+    pal = _palette_array(palette)
+    names = list(COLORS if palette is None else palette)
     rgb = _as_rgb(image)  # (S, S, 3)
     side = rgb.shape[0]
     cell = side / 3
     smooth = _smooth(rgb)  # labels come from the smoothed image, areas from the raw one
     white = _background(rgb, smooth)
-    comps = _core_components(smooth, white)
+    comps = _core_components(smooth, white, names, pal)
     smallest = _smallest_area(cell)
     owner = _owner_map(comps, side, smallest)
-    v = white - _PALETTE  # (6, 3)
-    ink_alpha = (white - rgb) @ v.T / (v * v).sum(1)  # (S, S, 6) unclipped, so noise averages out
-    names = list(COLORS)
+    v = white - pal  # (K, 3)
+    ink_alpha = (white - rgb) @ v.T / (v * v).sum(1)  # (S, S, K) unclipped, so noise averages out
     blobs = []
     for i, (color, c) in enumerate(comps):
         mask = owner == i
