@@ -68,8 +68,8 @@ PRESETS = {
     # counts cut to fit two sittings of 2 CPU cores (a stopgap until `small` has been run whole)
     "quick": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
                           vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
-                          unet_preset="small", unet_steps=6400, unet_batch=32, unet_lr=4e-4,
-                          teacher_steps=16, student_steps=1, stage1_steps=250, round_steps=200,
+                          unet_preset="small", unet_steps=6000, unet_batch=32, unet_lr=4e-4,
+                          teacher_steps=16, student_steps=1, stage1_steps=250, round_steps=160,
                           distill_batch=32, mixed_precision="no"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
