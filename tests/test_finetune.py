@@ -148,3 +148,33 @@ def test_resume_with_another_learning_rate_is_refused(base_and_data, tmp_path):
         finetune.main(_args(base, data, out, "--max-steps", "12", "--lr", "1e-3", "--resume", "latest"))
     again = finetune.main(_args(base, data, out, "--max-steps", "12", "--resume", "latest"))  # same settings go on
     assert again["finished"]
+
+
+def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, tmp_path):
+    """--text-encoder (a CLIP continued on the user's folder): the LoRA's --out also holds the base model
+    with that text encoder, so from_pretrained(out) + load_lora_weights(out) is the fine-tuned model."""
+    from diffusers import StableDiffusionPipeline
+
+    from latentgen import LatentGenPipeline
+    from train import finetune
+
+    base, data = base_and_data
+    other = make_tiny_pipeline(tmp_path / "other", seed=7)  # stands in for train.clip's continued run
+    out = tmp_path / "lora-te"
+    res = finetune.main(_args(base, data, out, "--lora-rank", "4", "--max-steps", "4", "--text-encoder", other))
+    assert res["finished"]
+    got = LatentGenPipeline.from_pretrained(str(out))
+    want = LatentGenPipeline.from_pretrained(other).text_encoder.state_dict()
+    for k, v in got.text_encoder.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+    base_unet = LatentGenPipeline.from_pretrained(base).unet.state_dict()
+    assert all(torch.equal(v, base_unet[k]) for k, v in got.unet.state_dict().items())  # no adapters baked in
+    got.load_lora_weights(str(out))
+    stock = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None, requires_safety_checker=False)
+    stock.load_lora_weights(str(out))
+    theirs = stock("a red circle", num_inference_steps=2, guidance_scale=5.0,
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert abs(theirs - _image(got)).max() < 1e-3
+
+    with pytest.raises(SystemExit, match="no text_encoder/config.json"):
+        finetune.main(_args(base, data, tmp_path / "bad", "--text-encoder", str(tmp_path)))

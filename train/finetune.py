@@ -15,7 +15,8 @@ LoRA output: ``pytorch_lora_weights.safetensors`` at the top of ``--out``, writt
 
 New words: when many caption words are split into pieces the base tokenizer never learned as
 words, the trainer warns; continue CLIP pretraining on the folder first
-(``python -m train.clip --model BASE --data DIR``) or pass ``--train-text-encoder``.
+(``python -m train.clip --model BASE --data DIR --out CLIP``, then ``--text-encoder CLIP``) or pass
+``--train-text-encoder``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank; 0 = full fine-tuning of the UNet")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     p.add_argument("--lora-targets", default=DEFAULT_LORA_TARGETS, help="comma-separated UNet module names")
+    p.add_argument("--text-encoder", metavar="DIR",
+                   help="use this text encoder and tokenizer instead of the base model's: a CLIP run "
+                        "continued on your folder (python -m train.clip --model BASE --data DIR --out DIR)")
     p.add_argument("--train-text-encoder", action="store_true",
                    help="also train the text encoder (LoRA when --lora-rank > 0, else fully)")
     p.add_argument("--instance-prompt", help="caption every training image with this prompt (DreamBooth)")
@@ -70,6 +74,23 @@ def load_base(model_dir: str):
                          f"(model_index.json with unet/, vae/, text_encoder/, tokenizer/, scheduler/): {e}")
 
 
+def swap_text_encoder(pipe, te_dir: str) -> None:
+    """Put the text encoder and tokenizer of ``te_dir`` (a train.clip ``--out`` or a model folder) in ``pipe``."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    missing = [n for n in ("text_encoder/config.json", "tokenizer") if not os.path.exists(os.path.join(te_dir, n))]
+    if missing:
+        raise SystemExit(f"error: --text-encoder {te_dir} has no {', '.join(missing)}: give train.clip's --out "
+                         "(or a model folder) holding text_encoder/ and tokenizer/")
+    te = CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True,
+                                       torch_dtype=pipe.text_encoder.dtype)
+    want = pipe.unet.config.cross_attention_dim
+    if te.config.hidden_size != want:
+        raise SystemExit(f"error: --text-encoder {te_dir} gives {te.config.hidden_size}-wide states but the UNet "
+                         f"attends to {want}: continue the base model's own CLIP (train.clip --model BASE)")
+    pipe.register_modules(text_encoder=te.eval(), tokenizer=CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer")))
+
+
 def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> float:
     """Warn when many caption words are split into pieces the base tokenizer never learned whole."""
     from latentgen.models.clip import unseen_word_report
@@ -79,7 +100,7 @@ def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> fl
     if share >= threshold:
         warnings.warn(
             f"{report.summary()} The base text encoder has no meaning for these words: continue CLIP pretraining "
-            f"on this folder first (python -m train.clip --model BASE --data DIR --out DIR) or fine-tune with "
+            f"on this folder first (python -m train.clip --model BASE --data DIR --out DIR, then --text-encoder DIR) or fine-tune with "
             f"--train-text-encoder.", stacklevel=2)
     return share
 
@@ -177,6 +198,8 @@ def main(argv=None) -> dict:
     from latentgen.training import Trainer
 
     pipe = load_base(args.model)
+    if args.text_encoder:
+        swap_text_encoder(pipe, args.text_encoder)
     unet, vae, te, tok = pipe.unet, pipe.vae.eval(), pipe.text_encoder.eval(), pipe.tokenizer
     size = pipe.default_size()[0]
     data = ImageCaptionDataset(args.data, size=size)
@@ -211,7 +234,8 @@ def main(argv=None) -> dict:
            "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
            "train_text_encoder": args.train_text_encoder, "instance_prompt": args.instance_prompt,
            "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3),
-           "lr": cfg.lr, "batch_size": cfg.batch_size}  # a resume with other settings is refused, by name
+           "lr": cfg.lr, "batch_size": cfg.batch_size,
+           "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder)}  # a resume with other settings is refused, by name
 
     def validate(trainer, m, step):
         if not args.val_prompt:
@@ -242,9 +266,17 @@ def main(argv=None) -> dict:
 
 
 def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
-    """LoRA: diffusers-format LoRA weights at the top of --out; full: a complete model folder."""
+    """LoRA: diffusers-format LoRA weights at the top of --out; full: a complete model folder.
+
+    With ``--text-encoder`` a LoRA run also writes the base model with that text encoder at --out,
+    so ``from_pretrained(out)`` then ``load_lora_weights(out)`` gives the fine-tuned model."""
     from latentgen.pipeline import LatentGenPipeline
 
+    if lora and args.text_encoder:
+        base = load_base(args.model)  # untouched by the adapters trained in place
+        swap_text_encoder(base, args.text_encoder)
+        base.save_pretrained(args.out, safe_serialization=True)
+        _copy_extras(args)
     if lora:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
@@ -260,8 +292,14 @@ def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
     out = LatentGenPipeline(vae=pipe.vae, text_encoder=te, tokenizer=pipe.tokenizer, unet=model["unet"],
                             scheduler=pipe.scheduler)
     out.save_pretrained(args.out, safe_serialization=True)
+    _copy_extras(args)
+
+
+def _copy_extras(args):
+    """The CLIP scorer (of --text-encoder when it has one) and the base's model card."""
     for extra in ("clip", "README.md"):
-        src = os.path.join(args.model, extra)
+        src = os.path.join(args.text_encoder if extra == "clip" and args.text_encoder
+                           and os.path.isdir(os.path.join(args.text_encoder, "clip")) else args.model, extra)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(args.out, extra), dirs_exist_ok=True)
         elif os.path.isfile(src):
