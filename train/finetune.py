@@ -100,8 +100,8 @@ def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> fl
     if share >= threshold:
         warnings.warn(
             f"{report.summary()} The base text encoder has no meaning for these words: continue CLIP pretraining "
-            f"on this folder first (python -m train.clip --model BASE --data DIR --out DIR, then --text-encoder DIR) or fine-tune with "
-            f"--train-text-encoder.", stacklevel=2)
+            "on this folder first (python -m train.clip --model BASE --data DIR --out DIR, then --text-encoder DIR) "
+            "or fine-tune with --train-text-encoder.", stacklevel=2)
     return share
 
 
