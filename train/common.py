@@ -57,3 +57,18 @@ def train_config(args: argparse.Namespace, **defaults) -> TrainConfig:
         if v is not None:
             values[f.name] = v
     return TrainConfig(**values)
+
+
+def load_text_encoder(te_dir: str, flag: str = "--text-encoder"):
+    """``(tokenizer, text encoder)`` of a folder holding ``tokenizer/`` and ``text_encoder/`` (train.clip's
+    ``--out`` or a model folder); a folder that lacks them is a clear error naming ``flag``."""
+    import os
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    missing = [n for n in ("text_encoder/config.json", "tokenizer") if not os.path.exists(os.path.join(te_dir, n))]
+    if missing:
+        raise SystemExit(f"error: {flag} {te_dir} has no {', '.join(missing)}: give a folder with text_encoder/ "
+                         "and tokenizer/ (train.clip's --out, or a model folder)")
+    tok = CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer"))
+    return tok, CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True)

@@ -76,19 +76,13 @@ def load_base(model_dir: str):
 
 def swap_text_encoder(pipe, te_dir: str) -> None:
     """Put the text encoder and tokenizer of ``te_dir`` (a train.clip ``--out`` or a model folder) in ``pipe``."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    missing = [n for n in ("text_encoder/config.json", "tokenizer") if not os.path.exists(os.path.join(te_dir, n))]
-    if missing:
-        raise SystemExit(f"error: --text-encoder {te_dir} has no {', '.join(missing)}: give train.clip's --out "
-                         "(or a model folder) holding text_encoder/ and tokenizer/")
-    te = CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True,
-                                       torch_dtype=pipe.text_encoder.dtype)
+    tok, te = common.load_text_encoder(te_dir)
+    te = te.to(pipe.text_encoder.dtype)
     want = pipe.unet.config.cross_attention_dim
     if te.config.hidden_size != want:
         raise SystemExit(f"error: --text-encoder {te_dir} gives {te.config.hidden_size}-wide states but the UNet "
                          f"attends to {want}: continue the base model's own CLIP (train.clip --model BASE)")
-    pipe.register_modules(text_encoder=te.eval(), tokenizer=CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer")))
+    pipe.register_modules(text_encoder=te.eval(), tokenizer=tok)
 
 
 def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> float:

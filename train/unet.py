@@ -54,7 +54,6 @@ def parse_args(argv=None):
 def load_components(args):
     """The frozen VAE, tokenizer and text encoder, with clear errors for a folder that lacks them."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     vae_dir = args.vae or args.model
     te_dir = args.text_encoder or args.model
@@ -62,14 +61,10 @@ def load_components(args):
         raise SystemExit("error: give --vae DIR and --text-encoder DIR (or --model DIR holding vae/, "
                          "text_encoder/ and tokenizer/): train them with train.vae and train.clip")
     vae_path = os.path.join(vae_dir, "vae") if os.path.isdir(os.path.join(vae_dir, "vae")) else vae_dir
-    for need in (os.path.join(vae_path, "config.json"), os.path.join(te_dir, "text_encoder"),
-                 os.path.join(te_dir, "tokenizer")):
-        if not os.path.exists(need):
-            raise SystemExit(f"error: {need} is missing: --vae needs a VAE folder (train.vae's --out) and "
-                             f"--text-encoder a folder with text_encoder/ and tokenizer/ (train.clip's --out)")
+    if not os.path.exists(os.path.join(vae_path, "config.json")):
+        raise SystemExit(f"error: {vae_path}/config.json is missing: --vae needs a VAE folder (train.vae's --out)")
+    tok, te = common.load_text_encoder(te_dir, "--text-encoder" if args.text_encoder else "--model")
     vae = AutoencoderKL.from_pretrained(vae_path, use_safetensors=True)
-    tok = CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer"))
-    te = CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True)
     return vae, tok, te, te_dir
 
 
