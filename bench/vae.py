@@ -17,15 +17,13 @@ import argparse
 import json
 import os
 import platform
-import random
-import shutil
 import sys
 import time
 
 import torch
 
 from bench.common import read_json
-from latentgen.data.emoji import write_emoji_folder
+from latentgen.data.emoji import split_emoji_folder, write_emoji_folder
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.models.vae import get_vae_config
 from train import vae as train_vae
@@ -33,7 +31,6 @@ from train import vae as train_vae
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "_work")
 RESULTS = os.path.join(HERE, "results")
-SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 TARGETS = {"shapes": 32.0, "openmoji": 26.0}
 NOTES = "<!-- notes: kept when the table above is rewritten -->"
 
@@ -54,24 +51,8 @@ def emoji_split(n_test: int, seed: int = 0) -> tuple[str, str]:
     train, test = (os.path.join(WORK, f"emoji_{part}-{n_test}-s{seed}") for part in ("train", "test"))
     if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
         write_emoji_folder(every, size=64)
-    if os.path.isfile(os.path.join(test, "metadata.jsonl")):
-        return train, test
-    with open(os.path.join(every, "metadata.jsonl"), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault("".join(ch for ch in row["emoji"] if ch not in SKIN_TONES), []).append(row)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    test_rows, train_rows = [], []
-    for k in keys:
-        (test_rows if len(test_rows) < n_test else train_rows).extend(groups[k])
-    for folder, part in ((train, train_rows), (test, test_rows)):
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
-            for row in part:
-                shutil.copyfile(os.path.join(every, row["file_name"]), os.path.join(folder, row["file_name"]))
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if not os.path.isfile(os.path.join(test, "metadata.jsonl")):
+        split_emoji_folder(every, train, test, n_test, seed)
     return train, test
 
 

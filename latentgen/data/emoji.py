@@ -15,6 +15,8 @@ import functools
 import hashlib
 import json
 import os
+import random
+import shutil
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 FONT_FILE = "glyf_colr0.ttf"
 REFERENCE = "\U0001F600"  # grinning face: every OpenMoji glyph has its advance (the 72-unit grid)
 REGIONAL = range(0x1F1E6, 0x1F200)
+SKIN_TONES = frozenset(chr(c) for c in range(0x1F3FB, 0x1F400))  # Fitzpatrick modifiers
 
 
 def openmoji_dir() -> Path:
@@ -173,3 +176,41 @@ def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
             meta.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+# ---------------------------------------------------------------- a held-out split
+def emoji_group(seq: str) -> str:
+    """An emoji without its skin-tone modifiers: the variants of one emoji share a group."""
+    return "".join(ch for ch in seq if ch not in SKIN_TONES)
+
+
+def split_emoji_folder(src: str, train: str, test: str, n_test: int, seed: int = 0) -> tuple[int, int]:
+    """Split an emoji folder (``write_emoji_folder``'s) by group into ``train`` and ``test`` folders.
+
+    Whole groups, drawn in a seeded order, go to ``test`` until it holds at least ``n_test`` images,
+    so no test image has a skin-tone twin in training. Files are hard-linked (copied where links
+    fail). Returns ``(n_train, n_test)`` image counts.
+    """
+    with open(os.path.join(src, "metadata.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(emoji_group(row["emoji"]), []).append(row)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    test_rows: list[dict] = []
+    train_rows: list[dict] = []
+    for k in keys:
+        (test_rows if len(test_rows) < n_test else train_rows).extend(groups[k])
+    for folder, part in ((train, train_rows), (test, test_rows)):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+            for row in part:
+                a, b = os.path.join(src, row["file_name"]), os.path.join(folder, row["file_name"])
+                if not os.path.exists(b):
+                    try:
+                        os.link(a, b)
+                    except OSError:
+                        shutil.copyfile(a, b)
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(train_rows), len(test_rows)
