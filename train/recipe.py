@@ -57,7 +57,8 @@ PRESETS = {
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
                          round_steps=10, distill_batch=8, emoji_holdout=8),
-    # the bundled model: 64 px, shapes + OpenMoji; sized for 2 CPU cores. fp32: on CPUs without
+    # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
+    # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
     # slower than fp32 (bench/results/speed.md), so bf16 is for GPUs and CPUs that have it
     "small": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=6000,
