@@ -114,18 +114,20 @@ def stage_data(out, pr, args):
                             include_heldout=args.include_heldout, paraphrase_prob=0.3)
         os.replace(shapes + ".tmp", shapes)
     result = {"folders": [shapes, *emoji]}
-    if emoji and not os.path.isfile(os.path.join(emoji[0], "metadata.jsonl")):
-        every = emoji[0] + "-all" if pr.emoji_holdout else emoji[0]
+    if not emoji:
+        return result
+    train, held = emoji[0], emoji[0] + "-heldout"
+    if not os.path.isfile(os.path.join(train, "metadata.jsonl")):
+        every = train + "-all" if pr.emoji_holdout else train
         if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
             write_emoji_folder(every + ".tmp", size=pr.size, limit=pr.emoji)
             os.replace(every + ".tmp", every)
         if pr.emoji_holdout:  # the held-out folder first: data/emoji existing means the split is whole
-            held = emoji[0] + "-heldout"
-            split_emoji_folder(every, emoji[0] + ".tmp", held, pr.emoji_holdout, seed=args.seed)
-            os.replace(emoji[0] + ".tmp", emoji[0])
-    if emoji and pr.emoji_holdout:
-        with open(os.path.join(emoji[0] + "-heldout", "metadata.jsonl"), encoding="utf-8") as f:
-            result.update(emoji_heldout=emoji[0] + "-heldout", n_emoji_heldout=sum(1 for _ in f))
+            split_emoji_folder(every, train + ".tmp", held, pr.emoji_holdout, seed=args.seed)
+            os.replace(train + ".tmp", train)
+    if pr.emoji_holdout:
+        with open(os.path.join(held, "metadata.jsonl"), encoding="utf-8") as f:
+            result.update(emoji_heldout=held, n_emoji_heldout=sum(1 for _ in f))
     return result
 
 
@@ -223,11 +225,11 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
     old = state.get("config")
     if not old:
         return []
-    if "data" in state["done"]:
-        changed = {f: (old.get(f, getattr(RecipePreset, f, None)), getattr(pr, f)) for f in DATA_FIELDS
-                   if old.get(f, getattr(RecipePreset, f, None)) != getattr(pr, f)}
-        if changed:
-            said = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in changed.items())
+    if "data" in state["done"]:  # a field missing from an older folder had its default then
+        was = {f: old.get(f, getattr(RecipePreset, f, None)) for f in DATA_FIELDS}
+        said = ", ".join(f"{f} {was[f]} then, {getattr(pr, f)} now" for f in DATA_FIELDS
+                         if was[f] != getattr(pr, f))
+        if said:
             raise SystemExit(f"error: {out} was made from other data ({said}); every stage trained on it, "
                              "so choose a new --out for this preset")
     first = next((s for s in STAGES if s in state["done"]
