@@ -320,6 +320,35 @@ def test_continued_pretraining_from_export(trained, tmp_path, capsys):
     assert CLIPModel.from_pretrained(out / "clip").config.vision_config.image_size == 32
 
 
+def test_freeze_text_keeps_the_text_encoder_bit_for_bit(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from train import clip as train_clip
+
+    root, _ = trained
+    out = tmp_path / "frozen"
+    summary = train_clip.main(["--data", str(root / "shapes"), "--model", str(root / "run"), "--out", str(out),
+                               "--freeze-text", "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2",
+                               "--warmup-steps", "0", "--no-progress"])
+    assert summary["finished"] and summary["steps"] == 3
+    before = load_file(root / "run" / "text_encoder" / "model.safetensors")
+    after = load_file(out / "text_encoder" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    old = load_file(root / "run" / "clip" / "model.safetensors")
+    new = load_file(out / "clip" / "model.safetensors")
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert any(k.startswith("vision_model.") for k in changed) and "text_projection.weight" in changed
+    assert not any(k.startswith("text_model.") for k in changed)
+
+
+def test_freeze_text_needs_a_base_model(tmp_path):
+    from train import clip as train_clip
+
+    write_shapes_folder(tmp_path / "d", 4, size=32, seed=0)
+    with pytest.raises(ValueError, match="--freeze-text.*--model"):
+        train_clip.main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--freeze-text"])
+
+
 def test_bad_model_folder_is_a_clear_error(tmp_path):
     from train import clip as train_clip
 

@@ -2,6 +2,7 @@
 
     python -m train.clip --data shapes/ --data openmoji/ --out runs/clip --preset small --max-steps 3000
     python -m train.clip --data my_photos/ --model runs/clip --out runs/clip-mine     # continued pretraining
+    python -m train.clip --data shapes/ --model weights/default --freeze-text --out runs/clip-v  # scorer only
 
 From scratch, a CLIP byte-level BPE tokenizer is learned on the training captions first (saved to
 ``<out>/tokenizer`` at once, so ``--resume latest`` reuses it). With ``--model`` an exported CLIP is
@@ -9,6 +10,9 @@ continued: its tokenizer and weights are kept, and the caption words it never le
 Loss: symmetric InfoNCE with the learned temperature clamped at ln 100 (``latentgen.contrastive``);
 shapes captions also get ``--hard-negatives`` altered captions per image (one attribute changed or
 two colours swapped), which teaches the text tower which attribute belongs to which object.
+``--freeze-text`` trains only the image tower and the two projections: the exported ``text_encoder``
+is then the one the run started from, bit for bit, so a UNet trained on it stays valid while the
+scorer (``clip/``) improves.
 Export: ``<out>/text_encoder`` (``CLIPTextModel``), ``<out>/tokenizer``, and ``<out>/clip`` (the whole
 ``CLIPModel`` with its tokenizer, image processor config and ``latentgen_config.json``).
 """
@@ -98,6 +102,9 @@ def parse_args(argv=None):
                    help="altered captions per shapes caption (one attribute changed or colours swapped, of K "
                         "distinct kinds); 0: off")
     g.add_argument("--val-data", action="append", metavar="DIR", help="held-out image folder for validation")
+    g.add_argument("--freeze-text", action="store_true",
+                   help="train only the image tower and the projections (needs --model): text_encoder/ stays "
+                        "the base model's, bit for bit, so a UNet trained on it stays valid")
     g.add_argument("--val-count", type=int, default=500, help="held-out pairs used by validation")
     return p.parse_args(argv)
 
@@ -138,12 +145,17 @@ def main(argv=None) -> dict:
     cfg = common.train_config(args, out=args.out, max_steps=3000, batch_size=128, lr=1e-3, warmup_steps=200,
                               weight_decay=0.1, adam_betas=(0.9, 0.98), ema_decay=0.999, checkpoint_every=500,
                               validate_every=0)
+    if args.freeze_text and not args.model:
+        raise ValueError("--freeze-text keeps a trained text tower: name it with --model DIR "
+                         "(a new text tower would stay random)")
     base = load_clip(args.model) if args.model else None  # a clear error if it is no CLIP export
     preset = preset_from_model(base[0]) if base else get_clip_preset(args.preset)
     data = ImageCaptionDataset(args.data, size=preset.image_size)  # a clear error for unusable folders
     torch.manual_seed(cfg.seed)
     model, tok = load_or_build(args, base, data.captions, resuming=bool(cfg.resume))
     preset = preset_from_model(model)  # the numbers actually built (vocabulary, --max-length)
+    if args.freeze_text:  # the Trainer optimises only what requires a gradient
+        model.text_model.requires_grad_(False)
     validate_fn = None
     if args.val_data:
         val_set = ImageCaptionDataset(args.val_data, size=preset.image_size)
@@ -153,6 +165,7 @@ def main(argv=None) -> dict:
         "clip_config": config_to_dict(preset), "vocab": len(tok), "max_length": tok.model_max_length,
         "data": [os.path.abspath(d) for d in args.data],
         "model": os.path.abspath(args.model) if args.model else None, "hard_negatives": args.hard_negatives,
+        "freeze_text": args.freeze_text,
     }
     t0 = time.time()
     trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives), validate_fn=validate_fn,
