@@ -28,6 +28,8 @@ def _add_data(sub):
     e = dsub.add_parser("emoji", help="render every OpenMoji emoji as an image folder")
     e.add_argument("--out", required=True)
     e.add_argument("--size", type=int, default=64)
+    e.add_argument("--extras", action="store_true",
+                   help="write OpenMoji's unnamed glyphs instead: never trained on, the codec's held-out test")
 
     c = dsub.add_parser("check", help="count usable image-caption pairs and list every skipped file")
     c.add_argument("folder")
@@ -44,8 +46,8 @@ def _run_data(args) -> int:
     if args.data_cmd == "emoji":
         from latentgen.data.emoji import write_emoji_folder
 
-        n = write_emoji_folder(args.out, size=args.size)
-        print(f"wrote {n} emoji images to {args.out}")
+        n = write_emoji_folder(args.out, size=args.size, extras=args.extras)
+        print(f"wrote {n} {'unnamed OpenMoji' if args.extras else 'emoji'} images to {args.out}")
         return 0
     if args.data_cmd == "check":
         from latentgen.data.folder import scan_folder

@@ -65,6 +65,18 @@ def test_iter_emoji_drops_duplicates_and_unnamed():
     assert all(caption for _, caption, _ in out)
 
 
+def test_extras_are_the_unnamed_glyphs_only():
+    extras = [s for s in em.openmoji_sequences() if "\ue000" <= s[0] <= "\uf8ff"][:3]  # OpenMoji's private use
+    assert len(extras) == 3 and not any(em.emoji_name(s) for s in extras)
+    stats = collections.Counter()
+    out = list(em.iter_emoji(16, sequences=[GRIN, *extras, extras[0]], stats=stats, extras=True))
+    assert [s for s, _, _ in out] == extras  # the named grin is left out, the repeated extra too
+    assert stats == {"kept": 3, "named": 1, "duplicate": 1}
+    assert out[0][1] == f"openmoji {em.codepoints(extras[0]).lower()}"
+    named = {s for s, _, _ in em.iter_emoji(16, sequences=[GRIN, *extras])}
+    assert named == {GRIN}  # the training set and the extras never share a glyph
+
+
 def test_write_emoji_folder_subset_is_a_valid_image_folder(tmp_path):
     stats = collections.Counter()
     n = em.write_emoji_folder(str(tmp_path / "emoji"), size=16, limit=6, stats=stats)

@@ -112,6 +112,24 @@ def test_resume_with_another_preset_is_a_clear_error(trained, shapes16):
 
 
 # ---------------------------------------------------------------- discriminator
+def test_decoder_only_keeps_encoder_latents_and_scale(trained, shapes16, tmp_path):
+    out, _ = trained
+    fine = str(tmp_path / "dec")
+    summary = train_vae.main(["--data", shapes16, "--out", fine, "--model", out, "--decoder-only",
+                              "--max-steps", "4", "--validate-every", "0", *FAST])
+    assert summary["finished"] and summary["preset"] is None
+    old, new = (load_file(os.path.join(d, "vae", "diffusion_pytorch_model.safetensors")) for d in (out, fine))
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    a, b = (AutoencoderKL.from_pretrained(os.path.join(d, "vae")) for d in (out, fine))
+    assert a.config.scaling_factor == b.config.scaling_factor  # the base's, not re-measured
+    assert load_config(VAEConfig, os.path.join(fine, "vae")) == load_config(VAEConfig, os.path.join(out, "vae"))
+    with pytest.raises(ValueError, match="--decoder-only.*--model"):
+        train_vae.main(["--data", shapes16, "--out", str(tmp_path / "x"), "--decoder-only", *FAST])
+    with pytest.raises(FileNotFoundError, match="not a VAE export"):
+        train_vae.main(["--data", shapes16, "--out", str(tmp_path / "y"), "--model", str(tmp_path), *FAST])
+
+
 def test_discriminator_path_runs(shapes16, tmp_path):
     out = str(tmp_path / "gan")
     train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "3", "--disc-start", "0",

@@ -1,6 +1,12 @@
 """Train the VAE latent codec (``diffusers.AutoencoderKL``) on image folders.
 
     python -m train.vae --data shapes/ --out runs/vae --preset small64 --max-steps 3000
+    python -m train.vae --data emoji/ --model latentgen/weights/default --decoder-only --out runs/vae-dec
+
+``--model`` continues an exported VAE (its architecture; ``--preset`` is ignored). ``--decoder-only``
+trains just the decoder (and ``post_quant_conv``), as Stable Diffusion's ft-MSE decoder was: the
+encoder, the latents and the ``scaling_factor`` stay the base's bit for bit, so a UNet trained on
+them stays valid and only the decoded images change.
 
 Loss (latent diffusion's autoencoder, Rombach et al. 2022, App. G):
 ``L1 (or L2) reconstruction + kl_weight * KL``, plus, from ``--disc-start`` on, a
@@ -27,7 +33,7 @@ from latentgen.data.folder import ImageCaptionDataset
 from latentgen.eval.psnr import psnr, reconstruction_psnr
 from latentgen.models.discriminator import PatchDiscriminator
 from latentgen.models.presets import config_to_dict, save_config
-from latentgen.models.vae import PRESETS, build_vae, get_vae_config
+from latentgen.models.vae import PRESETS, build_vae, get_vae_config, preset_from_vae, vae_folder
 from latentgen.training import Trainer
 from train import common
 
@@ -121,6 +127,8 @@ def parse_args(argv=None):
     g.add_argument("--val-data", action="append", metavar="DIR",
                    help="held-out image folder for validation (default: hold out --val-count training images)")
     g.add_argument("--val-count", type=int, default=64, help="images held out of --data when --val-data is not given")
+    g.add_argument("--decoder-only", action="store_true",
+                   help="with --model: train only the decoder; the encoder, latents and scaling factor are kept")
     g.add_argument("--scale-samples", type=int, default=512, help="training images used to measure the latent std")
     return p.parse_args(argv)
 
@@ -128,7 +136,15 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     """Train, measure the latent scale, export ``<out>/vae/``; returns a summary dict."""
     args = parse_args(argv)
-    preset = get_vae_config(args.preset)
+    if args.decoder_only and not args.model:
+        raise ValueError("--decoder-only fine-tunes the decoder of a trained VAE: name it with --model DIR")
+    base = None
+    if args.model:
+        from diffusers import AutoencoderKL
+
+        base = AutoencoderKL.from_pretrained(vae_folder(args.model))  # a clear error if it is no VAE export
+        print(f"continuing from {vae_folder(args.model)} (its architecture; --preset is ignored)")
+    preset = preset_from_vae(base) if base is not None else get_vae_config(args.preset)
     if args.disc_start is not None and args.disc_start < 0:
         raise ValueError(f"--disc-start must be a step >= 0, got {args.disc_start}")
     cfg = common.train_config(args, out=args.out, max_steps=2000, batch_size=16, lr=4e-4, warmup_steps=100,
@@ -144,12 +160,17 @@ def main(argv=None) -> dict:
             val_set, tag = Subset(data, range(min(8, len(data)))), "psnr_train"
 
     torch.manual_seed(cfg.seed)
-    vae = build_vae(preset)
+    vae = base if base is not None else build_vae(preset)
+    if args.decoder_only:  # the Trainer optimises only what requires a gradient
+        vae.encoder.requires_grad_(False)
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
     disc = None
     if args.disc_start is not None:  # 3 layers (70 px patches) at 32 px and up, fewer for smaller images
         disc = PatchDiscriminator(n_layers=max(1, min(3, preset.sample_size.bit_length() - 3)))
     run_config = {
-        "trainer": "vae", "preset": args.preset, "vae_config": config_to_dict(preset),
+        "trainer": "vae", "preset": None if base is not None else args.preset, "vae_config": config_to_dict(preset),
+        "model": os.path.abspath(vae_folder(args.model)) if args.model else None, "decoder_only": args.decoder_only,
         "data": [os.path.abspath(d) for d in args.data], "recon": args.recon, "kl_weight": args.kl_weight,
         "disc_start": args.disc_start, "disc_weight": args.disc_weight if args.disc_start is not None else None,
     }
@@ -166,12 +187,13 @@ def main(argv=None) -> dict:
     vae = model.vae.eval()
     gen = torch.Generator(trainer.device).manual_seed(cfg.seed)
     stats = ae.latent_stats(vae, train_set, n=args.scale_samples, generator=gen)
-    vae.register_to_config(scaling_factor=1.0 / stats["std"])
+    if not args.decoder_only:  # decoder-only: the latents are the base's, and so is their scale
+        vae.register_to_config(scaling_factor=1.0 / stats["std"])
     folder = os.path.join(args.out, "vae")
     vae.save_pretrained(folder, safe_serialization=True)
     save_config(preset, folder)
-    summary = {"finished": True, "preset": args.preset, "steps": trainer.step, "train_time_s": round(train_time, 1),
-               "scaling_factor": 1.0 / stats["std"], "latent_mean": stats["mean"], "latent_std": stats["std"],
+    summary = {"finished": True, "preset": run_config["preset"], "steps": trainer.step, "train_time_s": round(train_time, 1),
+               "scaling_factor": vae.config.scaling_factor, "latent_mean": stats["mean"], "latent_std": stats["std"],
                f"val_{tag}": reconstruction_psnr(vae, val_set), "n_val": len(val_set), "vae": folder}
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     return summary

@@ -127,11 +127,16 @@ def pixel_hash(img: Image.Image) -> str:
 
 # ---------------------------------------------------------------- the set
 def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | None = None,
-               stats: collections.Counter | None = None) -> Iterator[tuple[str, str, Image.Image]]:
+               stats: collections.Counter | None = None,
+               extras: bool = False) -> Iterator[tuple[str, str, Image.Image]]:
     """Yield ``(sequence, caption, image)`` for each named, non-blank, pixel-distinct OpenMoji emoji.
 
     ``sequences`` defaults to all of OpenMoji; ``limit`` stops after that many yielded; ``stats``
     counts what was dropped (``no name``, ``not in font``, ``blank``, ``duplicate``) and ``kept``.
+    ``extras=True`` yields the other part instead: the glyphs with *no* name (OpenMoji's private-use
+    extras and a few unnamed sequences), captioned ``openmoji <codepoints>`` and distinct in pixels
+    from every named one. No training set holds them (training needs a caption), so they are
+    OpenMoji images that no model of ours has seen: the codec's held-out test.
     """
     stats = collections.Counter() if stats is None else stats
     seen: set[str] = set()
@@ -139,7 +144,15 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
         if limit is not None and stats["kept"] >= limit:
             return
         caption = emoji_name(seq)
-        if not caption:
+        if extras:
+            if caption:  # a named glyph: never yielded, but an extra that draws the same is a duplicate
+                img = render_emoji(seq, size) if in_font(seq) else None
+                if img is not None:
+                    seen.add(pixel_hash(img))
+                stats["named"] += 1
+                continue
+            caption = f"openmoji {codepoints(seq).lower()}"
+        elif not caption:
             stats["no name"] += 1
             continue
         if not in_font(seq):
@@ -159,17 +172,18 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
 
 
 def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
-                       stats: collections.Counter | None = None) -> int:
+                       stats: collections.Counter | None = None, extras: bool = False) -> int:
     """Write the OpenMoji set to ``out`` as ``<codepoints>.png`` + ``metadata.jsonl``; return the count.
 
     Each metadata line holds ``file_name``, ``text`` (the caption) and ``emoji`` (the character sequence).
+    ``extras=True`` writes the unnamed glyphs instead (see ``iter_emoji``): a held-out codec test set.
     """
     if size < 8:
         raise ValueError(f"emoji size must be at least 8 pixels, got {size}")
     os.makedirs(out, exist_ok=True)
     n = 0
     with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
-        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats):
+        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats, extras=extras):
             name = f"{codepoints(seq)}.png"
             img.save(os.path.join(out, name))
             row = {"file_name": name, "text": caption, "emoji": seq}

@@ -9,6 +9,7 @@ No training code here (see ``latentgen/autoencoding.py`` and ``train/vae.py``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from diffusers import AutoencoderKL
@@ -94,3 +95,22 @@ def build_vae(cfg: VAEConfig | str) -> AutoencoderKL:
         mid_block_add_attention=cfg.mid_block_add_attention,
         scaling_factor=1.0,  # measured after training: latentgen.autoencoding.measure_scaling_factor
     )
+
+
+def vae_folder(path: str | os.PathLike) -> str:
+    """The ``AutoencoderKL`` folder of ``path``: the folder itself, or its ``vae/`` (a run or model folder)."""
+    path = os.fspath(path)
+    for folder in (path, os.path.join(path, "vae")):
+        if os.path.isfile(os.path.join(folder, "config.json")) and any(
+                f.endswith(".safetensors") for f in os.listdir(folder)):
+            return folder
+    raise FileNotFoundError(f"{path} is not a VAE export: expected config.json and safetensors weights there "
+                            f"or in {os.path.join(path, 'vae')} (train one with `python -m train.vae`)")
+
+
+def preset_from_vae(vae: AutoencoderKL) -> VAEConfig:
+    """The ``VAEConfig`` an ``AutoencoderKL`` was built from (read off its diffusers config)."""
+    c = vae.config
+    return VAEConfig(sample_size=c.sample_size, block_out_channels=tuple(c.block_out_channels),
+                     latent_channels=c.latent_channels, layers_per_block=c.layers_per_block,
+                     norm_num_groups=c.norm_num_groups, mid_block_add_attention=c.mid_block_add_attention)
