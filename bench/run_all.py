@@ -121,6 +121,14 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
         label = "OpenMoji (group-wise split of bench.vae; seen, unless the recipe held them out)"
     emoji = ImageCaptionDataset([emoji_test], size=64)
     lines.append(f"| {label} | {len(emoji)} | {reconstruction_psnr(vae, emoji):.2f} | 26 |")
+    extras = os.path.join(work, "openmoji_extras_64")
+    if not os.path.isfile(os.path.join(extras, "metadata.jsonl")):
+        from latentgen.data.emoji import write_emoji_folder
+
+        write_emoji_folder(extras, size=64, extras=True)
+    extras = ImageCaptionDataset([extras], size=64)
+    lines.append(f"| OpenMoji extras: its unnamed glyphs, which no model trains on (never seen) | {len(extras)} | "
+                 f"{reconstruction_psnr(vae, extras):.2f} | 26 |")
     lines.append("")
     if os.path.isdir(os.path.join(teacher, "clip")):
         from bench.clip import measure, shapes_folders

@@ -46,17 +46,25 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert capsys.readouterr().out.count(": done") == len(recipe.STAGES)
 
 
-def test_bundle_fp16_loads_fp32_in_both_pipelines(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    from train import recipe
+
+    out = str(tmp_path_factory.mktemp("tiny") / "recipe")
+    recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
+    return out
+
+
+def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
     """train.bundle on the tiny recipe: fp16 storage, fp32 load, same images as the unbundled folders."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
     from latentgen import LatentGenPipeline
     from latentgen.pipeline import read_model_card_defaults
-    from train import bundle, recipe
+    from train import bundle
 
-    out = str(tmp_path / "recipe")
-    recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
+    out = tiny_recipe
     weights = str(tmp_path / "weights")
     res = bundle.main(["--recipe", out, "--out", weights, "--steps", "4", "--guidance", "3"])
     teacher, student = os.path.join(weights, "default"), os.path.join(weights, "default-4step")
@@ -81,6 +89,50 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tmp_path):
         b = stock("a large red circle at center", num_inference_steps=4, guidance_scale=3.0, generator=g(),
                   output_type="np").images
         assert abs(a - b).max() < 1e-3 and abs(a - ref).max() < 0.02  # fp16 rounding of the weights only
+
+
+def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, tmp_path):
+    """--clip / --vae take parts improved with the UNet's inputs kept, and refuse any other."""
+    from safetensors.torch import load_file
+
+    from train import bundle
+    from train import clip as train_clip
+    from train import vae as train_vae
+
+    out, teacher = tiny_recipe, os.path.join(tiny_recipe, "unet")
+    shapes = os.path.join(out, "data", "shapes")
+    fast = ["--max-steps", "2", "--batch-size", "8", "--lr", "1e-2", "--warmup-steps", "0", "--no-progress"]
+    train_clip.main(["--data", shapes, "--model", teacher, "--freeze-text", "--out", str(tmp_path / "clip"), *fast])
+    train_clip.main(["--data", shapes, "--model", teacher, "--out", str(tmp_path / "clip-all"), *fast])
+    train_vae.main(["--data", shapes, "--model", teacher, "--decoder-only", "--out", str(tmp_path / "dec"),
+                    "--validate-every", "0", *fast])
+    train_vae.main(["--data", shapes, "--model", teacher, "--out", str(tmp_path / "vae-all"),
+                    "--validate-every", "0", *fast])
+    weights = str(tmp_path / "weights")
+    with pytest.raises(SystemExit, match="text tower differs.*--freeze-text"):
+        bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip-all")])
+    with pytest.raises(SystemExit, match="encoder or scaling factor differs.*--decoder-only"):
+        bundle.main(["--recipe", out, "--out", weights, "--vae", str(tmp_path / "vae-all")])
+    assert not os.path.exists(weights)  # refused before anything was written
+    bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip"), "--vae", str(tmp_path / "dec")])
+
+    def half(path):
+        return {k: v.half() for k, v in load_file(path).items()}
+
+    clip_old, clip_new = half(os.path.join(teacher, "clip", "model.safetensors")), \
+        half(os.path.join(weights, "default", "clip", "model.safetensors"))
+    changed = {k for k in clip_old if not torch.equal(clip_old[k], clip_new[k])}
+    assert changed and not any(k.startswith("text_model.") for k in changed)
+    vae_file = os.path.join("vae", "diffusion_pytorch_model.safetensors")
+    vae_old = half(os.path.join(teacher, vae_file))
+    for name in ("default", "default-4step"):
+        vae_new = half(os.path.join(weights, name, vae_file))
+        changed = {k for k in vae_old if not torch.equal(vae_old[k], vae_new[k])}
+        assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), name
+    card = open(os.path.join(weights, "default", "README.md"), encoding="utf-8").read()
+    assert "`train.clip --freeze-text`: 2 steps" in card and "`train.vae --decoder-only`: 2 steps" in card
+    student_card = open(os.path.join(weights, "default-4step", "README.md"), encoding="utf-8").read()
+    assert "--decoder-only" in student_card and "--freeze-text" not in student_card
 
 
 def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):

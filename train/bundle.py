@@ -13,6 +13,12 @@ pipelines fail on mixed dtypes). The model card (``README.md``) opens with the r
 settings as YAML front matter, which the CLI and the app read, then gives the data and its
 licences, the vocabulary, the held-out pairs, the recipe, the training time and the figures.
 A NOTICE file beside the folders carries OpenMoji's attribution.
+
+``--clip`` and ``--vae`` swap in parts improved after the recipe without touching what the UNet
+learned from: a CLIP continued with ``train.clip --freeze-text`` (its text tower must equal the
+teacher's text encoder, tensor for tensor) and a VAE from ``train.vae --decoder-only`` (its encoder
+and scaling factor must equal the teacher's). Anything else is refused: the UNet would then be
+conditioned on, or denoise, something it was never trained on.
 """
 
 from __future__ import annotations
@@ -48,8 +54,71 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, help="recommended guidance (default: the teacher's card)")
     p.add_argument("--eval-teacher", metavar="JSON", help="`latentgen eval shapes` output for the teacher")
     p.add_argument("--eval-student", metavar="JSON", help="`latentgen eval shapes` output for the student")
+    p.add_argument("--clip", metavar="DIR", help="a train.clip --freeze-text run of the teacher's CLIP: its clip/ "
+                                                "replaces the scorer (the text encoder must be unchanged)")
+    p.add_argument("--vae", metavar="DIR", help="a train.vae --decoder-only run of the teacher's VAE: its vae/ "
+                                               "replaces the VAE of both models (the encoder must be unchanged)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (twice the size)")
     return p.parse_args(argv)
+
+
+def _tensors(folder: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors files in ``folder`` whose name starts with ``prefix`` (prefix removed)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        out.update({k[len(prefix):]: v for k, v in load_file(path).items() if k.startswith(prefix)})
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], dtype: torch.dtype) -> bool:
+    """Equal tensor for tensor once stored in ``dtype`` (a part continued from the fp16 bundle is fp16-exact)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k].to(dtype), b[k].to(dtype)) for k in a)
+
+
+def check_replacement(kind: str, teacher: str, folder: str, dtype: torch.dtype = torch.float16) -> str:
+    """The part folder to bundle from ``folder`` (a run), after checking that the UNet's inputs are unchanged
+    as stored in ``dtype``."""
+    if kind == "clip":
+        from latentgen.models.clip import clip_folder
+
+        part = clip_folder(folder)
+        # a text_encoder/ holds the text transformer's tensors, with or without the "text_model." prefix
+        text = {k.removeprefix("text_model."): v for k, v in _tensors(os.path.join(teacher, "text_encoder")).items()}
+        if not text or not _same(text, _tensors(part, "text_model."), dtype):
+            raise SystemExit(f"{part}: its text tower differs from {teacher}/text_encoder, which the UNet was "
+                             "trained on; continue the teacher's CLIP with `train.clip --freeze-text`")
+        return part
+    from diffusers import AutoencoderKL
+
+    from latentgen.models.vae import vae_folder
+
+    part = vae_folder(folder)
+    old, new = (_tensors(d) for d in (os.path.join(teacher, "vae"), part))
+    keep = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    scale = (AutoencoderKL.load_config(os.path.join(teacher, "vae"))["scaling_factor"],
+             AutoencoderKL.load_config(part)["scaling_factor"])
+    if not keep or not _same({k: old[k] for k in keep}, {k: new.get(k, torch.empty(0)) for k in keep}, dtype) \
+            or scale[0] != scale[1]:
+        raise SystemExit(f"{part}: its encoder or scaling factor differs from {teacher}/vae, whose latents the "
+                         "UNet was trained on; fine-tune the teacher's VAE with `train.vae --decoder-only`")
+    return part
+
+
+def run_note(folder: str) -> str:
+    """One line on a later run: its trainer, steps, data and (from the logs) its minutes."""
+    with open(os.path.join(folder, "run_config.json")) as f:
+        cfg = json.load(f)
+    rows = []
+    with open(os.path.join(folder, "logs", "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    steps = max((r.get("step", 0) for r in rows), default=0)
+    times = [r["time"] for r in rows if "time" in r]
+    flag = "--freeze-text" if cfg.get("freeze_text") else "--decoder-only" if cfg.get("decoder_only") else ""
+    data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
+    return (f"`train.{cfg.get('trainer')} {flag}`: {steps} steps on {data} "
+            f"(about {(times[-1] - times[0]) / 60 if len(times) > 1 else 0:.0f} min of 2 CPU cores)")
 
 
 def store_fp16(folder: str) -> None:
@@ -115,7 +184,8 @@ def _figures(path: str | None) -> list[str]:
     return lines
 
 
-def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str]) -> str:
+def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str],
+               later: list[str] = ()) -> str:
     cfg = recipe.get("config", {})
     minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items()}
     student = kind == "student"
@@ -158,6 +228,8 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              + ", ".join(f"{k} {v}" for k, v in minutes.items())
              + f" (total {round(sum(minutes.values()), 1)}).", "",
              "```json", json.dumps(cfg, indent=2), "```", "",
+             *(["Parts improved after the recipe, with the UNet's inputs unchanged (`train.bundle --clip/--vae` "
+                "checks it):", "", *(f"- {x}" for x in later), ""] if later else []),
              "## Measured", "", *figures, ""]
     return "\n".join(lines)
 
@@ -173,6 +245,9 @@ def main(argv=None) -> dict:
     guidance = args.guidance if args.guidance is not None else \
         read_model_card_defaults(teacher).get("guidance_scale", 5.0)
     student_card = read_model_card_defaults(student)
+    dtype = torch.float32 if args.fp32 else torch.float16
+    swaps = {kind: (check_replacement(kind, teacher, d, dtype), run_note(d))
+             for kind, d in (("clip", args.clip), ("vae", args.vae)) if d}
     jobs = {
         "default": (teacher, ("clip",), "teacher", args.eval_teacher,
                     {"sampler": args.sampler, "num_inference_steps": args.steps, "guidance_scale": guidance}),
@@ -186,10 +261,15 @@ def main(argv=None) -> dict:
         dst = os.path.join(args.out, name)
         tmp = dst + ".tmp"
         copy_model(src, tmp, extra)
+        for part, (folder, _) in swaps.items():
+            if part in extra + ("vae",):
+                shutil.rmtree(os.path.join(tmp, part))
+                shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
+        later = [note for part, (_, note) in swaps.items() if part in extra + ("vae",)]
         if not args.fp32:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(kind, settings, recipe, vocabulary(tmp), _figures(figures)))
+            f.write(model_card(kind, settings, recipe, vocabulary(tmp), _figures(figures), later))
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         written[name] = dst
