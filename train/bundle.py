@@ -118,7 +118,7 @@ def run_note(folder: str) -> str:
     flag = "--freeze-text" if cfg.get("freeze_text") else "--decoder-only" if cfg.get("decoder_only") else ""
     data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
     return (f"`train.{cfg.get('trainer')} {flag}`: {steps} steps on {data} "
-            f"(about {(times[-1] - times[0]) / 60 if len(times) > 1 else 0:.0f} min of 2 CPU cores)")
+            f"({(times[-1] - times[0]) / 60 if len(times) > 1 else 0:.0f} min wall clock from first to last log line)")
 
 
 def store_fp16(folder: str) -> None:
