@@ -37,10 +37,11 @@ RESULTS = os.path.join(HERE, "results")
 TARGETS = {"color": 0.95, "shape": 0.95, "size": 0.90, "position": 0.90}
 
 
-def shapes_folders(n_train: int, n_test: int) -> tuple[str, str]:
+def shapes_folders(n_train: int, n_test: int, test_seed: int = 1) -> tuple[str, str]:
+    """Training scenes (seed 0) and test scenes (``test_seed``; 1 is the benchmark's own test set)."""
     train = os.path.join(WORK, f"clip_shapes_train_{n_train}")
-    test = os.path.join(WORK, f"clip_shapes_test_{n_test}")
-    for folder, n, seed in ((train, n_train, 0), (test, n_test, 1)):
+    test = os.path.join(WORK, f"clip_shapes_test_{n_test}" + (f"_s{test_seed}" if test_seed != 1 else ""))
+    for folder, n, seed in ((train, n_train, 0), (test, n_test, test_seed)):
         if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
             print(f"writing {n} shapes scenes to {folder}")
             write_shapes_folder(folder, n, size=64, seed=seed)
@@ -95,9 +96,9 @@ def measure(model_dir: str, shapes_test: str, emoji_test: str | None, n: int) ->
     return out
 
 
-def write(result: dict):
+def write(result: dict, stem: str = "clip"):
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "clip.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
         json.dump(result, f, indent=2)
     p = result["shapes_probing"]
     pct = lambda x: f"{100 * x:.1f}%"
@@ -125,12 +126,12 @@ def write(result: dict):
         met = "" if target is None else ("yes" if p[kind] >= target else "no")
         lines.append(f"| {kind} | {pct(p[kind])} | {pct(p['all_' + kind])} | {p['n_' + kind]} | "
                      f"{pct(target) if target else '-'} | {met} |")
-    lines += ["", (f"{p['n_images']} held-out shapes images; retrieval counts a candidate with the query's "
+    lines += ["", (f"{p['n_images']} held-out shapes images (seed {result.get('test_seed', 1)}); retrieval counts a candidate with the query's "
               "exact caption as correct. Accuracy (pairs): share of (image, altered caption) pairs where the "
               "true caption scores higher; image beats all: share of images whose true caption beats every "
               "altered caption of that kind."), "",
               f"machine: {result['machine']}; command: `{result['command']}`", ""]
-    with open(os.path.join(RESULTS, "clip.md"), "w") as f:
+    with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
 
@@ -150,13 +151,18 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=1000, help="held-out candidates")
     p.add_argument("--emoji", action=argparse.BooleanOptionalAction, default=True,
                    help="also train on OpenMoji (and measure held-out emoji retrieval)")
+    p.add_argument("--test-seed", type=int, default=1,
+                   help="seed of the test scenes; another seed than 1 gives a fresh test set, written to "
+                        "bench/results/clip-seed<N>.{json,md} (a second look that no earlier choice saw)")
     p.add_argument("--threads", type=int, help="torch threads (on a shared machine 1 wastes far less CPU)")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    if args.test_seed == 0:
+        raise ValueError("--test-seed 0 is the training scenes' seed: pick another")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(WORK, exist_ok=True)
-    shapes_train, shapes_test = shapes_folders(args.n_train, args.n_test)
+    shapes_train, shapes_test = shapes_folders(args.n_train, args.n_test, args.test_seed)
     emoji_train = emoji_test = None
     if args.emoji:
         from bench.vae import emoji_split  # the same group-wise OpenMoji split as the VAE benchmark
@@ -175,8 +181,9 @@ def main(argv=None):
         result.update(batch_size=args.batch_size, lr=args.lr, hard_negatives=args.hard_negatives,
                       ema_decay=args.ema_decay, n_train_shapes=args.n_train, emoji=args.emoji)
     result["model"] = os.path.relpath(model_dir, os.path.dirname(HERE))
+    result["test_seed"] = args.test_seed
     result.update(measure(model_dir, shapes_test, emoji_test, args.n_test))
-    write(result)
+    write(result, "clip" if args.test_seed == 1 else f"clip-seed{args.test_seed}")
     return result
 
 
