@@ -224,7 +224,9 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              " ".join(vocab), "", "</details>", "",
              "## Recipe and training time", "",
              f"`python -m train.recipe --out runs/recipe --preset {recipe.get('preset', '?')}` then "
-             "`python -m train.bundle --recipe runs/recipe`, on 2 CPU cores. Minutes per stage: "
+             "`python -m train.bundle --recipe runs/recipe`"
+             + (" with the later runs below as `--clip RUN` / `--vae RUN`" if later else "")
+             + ", on 2 CPU cores. Minutes per stage: "
              + ", ".join(f"{k} {v}" for k, v in minutes.items())
              + f" (total {round(sum(minutes.values()), 1)}).", "",
              "```json", json.dumps(cfg, indent=2), "```", "",
