@@ -129,9 +129,11 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
         vae_new = half(os.path.join(weights, name, vae_file))
         changed = {k for k in vae_old if not torch.equal(vae_old[k], vae_new[k])}
         assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), name
-    card = open(os.path.join(weights, "default", "README.md"), encoding="utf-8").read()
+    with open(os.path.join(weights, "default", "README.md"), encoding="utf-8") as f:
+        card = f.read()
     assert "`train.clip --freeze-text`: 2 steps" in card and "`train.vae --decoder-only`: 2 steps" in card
-    student_card = open(os.path.join(weights, "default-4step", "README.md"), encoding="utf-8").read()
+    with open(os.path.join(weights, "default-4step", "README.md"), encoding="utf-8") as f:
+        student_card = f.read()
     assert "--decoder-only" in student_card and "--freeze-text" not in student_card
 
 

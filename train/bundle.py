@@ -230,8 +230,8 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              + ", ".join(f"{k} {v}" for k, v in minutes.items())
              + f" (total {round(sum(minutes.values()), 1)}).", "",
              "```json", json.dumps(cfg, indent=2), "```", "",
-             *(["Parts improved after the recipe, with the UNet's inputs unchanged (`train.bundle --clip/--vae` "
-                "checks it):", "", *(f"- {x}" for x in later), ""] if later else []),
+             *([("Parts improved after the recipe, with the UNet's inputs unchanged (`train.bundle --clip/--vae` "
+                 "checks it):"), "", *(f"- {x}" for x in later), ""] if later else []),
              "## Measured", "", *figures, ""]
     return "\n".join(lines)
 
