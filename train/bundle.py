@@ -110,7 +110,6 @@ def run_note(folder: str) -> str:
     """One line on a later run: its trainer, steps, data and (from the logs) its minutes."""
     with open(os.path.join(folder, "run_config.json")) as f:
         cfg = json.load(f)
-    rows = []
     with open(os.path.join(folder, "logs", "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     steps = max((r.get("step", 0) for r in rows), default=0)
@@ -263,11 +262,11 @@ def main(argv=None) -> dict:
         dst = os.path.join(args.out, name)
         tmp = dst + ".tmp"
         copy_model(src, tmp, extra)
-        for part, (folder, _) in swaps.items():
-            if part in extra + ("vae",):
-                shutil.rmtree(os.path.join(tmp, part))
-                shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
-        later = [note for part, (_, note) in swaps.items() if part in extra + ("vae",)]
+        mine = {part: swap for part, swap in swaps.items() if part in extra + ("vae",)}  # vae/: both models
+        for part, (folder, _) in mine.items():
+            shutil.rmtree(os.path.join(tmp, part))
+            shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
+        later = [note for _, note in mine.values()]
         if not args.fp32:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:

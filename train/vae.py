@@ -138,12 +138,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.decoder_only and not args.model:
         raise ValueError("--decoder-only fine-tunes the decoder of a trained VAE: name it with --model DIR")
-    base = None
+    base = base_dir = None
     if args.model:
         from diffusers import AutoencoderKL
 
-        base = AutoencoderKL.from_pretrained(vae_folder(args.model))  # a clear error if it is no VAE export
-        print(f"continuing from {vae_folder(args.model)} (its architecture; --preset is ignored)")
+        base_dir = vae_folder(args.model)  # a clear error if it is no VAE export
+        base = AutoencoderKL.from_pretrained(base_dir)
+        print(f"continuing from {base_dir} (its architecture; --preset is ignored)")
     preset = preset_from_vae(base) if base is not None else get_vae_config(args.preset)
     if args.disc_start is not None and args.disc_start < 0:
         raise ValueError(f"--disc-start must be a step >= 0, got {args.disc_start}")
@@ -170,7 +171,7 @@ def main(argv=None) -> dict:
         disc = PatchDiscriminator(n_layers=max(1, min(3, preset.sample_size.bit_length() - 3)))
     run_config = {
         "trainer": "vae", "preset": None if base is not None else args.preset, "vae_config": config_to_dict(preset),
-        "model": os.path.abspath(vae_folder(args.model)) if args.model else None, "decoder_only": args.decoder_only,
+        "model": os.path.abspath(base_dir) if base_dir else None, "decoder_only": args.decoder_only,
         "data": [os.path.abspath(d) for d in args.data], "recon": args.recon, "kl_weight": args.kl_weight,
         "disc_start": args.disc_start, "disc_weight": args.disc_weight if args.disc_start is not None else None,
     }
