@@ -78,10 +78,12 @@ def test_type_prompt_click_generate_see_image(page, tmp_path):
     page.fill("#steps input[type=number]", "4")
     page.press("#steps input[type=number]", "Tab")
     page.click("#generate")
+    # Wait for the final status first: a preview can fill the gallery before the final image
+    # replaces it, and an <img> whose src is being swapped reads naturalWidth 0 meanwhile.
+    page.wait_for_function("() => document.body.innerText.includes('image(s) in')")
     img = page.wait_for_selector("#gallery img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
     assert img.evaluate("img => img.naturalWidth") == 16  # the tiny model's native size
-    page.wait_for_function("() => document.body.innerText.includes('image(s) in')")
     assert "Seed used" in page.inner_text("body")
     assert _keep(page, tmp_path, "generate.png").stat().st_size > 0
 
