@@ -117,6 +117,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{r['frechet_distance']:.2f} | "
                      f"{r['seconds_per_image']:.4f} | {speed} |")
     where = f"Teacher: `{meta['teacher']}`; students: `{meta['student_root']}`."
+    if meta.get("teacher_vae"):
+        where += " Every row decodes with the teacher's VAE (`--teacher-vae`)."
     lines += ["", f"{where} {meta['note']}".rstrip(), ""]
     return "\n".join(lines)
 
@@ -138,6 +140,16 @@ def targets(rows: list[dict]) -> dict:
             "met": (gap <= 3 and speedup >= 10) if t50["adherence_all"] > 0 else None}
 
 
+def share_vae(teacher, student, where: str) -> None:
+    """Give ``student`` the teacher's VAE; refuse one whose latent space differs (channels, scale)."""
+    a, b = teacher.vae.config, student.vae.config
+    if (a.latent_channels, a.scaling_factor) != (b.latent_channels, b.scaling_factor):
+        raise SystemExit(f"error: --teacher-vae: the student in {where} has latents of {b.latent_channels} "
+                         f"channels scaled by {b.scaling_factor}, the teacher {a.latent_channels} by "
+                         f"{a.scaling_factor}; the teacher's decoder cannot read them (drop --teacher-vae)")
+    student.register_modules(vae=teacher.vae)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, metavar="DIR", help="the guided teacher's model folder")
@@ -148,6 +160,10 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--results", default=RESULTS, help="path prefix of the .json and .md results")
     p.add_argument("--note", default="", help="a sentence added under the table")
+    p.add_argument("--teacher-vae", action="store_true",
+                   help="decode the students' latents with the teacher's VAE, so that rows differ only in "
+                        "their UNets (for a teacher whose decoder was fine-tuned after distillation, such as "
+                        "the bundled one: train.vae --decoder-only)")
     args = p.parse_args(argv)
     if args.n < 2:
         raise SystemExit("error: --n must be >= 2 (the Fréchet distance needs at least two images)")
@@ -172,10 +188,12 @@ def main(argv=None) -> dict:
         if steps in students:
             student = LatentGenPipeline.from_pretrained(students[steps]).to(args.device)
             student.set_progress_bar_config(disable=True)
+            if args.teacher_vae:
+                share_vae(teacher, student, students[steps])
             rows.append(measure(student, "student", steps, 1, guidance, args, real_feats))
     meta = {"n": args.n, "seed": args.seed, "guidance": guidance, "device": args.device,
             "torch_threads": torch.get_num_threads(), "teacher": args.teacher,
-            "student_root": args.student_root,
+            "student_root": args.student_root, "teacher_vae": args.teacher_vae,
             "students": {str(k): v for k, v in students.items()}, "missing_students": missing,
             "image_size": size, "platform": platform.platform(), "torch": torch.__version__,
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "note": args.note}

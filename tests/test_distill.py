@@ -319,3 +319,18 @@ def test_bad_settings_are_clear_errors(run, tmp_path):
             distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), *extra))
     with pytest.raises(SystemExit, match="no model folder"):
         distill.main(_args(str(tmp_path / "missing"), run["data"], str(tmp_path / "x")))
+
+
+def test_bench_distill_teacher_vae_shares_the_decoder_and_refuses_another_latent_space(tmp_path):
+    from bench.distill import share_vae
+    from tests.tiny_models import make_tiny_pipeline
+
+    teacher = LatentGenPipeline.from_pretrained(make_tiny_pipeline(tmp_path, seed=0, name="t"))
+    student = LatentGenPipeline.from_pretrained(make_tiny_pipeline(tmp_path, seed=1, name="s"))
+    assert not torch.equal(teacher.vae.decoder.conv_out.weight, student.vae.decoder.conv_out.weight)
+    share_vae(teacher, student, "s")
+    assert student.vae is teacher.vae
+    other = LatentGenPipeline.from_pretrained(make_tiny_pipeline(tmp_path, seed=1, name="o"))
+    other.vae.register_to_config(scaling_factor=other.vae.config.scaling_factor * 2)
+    with pytest.raises(SystemExit, match="scaled by"):
+        share_vae(teacher, other, "o")
