@@ -200,8 +200,10 @@ def main(argv=None) -> dict:
         elif name == "distill":
             from bench import distill
 
+            # --teacher-vae: a recipe's students keep the decoder they were distilled with; the
+            # bundled teacher may carry a later decoder-only fine-tune, so every row decodes with it
             distill.main(["--teacher", teacher, "--student-root", args.distill_root or root,
-                          "--n", str(max(2, args.n // 2))])
+                          "--n", str(max(2, args.n // 2)), "--teacher-vae"])
         elif name == "speed":
             from bench import speed
 
