@@ -1,5 +1,6 @@
 """Evaluation: shapes prompt adherence (and its CLI), the Fréchet distance, EfficientNet-Lite0 features."""
 
+import dataclasses
 import json
 import os
 import random
@@ -75,6 +76,38 @@ def test_a_perfect_generator_scores_at_least_99_percent_and_a_blank_one_zero():
         assert blank[g]["full_prompt_accuracy"] == 0 and blank[g]["color"] == 0 and blank[g]["object"] == 0
         assert blank[g]["no_stray_colors"] == 1  # nothing drawn, so nothing stray
     assert blank["settings"]["steps"] == 25 and blank["settings"]["guidance"] == 5.0  # pipeline defaults
+
+
+class FallbackPipe(RenderPipe):
+    """Draws a held-out pair's object as the colour's seen shape that comes first: a model that
+    falls back on what it saw."""
+
+    def __call__(self, prompt, **kw):
+        fixed = []
+        for p in prompt:
+            objs = [dataclasses.replace(o, shape=next(s for s in ("circle", "square", "triangle")
+                                                      if (o.color, s) not in HELDOUT_PAIRS))
+                    if (o.color, o.shape) in HELDOUT_PAIRS else o for o in parse_prompt(p)]
+            fixed.append(" and ".join(f"a {o.size} {o.color} {o.shape} at {o.position}" for o in objs))
+        return super().__call__(fixed, **kw)
+
+
+def test_heldout_groups_break_down_by_pair_and_show_the_shape_drawn_instead():
+    perfect = evaluate_shapes(RenderPipe(), n=24, groups=["heldout", "1_object"])
+    assert "by_pair" not in perfect["1_object"]
+    by_pair = perfect["heldout"]["by_pair"]
+    assert set(by_pair) == {" ".join(p) for p in HELDOUT_PAIRS}
+    assert sum(d["n"] for d in by_pair.values()) == 24
+    for pair, d in by_pair.items():
+        assert d["object"] == d["shape"] == 1.0 and d["drawn"] == {pair.split()[1]: d["n"]}, (pair, d)
+
+    fallback = evaluate_shapes(FallbackPipe(), n=24, groups=["heldout"])
+    assert fallback["heldout"]["full_prompt_accuracy"] == 0
+    for pair, d in fallback["heldout"]["by_pair"].items():
+        colour = pair.split()[0]
+        seen = next(s for s in ("circle", "square", "triangle") if (colour, s) not in HELDOUT_PAIRS)
+        assert d["object"] == d["shape"] == 0.0 and d["drawn"] == {seen: d["n"]}, (pair, d)
+    json.dumps(fallback)
 
 
 def test_batches_seeds_and_group_subsets():

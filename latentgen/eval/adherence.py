@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from latentgen.data.shapes import (
+    HELDOUT_PAIRS,
     ShapeObject,
     attribute_accuracy,
     canonical_caption,
@@ -72,6 +73,27 @@ def _group_report(results) -> dict:
         "no_stray_colors": sum(not r.stray_colors for r in results) / len(results),
         "nothing_else": acc["nothing_else"],
     }
+
+
+def heldout_breakdown(results) -> dict:
+    """Per held-out colour-shape pair: how often its object came out right, its shape right, and
+    which shapes were drawn in its place (a model that falls back on the colour's seen shapes
+    shows it here)."""
+    out = {}
+    for r in results:
+        for o in r.objects:
+            pair = (o.expected.color, o.expected.shape)
+            if pair not in HELDOUT_PAIRS:
+                continue
+            d = out.setdefault(" ".join(pair), {"n": 0, "object": 0, "shape": 0, "drawn": {}})
+            d["n"] += 1
+            d["object"] += o.ok
+            d["shape"] += bool(o.shape)
+            drawn = o.found.shape if o.found is not None and o.found.shape else "nothing"
+            d["drawn"][drawn] = d["drawn"].get(drawn, 0) + 1
+    for d in out.values():
+        d["object"], d["shape"] = d["object"] / d["n"], d["shape"] / d["n"]
+    return dict(sorted(out.items()))
 
 
 def resolve_groups(groups: Sequence[str] | None) -> list[str]:
@@ -152,6 +174,9 @@ def evaluate_shapes(pipe, n: int = 100, steps: int | None = None, sampler: str |
     if all(g in results for g in POOLED):
         report["all"] = _group_report([r for g in POOLED for r in results[g]])
     report.update({g: _group_report(results[g]) for g in names})
+    for g in names:
+        if GROUPS[g][1]:
+            report[g]["by_pair"] = heldout_breakdown(results[g])
     report["settings"] = {
         "n_per_group": n, "steps": steps, "guidance": guidance, "sampler": _sampler_label(pipe, sampler),
         "seed": seed, "batch_size": batch_size, "image_size": list(images[0].size), "n_images": len(images),
