@@ -57,6 +57,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written (disk full, permissions): the previous one is intact."""
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
@@ -65,6 +68,7 @@ class TrainConfig:
     lr: float = 1e-4
     seed: int = 0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warm-up: "constant" | "linear" | "cosine" (to 0 at max_steps)
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     weight_decay: float = 0.0
@@ -92,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.keep_checkpoints < 1:
             raise ValueError("keep_checkpoints must be >= 1")
 
@@ -140,6 +146,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """The learning rate's multiplier at ``step``: linear warm-up over ``warmup`` steps, then
+    constant, or a linear or cosine (Loshchilov & Hutter 2017, Eq. 5) decay to 0 at ``total``.
+    A pure function of the step, so a resumed run that raises ``total`` decays over the new length."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))  # progress through the decay, 0 -> 1
+    return 1.0 - t if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def list_checkpoints(folder: str) -> list[tuple[int, str]]:
     """Completed checkpoints in ``folder`` as (step, path), oldest first."""
     if not os.path.isdir(folder):
@@ -215,8 +233,10 @@ class Trainer:
         if not trainable:
             raise ValueError("the model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        # accelerate steps a prepared scheduler once per process per optimizer step: count in those
+        n = self.accelerator.num_processes
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps * n, cfg.max_steps * n, cfg.lr_schedule)
         )
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, self.optimizer, self.lr_scheduler)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]

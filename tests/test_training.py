@@ -149,3 +149,28 @@ def test_two_processes_keep_parameters_in_sync(tmp_path):
     assert sums[0]["world"] == 2
     assert sums[0]["params"] == pytest.approx(sums[1]["params"], abs=0)
     assert sums[0]["params"] != pytest.approx(sums[0]["initial"], abs=1e-6)  # it did train
+
+
+def test_lr_schedules_warm_up_then_decay_to_zero_and_follow_a_raised_max_steps_on_resume(tmp_path):
+    from latentgen.training import lr_factor
+
+    assert [lr_factor(s, 4, 20) for s in (0, 3, 4, 19)] == [0.25, 1.0, 1.0, 1.0]  # constant after warm-up
+    assert lr_factor(4, 4, 20, "linear") == 1.0 and lr_factor(12, 4, 20, "linear") == 0.5
+    assert lr_factor(20, 4, 20, "linear") == 0.0 and abs(lr_factor(12, 4, 20, "cosine") - 0.5) < 1e-12
+    assert abs(lr_factor(20, 4, 20, "cosine")) < 1e-12
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _cfg(tmp_path, lr_schedule="step")
+
+    def lrs(out):
+        with open(os.path.join(out, "logs", "metrics.jsonl")) as f:
+            return {r["step"]: r["lr"] for r in map(json.loads, f) if "lr" in r}
+
+    cfg = _cfg(tmp_path, max_steps=8, log_every=1, lr_schedule="linear", ema_decay=None)
+    Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+    got = lrs(cfg.out)  # logged after step k's update: the rate for step k + 1
+    assert all(abs(got[k] - 1e-2 * (8 - k) / 8) < 1e-9 for k in range(1, 9)), got
+    # resumed with twice the steps: the decay restarts from the new length's schedule
+    cfg2 = _cfg(tmp_path, max_steps=16, log_every=1, lr_schedule="linear", ema_decay=None, resume="latest")
+    Trainer(cfg2, toy_model(), ToyData(), toy_step).fit()
+    got = lrs(cfg2.out)
+    assert abs(got[9] - 1e-2 * 7 / 16) < 1e-9 and abs(got[16]) < 1e-12, got
