@@ -165,3 +165,17 @@ def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
     old = dict(state["config"])
     del old["emoji_holdout"]  # a recipe folder made before the field existed held nothing out
     assert reopen_stages(str(tmp_path), {**state, "config": old}, replace(pr, emoji_holdout=0)) == []
+
+
+def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(tmp_path):
+    from train.bundle import run_note
+
+    run = tmp_path / "vaedec"
+    (run / "logs").mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"trainer": "vae", "decoder_only": True,
+                                                     "data": ["/x/emoji", "/x/shapes4k/"]}))
+    times = [60.0 * i for i in range(10)] + [20_000 + 60.0 * i for i in range(5)]  # 9 + 4 minutes, hours apart
+    (run / "logs" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": 10 * (i + 1), "time": t, "loss": 1.0}) + "\n" for i, t in enumerate(times)))
+    note = run_note(str(run))
+    assert note.startswith("`train.vae --decoder-only`: 150 steps on emoji, shapes4k (13 min"), note

@@ -106,6 +106,9 @@ def check_replacement(kind: str, teacher: str, folder: str, dtype: torch.dtype =
     return part
 
 
+SITTING_GAP_S = 600
+
+
 def run_note(folder: str) -> str:
     """One line on a later run: its trainer, steps, data and (from the logs) its minutes."""
     with open(os.path.join(folder, "run_config.json")) as f:
@@ -116,8 +119,11 @@ def run_note(folder: str) -> str:
     times = [r["time"] for r in rows if "time" in r]
     flag = "--freeze-text" if cfg.get("freeze_text") else "--decoder-only" if cfg.get("decoder_only") else ""
     data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
+    # a run resumed in a later sitting leaves a gap in its logs: count only the time between log lines
+    # that are at most SITTING_GAP_S apart (they log every few seconds while training)
+    minutes = sum(b - a for a, b in zip(times, times[1:]) if 0 <= b - a <= SITTING_GAP_S) / 60
     return (f"`train.{cfg.get('trainer')} {flag}`: {steps} steps on {data} "
-            f"({(times[-1] - times[0]) / 60 if len(times) > 1 else 0:.0f} min wall clock from first to last log line)")
+            f"({minutes:.0f} min of wall clock while it ran, summed over sittings from its logs)")
 
 
 def store_fp16(folder: str) -> None:
