@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -121,7 +122,7 @@ def run_note(folder: str) -> str:
     data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
     # a run resumed in a later sitting leaves a gap in its logs: count only the time between log lines
     # that are at most SITTING_GAP_S apart (they log every few seconds while training)
-    minutes = sum(b - a for a, b in zip(times, times[1:]) if 0 <= b - a <= SITTING_GAP_S) / 60
+    minutes = sum(b - a for a, b in itertools.pairwise(times) if 0 <= b - a <= SITTING_GAP_S) / 60
     return (f"`train.{cfg.get('trainer')} {flag}`: {steps} steps on {data} "
             f"({minutes:.0f} min of wall clock while it ran, summed over sittings from its logs)")
 
