@@ -36,6 +36,10 @@ SHEET_PROMPTS = (
 )
 
 
+SHEET_TEXT = ("![samples](results/samples.png)\n\nTop row: the teacher; bottom row: the 4-step student; seed i "
+              "for prompt i. The last three prompts name held-out pairs.\n")
+
+
 def _weights(name: str) -> str:
     from latentgen.pipeline import DEFAULT_MODEL_DIR
 
@@ -83,7 +87,7 @@ def quality(teacher: str, student: str | None, n: int) -> str:
     if "teacher" in reports and "4-step student" in reports:
         gap = 100 * (reports["teacher"]["all"]["full_prompt_accuracy"]
                      - reports["4-step student"]["all"]["full_prompt_accuracy"])
-        lines += [(f"1-3 objects pooled, the teacher is {gap:.1f} points {'above' if gap >= 0 else 'below'} the "
+        lines += [(f"1-3 objects pooled, the teacher is {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} the "
                   "student (target: the student within 3 points)."), ""]
     met = {g: reports["teacher"][g]["full_prompt_accuracy"] >= t for g, t in TARGETS.items()} \
         if "teacher" in reports else {}
@@ -109,9 +113,8 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
     if not os.path.isfile(os.path.join(shapes, "metadata.jsonl")):
         write_shapes_folder(shapes, n, size=64, seed=12345)  # scenes no training run drew (seed)
     vae = AutoencoderKL.from_pretrained(os.path.join(teacher, "vae")).eval()
-    lines = ["| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
-             (f"| shapes, fresh scenes | {n} | {reconstruction_psnr(vae, ImageCaptionDataset([shapes], size=64)):.2f}"
-             " | 32 |")]
+    rows = [{"data": "shapes, fresh scenes", "images": n, "target_db": 32,
+             "psnr": reconstruction_psnr(vae, ImageCaptionDataset([shapes], size=64))}]
     if emoji_test:
         label = "OpenMoji, held out by the recipe (never seen)"
     else:
@@ -120,21 +123,23 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
         _, emoji_test = emoji_split(256)
         label = "OpenMoji (group-wise split of bench.vae; seen, unless the recipe held them out)"
     emoji = ImageCaptionDataset([emoji_test], size=64)
-    lines.append(f"| {label} | {len(emoji)} | {reconstruction_psnr(vae, emoji):.2f} | 26 |")
+    rows.append({"data": label, "images": len(emoji), "target_db": 26, "psnr": reconstruction_psnr(vae, emoji)})
     extras = os.path.join(work, "openmoji_extras_64")
     if not os.path.isfile(os.path.join(extras, "metadata.jsonl")):
         from latentgen.data.emoji import write_emoji_folder
 
         write_emoji_folder(extras, size=64, extras=True)
     extras = ImageCaptionDataset([extras], size=64)
-    lines.append(f"| OpenMoji extras: its unnamed glyphs, which no model trains on (never seen) | {len(extras)} | "
-                 f"{reconstruction_psnr(vae, extras):.2f} | 26 |")
-    lines.append("")
+    rows.append({"data": "OpenMoji extras: its unnamed glyphs, which no model trains on (never seen)",
+                 "images": len(extras), "target_db": 26, "psnr": reconstruction_psnr(vae, extras)})
+    result = {"model": teacher, "vae": rows}  # train.bundle --eval-codec reads it
+    lines = codec_table(rows)
     if os.path.isdir(os.path.join(teacher, "clip")):
         from bench.clip import measure, shapes_folders
 
         _, test = shapes_folders(10, n)
         res = measure(teacher, test, None, n)
+        result["clip"] = {"shapes_probing": res["shapes_probing"], "shapes_retrieval": res["shapes_retrieval"]}
         p = res["shapes_probing"]
         lines += ["| CLIP probing (held-out shapes) | accuracy | target |", "|---|---:|---:|"]
         for kind, target in (("color", 95), ("shape", 95), ("size", 90), ("position", 90), ("swap", None)):
@@ -143,7 +148,15 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
         lines += ["", (f"Shapes retrieval among {r['n']}: text-to-image R@1 {100 * r['t2i_r1']:.1f}%, R@5 "
                   f"{100 * r['t2i_r5']:.1f}%; image-to-text R@1 {100 * r['i2t_r1']:.1f}%, R@5 "
                   f"{100 * r['i2t_r5']:.1f}%."), ""]
+    with open(os.path.join(RESULTS_DIR, "codec.json"), "w") as f:
+        json.dump(result, f, indent=2)
     return "\n".join(lines)
+
+
+def codec_table(rows: list[dict]) -> list[str]:
+    """The VAE rows of ``codec`` (train.bundle --eval-codec writes the same table into the model cards)."""
+    return ["| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
+            *(f"| {r['data']} | {r['images']} | {r['psnr']:.2f} | {r['target_db']} |" for r in rows), ""]
 
 
 def sheet(teacher: str, student: str | None) -> str:
@@ -165,8 +178,7 @@ def sheet(teacher: str, student: str | None) -> str:
         captions += [f"{label}: {p}" for p in SHEET_PROMPTS]
     path = os.path.join(RESULTS_DIR, "samples.png")
     image_grid(images, captions, cols=len(SHEET_PROMPTS), scale=2, caption_lines=5).save(path)
-    return ("![samples](results/samples.png)\n\nTop row: the teacher; bottom row: the 4-step student; seed i for "
-            "prompt i. The last three prompts name held-out pairs.\n")
+    return SHEET_TEXT
 
 
 def main(argv=None) -> dict:
@@ -214,6 +226,9 @@ def main(argv=None) -> dict:
             samplers.main(["--model", teacher, "--n", str(max(2, args.n // 2))])
         elif name == "sheet":
             parts[name] = sheet(teacher, student)
+        if name in ("quality", "codec"):  # kept, so that a later run that skips them still reports them
+            with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w", encoding="utf-8") as f:
+                f.write(parts[name])
         seconds[name] = round(time.time() - t0, 1)
     if args.checker:
         from bench import checker_accuracy
@@ -226,9 +241,9 @@ def main(argv=None) -> dict:
         f"`{os.path.relpath(teacher, os.path.dirname(HERE))}`, student `{student and os.path.relpath(student, os.path.dirname(HERE))}`; "
         f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}. Seconds per section: "
         f"{json.dumps(seconds)} (sections not run this time keep their last results)."), "",
-        "## Sample sheet", "", parts.get("sheet", "![samples](results/samples.png)\n"),
-        "## Quality of the bundled model", "", parts.get("quality", "_(skipped)_\n"),
-        "## Codec and text encoder", "", parts.get("codec", "_(skipped)_\n"),
+        "## Sample sheet", "", parts.get("sheet", SHEET_TEXT),
+        "## Quality of the bundled model", "", parts.get("quality") or _read("quality.md"),
+        "## Codec and text encoder", "", parts.get("codec") or _read("codec.md"),
         "## Distillation", "", _read("distill.md"),
         "## Speed", "", _read("speed.md"),
         "## Samplers", "", _read("samplers.md"),

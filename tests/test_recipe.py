@@ -179,3 +179,18 @@ def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(
         "".join(json.dumps({"step": 10 * (i + 1), "time": t, "loss": 1.0}) + "\n" for i, t in enumerate(times)))
     note = run_note(str(run))
     assert note.startswith("`train.vae --decoder-only`: 150 steps on emoji, shapes4k (13 min"), note
+
+
+def test_bundle_eval_codec_puts_the_vae_table_in_both_cards_and_clip_probing_in_the_teacher_s(tmp_path):
+    from train.bundle import _codec_figures
+
+    res = {"vae": [{"data": "shapes, fresh scenes", "images": 150, "target_db": 32, "psnr": 38.6636}],
+           "clip": {"shapes_probing": {"color": 0.999, "shape": 0.941, "size": 0.997, "position": 0.996,
+                                       "swap": 0.991}}}
+    path = tmp_path / "codec.json"
+    path.write_text(json.dumps(res))
+    teacher = "\n".join(_codec_figures(str(path), with_clip=True))
+    student = "\n".join(_codec_figures(str(path), with_clip=False))
+    assert "| shapes, fresh scenes | 150 | 38.66 | 32 |" in teacher and "| shapes, fresh scenes | 150 | 38.66 | 32 |" in student
+    assert "shape 94.1%" in teacher and "probing" not in student
+    assert _codec_figures(None, with_clip=True) == []

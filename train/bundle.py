@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, help="recommended guidance (default: the teacher's card)")
     p.add_argument("--eval-teacher", metavar="JSON", help="`latentgen eval shapes` output for the teacher")
     p.add_argument("--eval-student", metavar="JSON", help="`latentgen eval shapes` output for the student")
+    p.add_argument("--eval-codec", metavar="JSON", help="bench/results/codec.json (python -m bench.run_all's codec "
+                                                       "section, run on the bundled teacher): VAE PSNR and CLIP "
+                                                       "probing for the cards")
     p.add_argument("--clip", metavar="DIR", help="a train.clip --freeze-text run of the teacher's CLIP: its clip/ "
                                                 "replaces the scorer (the text encoder must be unchanged)")
     p.add_argument("--vae", metavar="DIR", help="a train.vae --decoder-only run of the teacher's VAE: its vae/ "
@@ -190,6 +193,25 @@ def _figures(path: str | None) -> list[str]:
     return lines
 
 
+def _codec_figures(path: str | None, with_clip: bool) -> list[str]:
+    """The card's lines on the codec (both models share the VAE) and, for the teacher, the scorer."""
+    if not path:
+        return []
+    with open(path) as f:
+        res = json.load(f)
+    lines = ["", ("VAE reconstruction PSNR at 64 px (`python -m bench.run_all --skip quality distill speed "
+                  "samplers sheet`, on the bundled teacher as stored):"), "",
+             "| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
+             *(f"| {r['data']} | {r['images']} | {r['psnr']:.2f} | {r['target_db']} |" for r in res["vae"]), ""]
+    probing = res.get("clip", {}).get("shapes_probing")
+    if with_clip and probing:
+        lines += [("CLIP zero-shot probing on held-out shapes scenes (the same run): "
+                   + ", ".join(f"{k} {100 * probing[k]:.1f}%" for k in ("color", "shape", "size", "position", "swap")
+                               if k in probing)
+                   + "; `python -m bench.clip --model DIR` measures it on 1,000 scenes."), ""]
+    return lines
+
+
 def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str],
                later: list[str] = ()) -> str:
     cfg = recipe.get("config", {})
@@ -198,7 +220,7 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
     held = recipe.get("done", {}).get("data", {}).get("n_emoji_heldout")
     emoji_held = (f", except {held} held out by group (the recipe's `data/emoji-heldout`: the VAE's OpenMoji "
                   "PSNR is measured on them)" if held else
-                  "; none held out, so the OpenMoji PSNR below is on emoji the model has seen")
+                  "; none held out, so the OpenMoji PSNR below, except on the extras, is on emoji the model has seen")
     lines = ["---", *(f"{k}: {v}" for k, v in settings.items()), "---", "",
              f"# latentgen bundled {'4-step student' if student else 'teacher'} (64 x 64)", "",
              ("A progressively distilled student of the bundled teacher (`../default`): guided distillation "
@@ -277,7 +299,8 @@ def main(argv=None) -> dict:
         if not args.fp32:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(model_card(kind, settings, recipe, vocabulary(tmp), _figures(figures), later))
+            f.write(model_card(kind, settings, recipe, vocabulary(tmp),
+                               _figures(figures) + _codec_figures(args.eval_codec, "clip" in extra), later))
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         written[name] = dst
