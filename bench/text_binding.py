@@ -89,10 +89,10 @@ def binding_table(states: dict) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Text encoder: how the shape word binds to its colour", "",
-             f"Model: `{meta['model']}`. State at the shape word, cosine similarity averaged over "
-             f"{len(SIZES) * len(POSITIONS)} caption frames (sizes x positions).", "",
-             "| pair | closest same colour, other shape | closest same shape, other colour | colour closer "
-             "| centroid shape probe |", "|---|---|---|---:|---:|"]
+             (f"Model: `{meta['model']}`. State at the shape word, cosine similarity averaged over "
+              f"{len(SIZES) * len(POSITIONS)} caption frames (sizes x positions)."), "",
+             ("| pair | closest same colour, other shape | closest same shape, other colour | colour closer "
+              "| centroid shape probe |"), "|---|---|---|---:|---:|"]
     for r in rows:
         name = f"**{r['pair']}** (held out)" if r["heldout"] else r["pair"]
         wins = ("yes" if r["colour_wins"] else "no") if r["heldout"] else f"{100 * r['colour_wins']:.0f}% of pairs"
