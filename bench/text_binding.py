@@ -10,7 +10,8 @@ colour (mean cosine similarity over the 18 frames; the closer neighbour of each 
 held-out pair's state sits closer to its colour's seen shapes than to its own shape in other
 colours, a UNet trained only on seen pairs is pulled towards drawing the colour's seen shape.
 Seen pairs give the baseline of the same comparison. The last column is a nearest-centroid
-probe: each held-out state classified by the mean state of every shape over the seen pairs.
+probe: each held-out state classified by the mean state of every shape over the seen pairs
+(for the seen baseline, a pair's own states are among those means, which flatters it).
 
 Writes ``bench/results/text_binding.{json,md}`` (``--results`` to write elsewhere).
 """
