@@ -106,7 +106,7 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
 
     from latentgen.data.folder import ImageCaptionDataset
     from latentgen.data.shapes import write_shapes_folder
-    from latentgen.eval.psnr import reconstruction_psnr
+    from latentgen.eval.psnr import psnr_table, reconstruction_psnr
 
     work = os.path.join(HERE, "_work")
     shapes = os.path.join(work, f"run_all_shapes_{n}")
@@ -133,7 +133,7 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
     rows.append({"data": "OpenMoji extras: its unnamed glyphs, which no model trains on (never seen)",
                  "images": len(extras), "target_db": 26, "psnr": reconstruction_psnr(vae, extras)})
     result = {"model": teacher, "vae": rows}  # train.bundle --eval-codec reads it
-    lines = codec_table(rows)
+    lines = psnr_table(rows)
     if os.path.isdir(os.path.join(teacher, "clip")):
         from bench.clip import measure, shapes_folders
 
@@ -151,12 +151,6 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
     with open(os.path.join(RESULTS_DIR, "codec.json"), "w") as f:
         json.dump(result, f, indent=2)
     return "\n".join(lines)
-
-
-def codec_table(rows: list[dict]) -> list[str]:
-    """The VAE rows of ``codec`` (train.bundle --eval-codec writes the same table into the model cards)."""
-    return ["| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
-            *(f"| {r['data']} | {r['images']} | {r['psnr']:.2f} | {r['target_db']} |" for r in rows), ""]
 
 
 def sheet(teacher: str, student: str | None) -> str:

@@ -197,12 +197,13 @@ def _codec_figures(path: str | None, with_clip: bool) -> list[str]:
     """The card's lines on the codec (both models share the VAE) and, for the teacher, the scorer."""
     if not path:
         return []
+    from latentgen.eval.psnr import psnr_table
+
     with open(path) as f:
         res = json.load(f)
     lines = ["", ("VAE reconstruction PSNR at 64 px (`python -m bench.run_all --skip quality distill speed "
                   "samplers sheet`, on the bundled teacher as stored):"), "",
-             "| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
-             *(f"| {r['data']} | {r['images']} | {r['psnr']:.2f} | {r['target_db']} |" for r in res["vae"]), ""]
+             *psnr_table(res["vae"])]
     probing = res.get("clip", {}).get("shapes_probing")
     if with_clip and probing:
         lines += [("CLIP zero-shot probing on held-out shapes scenes (the same run): "

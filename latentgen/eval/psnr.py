@@ -65,3 +65,10 @@ def _batches(data, n, batch_size):
             pixels = (batch["pixels"] if isinstance(batch, dict) else batch)[: int(min(left, 1 << 62))]
             left -= len(pixels)
             yield pixels
+
+
+def psnr_table(rows: list[dict]) -> list[str]:
+    """Markdown lines of a reconstruction table: rows of ``data``, ``images``, ``psnr`` (dB) and
+    ``target_db`` (bench.run_all's codec section and the bundled model cards)."""
+    return ["| VAE data | images | PSNR (dB) | target |", "|---|---:|---:|---:|",
+            *(f"| {r['data']} | {r['images']} | {r['psnr']:.2f} | {r['target_db']} |" for r in rows), ""]
