@@ -180,6 +180,13 @@ def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(
     note = run_note(str(run))
     assert note.startswith("`train.vae --decoder-only`: 150 steps on emoji, shapes4k (13 min"), note
 
+    (run / "run_config.json").write_text(json.dumps({"trainer": "finetune", "lora_rank": 0, "data": ["/x/shapes"],
+                                                     "text_encoder": "/runs/clipt/"}))
+    assert run_note(str(run)).startswith("`train.finetune --lora-rank 0 --text-encoder clipt`: 150 steps on shapes")
+    (run / "run_config.json").write_text(json.dumps({"trainer": "distill", "stage": "round-4", "teacher_steps": 8,
+                                                     "student_steps": 4, "data": ["/x/shapes"]}))
+    assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`: 150 steps on shapes")
+
 
 def test_bundle_eval_codec_puts_the_vae_table_in_both_cards_and_clip_probing_in_the_teacher_s(tmp_path):
     from train.bundle import _codec_figures

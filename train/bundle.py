@@ -19,6 +19,11 @@ learned from: a CLIP continued with ``train.clip --freeze-text`` (its text tower
 teacher's text encoder, tensor for tensor) and a VAE from ``train.vae --decoder-only`` (its encoder
 and scaling factor must equal the teacher's). Anything else is refused: the UNet would then be
 conditioned on, or denoise, something it was never trained on.
+
+A teacher or student made after the recipe (``--teacher``/``--student``: say a UNet fine-tuned with
+``train.finetune --lora-rank 0 --text-encoder CLIP`` on a longer-trained text encoder, and its
+distillation) names the runs that made it with ``--teacher-runs`` (listed on both cards: the student
+descends from the teacher) and ``--student-runs`` (the student's card), in the order they ran.
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ def parse_args(argv=None):
                                                 "replaces the scorer (the text encoder must be unchanged)")
     p.add_argument("--vae", metavar="DIR", help="a train.vae --decoder-only run of the teacher's VAE: its vae/ "
                                                "replaces the VAE of both models (the encoder must be unchanged)")
+    p.add_argument("--teacher-runs", nargs="+", default=[], metavar="DIR",
+                   help="runs after the recipe that made --teacher, in order (listed on both cards)")
+    p.add_argument("--student-runs", nargs="+", default=[], metavar="DIR",
+                   help="runs after the recipe that made --student, in order (listed on its card)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (twice the size)")
     return p.parse_args(argv)
 
@@ -121,12 +130,18 @@ def run_note(folder: str) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     steps = max((r.get("step", 0) for r in rows), default=0)
     times = [r["time"] for r in rows if "time" in r]
-    flag = "--freeze-text" if cfg.get("freeze_text") else "--decoder-only" if cfg.get("decoder_only") else ""
+    flags = [f for f, on in (("--freeze-text", cfg.get("freeze_text")), ("--decoder-only", cfg.get("decoder_only")),
+                             ("--lora-rank 0", cfg.get("lora_rank") == 0)) if on]
+    if cfg.get("text_encoder"):
+        flags.append(f"--text-encoder {os.path.basename(cfg['text_encoder'].rstrip('/'))}")
+    if cfg.get("trainer") == "distill":
+        flags.append(f"{cfg.get('stage')}: {cfg.get('teacher_steps')} -> {cfg.get('student_steps')} steps")
+    flag = " ".join(flags)
     data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
     # a run resumed in a later sitting leaves a gap in its logs: count only the time between log lines
     # that are at most SITTING_GAP_S apart (they log every few seconds while training)
     minutes = sum(b - a for a, b in itertools.pairwise(times) if 0 <= b - a <= SITTING_GAP_S) / 60
-    return (f"`train.{cfg.get('trainer')} {flag}`: {steps} steps on {data} "
+    return (f"`train.{cfg.get('trainer')}{' ' + flag if flag else ''}`: {steps} steps on {data} "
             f"({minutes:.0f} min of wall clock while it ran, summed over sittings from its logs)")
 
 
@@ -254,13 +269,14 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              "## Recipe and training time", "",
              f"`python -m train.recipe --out runs/recipe --preset {recipe.get('preset', '?')}` then "
              "`python -m train.bundle --recipe runs/recipe`"
-             + (" with the later runs below as `--clip RUN` / `--vae RUN`" if later else "")
+             + (" with the later runs below" if later else "")
              + ", on 2 CPU cores. Minutes per stage: "
              + ", ".join(f"{k} {v}" for k, v in minutes.items())
              + f" (total {round(sum(minutes.values()), 1)}).", "",
              "```json", json.dumps(cfg, indent=2), "```", "",
-             *([("Parts improved after the recipe, with the UNet's inputs unchanged (`train.bundle --clip/--vae` "
-                 "checks it):"), "", *(f"- {x}" for x in later), ""] if later else []),
+             *([("Runs after the recipe, in order (`--teacher-runs`/`--student-runs`; parts swapped in with "
+                 "`--clip`/`--vae` keep the UNet's inputs unchanged, which `train.bundle` checks):"), "",
+                *(f"- {x}" for x in later), ""] if later else []),
              "## Measured", "", *figures, ""]
     return "\n".join(lines)
 
@@ -279,6 +295,8 @@ def main(argv=None) -> dict:
     dtype = torch.float32 if args.fp32 else torch.float16
     swaps = {kind: (check_replacement(kind, teacher, d, dtype), run_note(d))
              for kind, d in (("clip", args.clip), ("vae", args.vae)) if d}
+    teacher_runs = [run_note(d) for d in args.teacher_runs]
+    runs = {"default": teacher_runs, "default-4step": teacher_runs + [run_note(d) for d in args.student_runs]}
     jobs = {
         "default": (teacher, ("clip",), "teacher", args.eval_teacher,
                     {"sampler": args.sampler, "num_inference_steps": args.steps, "guidance_scale": guidance}),
@@ -296,7 +314,7 @@ def main(argv=None) -> dict:
         for part, (folder, _) in mine.items():
             shutil.rmtree(os.path.join(tmp, part))
             shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
-        later = [note for _, note in mine.values()]
+        later = runs[name] + [note for _, note in mine.values()]
         if not args.fp32:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
