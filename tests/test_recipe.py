@@ -114,7 +114,8 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     with pytest.raises(SystemExit, match="encoder or scaling factor differs.*--decoder-only"):
         bundle.main(["--recipe", out, "--out", weights, "--vae", str(tmp_path / "vae-all")])
     assert not os.path.exists(weights)  # refused before anything was written
-    bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip"), "--vae", str(tmp_path / "dec")])
+    bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip"), "--vae", str(tmp_path / "dec"),
+                 "--student-runs", str(tmp_path / "vae-all")])  # any run folder: only its note is read
 
     def half(path):
         return {k: v.half() for k, v in load_file(path).items()}
@@ -135,6 +136,7 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     with open(os.path.join(weights, "default-4step", "README.md"), encoding="utf-8") as f:
         student_card = f.read()
     assert "--decoder-only" in student_card and "--freeze-text" not in student_card
+    assert "`train.vae`: 2 steps" in student_card and "`train.vae`: 2 steps" not in card
 
 
 def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
