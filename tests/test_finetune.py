@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -82,6 +83,9 @@ def test_full_finetune_lowers_loss_and_saves_a_model(base_and_data, tmp_path):
     from train import finetune
 
     base, data = base_and_data
+    base = shutil.copytree(base, tmp_path / "base")  # with a preset config beside the UNet's weights, as trained
+    (base / "unet" / "latentgen_config.json").write_text('{"_class": "UNetConfig", "sample_size": 2}')
+    base = str(base)
     out = tmp_path / "full"
     res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--lr", "2e-3", "--max-steps", "30",
                               "--caption-dropout", "0"))
@@ -89,6 +93,8 @@ def test_full_finetune_lowers_loss_and_saves_a_model(base_and_data, tmp_path):
     tuned = LatentGenPipeline.from_pretrained(str(out))
     assert _fixed_loss(tuned, data) < 0.9 * _fixed_loss(LatentGenPipeline.from_pretrained(base), data)
     assert _image(tuned).shape == (1, 16, 16, 3)
+    # the preset travels with the weights (train.distill rebuilds the student's from it)
+    assert (out / "unet" / "latentgen_config.json").read_text() == '{"_class": "UNetConfig", "sample_size": 2}'
 
 
 def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):

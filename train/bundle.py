@@ -141,7 +141,7 @@ def run_note(folder: str) -> str:
     # a run resumed in a later sitting leaves a gap in its logs: count only the time between log lines
     # that are at most SITTING_GAP_S apart (they log every few seconds while training)
     minutes = sum(b - a for a, b in itertools.pairwise(times) if 0 <= b - a <= SITTING_GAP_S) / 60
-    return (f"`train.{cfg.get('trainer')}{' ' + flag if flag else ''}`: {steps} steps on {data} "
+    return (f"`train.{cfg.get('trainer')}{' ' + flag if flag else ''}`: {steps} steps{' on ' + data if data else ''} "
             f"({minutes:.0f} min of wall clock while it ran, summed over sittings from its logs)")
 
 
@@ -166,6 +166,18 @@ def store_fp16(folder: str) -> None:
                     cfg[sub]["dtype"] = "float32"
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=2)
+
+
+def drop_source_paths(folder: str) -> None:
+    """Remove diffusers' ``_name_or_path`` (the folder a part was loaded from on the training machine)
+    from the configs of a model's parts: a shipped model should not carry someone's paths."""
+    for cfg_path in glob.glob(os.path.join(folder, "*", "config.json")):
+        with open(cfg_path) as f:
+            text = f.read()
+        cfg = json.loads(text)
+        if "_class_name" in cfg and cfg.pop("_name_or_path", None) is not None:
+            with open(cfg_path, "w") as f:
+                f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def copy_model(src: str, dst: str, extra: tuple[str, ...] = ()) -> None:
@@ -314,6 +326,7 @@ def main(argv=None) -> dict:
         for part, (folder, _) in mine.items():
             shutil.rmtree(os.path.join(tmp, part))
             shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
+        drop_source_paths(tmp)
         later = runs[name] + [note for _, note in mine.values()]
         if not args.fp32:
             store_fp16(tmp)

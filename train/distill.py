@@ -191,6 +191,9 @@ def export(folder: str, teacher_pipe, teacher_dir: str, unet, scheduler, steps: 
         ucfg = dataclasses.replace(load_config(UNetConfig, cfg_path),
                                    time_cond_proj_dim=unet.config.time_cond_proj_dim)
         save_config(ucfg, os.path.join(folder, "unet"))
+    for part in ("vae", "text_encoder"):  # the teacher's, unchanged: their preset configs go with them
+        if os.path.isfile(os.path.join(teacher_dir, part, "latentgen_config.json")):
+            shutil.copy(os.path.join(teacher_dir, part, "latentgen_config.json"), os.path.join(folder, part))
     if os.path.isdir(os.path.join(teacher_dir, "clip")):
         shutil.copytree(os.path.join(teacher_dir, "clip"), os.path.join(folder, "clip"), dirs_exist_ok=True)
     write_model_card(folder, steps, guidance, run)
