@@ -173,8 +173,7 @@ def drop_source_paths(folder: str) -> None:
     from the configs of a model's parts: a shipped model should not carry someone's paths."""
     for cfg_path in glob.glob(os.path.join(folder, "*", "config.json")):
         with open(cfg_path) as f:
-            text = f.read()
-        cfg = json.loads(text)
+            cfg = json.load(f)
         if "_class_name" in cfg and cfg.pop("_name_or_path", None) is not None:
             with open(cfg_path, "w") as f:
                 f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

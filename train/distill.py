@@ -182,18 +182,17 @@ def write_model_card(folder: str, steps: int, guidance: float, run: dict):
 def export(folder: str, teacher_pipe, teacher_dir: str, unet, scheduler, steps: int, guidance: float,
            run: dict):
     """A complete model folder: the student UNet, the teacher's VAE and text encoder, DDIM, a model card."""
-    from latentgen.models.presets import load_config, save_config
+    from latentgen.models.presets import CONFIG_NAME, copy_config, load_config, save_config
     from latentgen.models.unet import UNetConfig
 
     build_pipeline(teacher_pipe, unet, scheduler).save_pretrained(folder, safe_serialization=True)
     cfg_path = os.path.join(teacher_dir, "unet")
-    if os.path.isfile(os.path.join(cfg_path, "latentgen_config.json")):
+    if os.path.isfile(os.path.join(cfg_path, CONFIG_NAME)):
         ucfg = dataclasses.replace(load_config(UNetConfig, cfg_path),
                                    time_cond_proj_dim=unet.config.time_cond_proj_dim)
         save_config(ucfg, os.path.join(folder, "unet"))
     for part in ("vae", "text_encoder"):  # the teacher's, unchanged: their preset configs go with them
-        if os.path.isfile(os.path.join(teacher_dir, part, "latentgen_config.json")):
-            shutil.copy(os.path.join(teacher_dir, part, "latentgen_config.json"), os.path.join(folder, part))
+        copy_config(os.path.join(teacher_dir, part), os.path.join(folder, part))
     if os.path.isdir(os.path.join(teacher_dir, "clip")):
         shutil.copytree(os.path.join(teacher_dir, "clip"), os.path.join(folder, "clip"), dirs_exist_ok=True)
     write_model_card(folder, steps, guidance, run)

@@ -292,13 +292,11 @@ def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
 def _copy_extras(args):
     """The CLIP scorer (of --text-encoder when it has one), the base's model card and the parts' preset
     configs (``latentgen_config.json``: fine-tuning changes weights, not architectures)."""
-    from latentgen.models.presets import CONFIG_NAME
+    from latentgen.models.presets import copy_config
 
     for part in ("unet", "vae", "text_encoder"):
         base = args.text_encoder if part == "text_encoder" and args.text_encoder else args.model
-        src = os.path.join(base, part, CONFIG_NAME)
-        if os.path.isfile(src) and os.path.isdir(os.path.join(args.out, part)):
-            shutil.copy(src, os.path.join(args.out, part, CONFIG_NAME))
+        copy_config(os.path.join(base, part), os.path.join(args.out, part))
     for extra in ("clip", "README.md"):
         src = os.path.join(args.text_encoder if extra == "clip" and args.text_encoder
                            and os.path.isdir(os.path.join(args.text_encoder, "clip")) else args.model, extra)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import typing
 from typing import Any, TypeVar
 
@@ -52,6 +53,16 @@ def save_config(cfg: Any, folder: str | os.PathLike, name: str = CONFIG_NAME) ->
 def load_config(cls: type[T], folder: str | os.PathLike, name: str = CONFIG_NAME) -> T:
     with open(os.path.join(folder, name)) as f:
         return config_from_dict(cls, json.load(f))
+
+
+def copy_config(src_folder: str | os.PathLike, dst_folder: str | os.PathLike, name: str = CONFIG_NAME) -> bool:
+    """Copy a part's saved config into another folder holding the same architecture (a fine-tuned or
+    distilled copy of its weights); False when ``src_folder`` has none or ``dst_folder`` is missing."""
+    src = os.path.join(src_folder, name)
+    if not (os.path.isfile(src) and os.path.isdir(dst_folder)):
+        return False
+    shutil.copyfile(src, os.path.join(dst_folder, name))
+    return True
 
 
 def get_preset(presets: dict[str, T], name: str, kind: str = "model") -> T:
