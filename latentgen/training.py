@@ -57,7 +57,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written (disk full, permissions): the previous one is intact."""
 
 
-LR_SCHEDULES = ("constant", "linear", "cosine")
+LR_SCHEDULES = ("constant", "linear", "cosine", "wsd")
+WSD_DECAY = 0.2  # "wsd": the share of the steps after warm-up spent decaying
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class TrainConfig:
     lr: float = 1e-4
     seed: int = 0
     warmup_steps: int = 0
-    lr_schedule: str = "constant"  # after warm-up: "constant" | "linear" | "cosine" (to 0 at max_steps)
+    lr_schedule: str = "constant"  # after warm-up: "constant" | "linear" | "cosine" | "wsd" (to 0 at max_steps)
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     weight_decay: float = 0.0
@@ -148,13 +149,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
 # ----------------------------------------------------------------------------- checkpoints
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
     """The learning rate's multiplier at ``step``: linear warm-up over ``warmup`` steps, then
-    constant, or a linear or cosine (Loshchilov & Hutter 2017, Eq. 5) decay to 0 at ``total``.
-    A pure function of the step, so a resumed run that raises ``total`` decays over the new length."""
+    constant, or a linear or cosine (Loshchilov & Hutter 2017, Eq. 5) decay to 0 at ``total``, or
+    warmup-stable-decay ("wsd", Hu et al. 2024, MiniCPM Sec. 4): constant, then linear to 0 over the
+    last ``WSD_DECAY`` of the steps after warm-up (one run that ends annealed, like a constant-rate run
+    continued by a short decaying one). A pure function of the step, so a resumed run that raises
+    ``total`` decays over the new length."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))  # progress through the decay, 0 -> 1
+    t = min(1.0, (step - warmup) / max(1, total - warmup))  # progress after warm-up, 0 -> 1
+    if schedule == "wsd":
+        return min(1.0, (1.0 - t) / WSD_DECAY)
     return 1.0 - t if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
 
 

@@ -40,6 +40,19 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     held, seen = groups("emoji-heldout"), groups("emoji")
     assert len(held) == state["done"]["data"]["n_emoji_heldout"] >= 8 and seen
     assert not set(held) & set(seen) and len(held) + len(seen) == len(groups("emoji-all"))
+    # the decoder stage kept the encoder bit for bit, and the teacher ships its decoder
+    from safetensors.torch import load_file
+
+    def vae_weights(folder):
+        return load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors"))
+
+    base, dec, shipped = (vae_weights(os.path.join(out, *p)) for p in
+                          (("vae", "vae"), ("decoder", "vae"), ("unet", "vae")))
+    assert all(torch.equal(base[k], dec[k]) for k in base if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(base[k], dec[k]) for k in base if k.startswith("decoder."))
+    assert all(torch.equal(dec[k], shipped[k]) for k in dec)
+    assert state["done"]["decoder"]["val_psnr"] > 0 and state["done"]["decoder"]["n_val"] == len(held)
+    assert all(state["cpu_seconds"][s] > 0 for s in recipe.STAGES)
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])

@@ -158,6 +158,8 @@ def test_lr_schedules_warm_up_then_decay_to_zero_and_follow_a_raised_max_steps_o
     assert lr_factor(4, 4, 20, "linear") == 1.0 and lr_factor(12, 4, 20, "linear") == 0.5
     assert lr_factor(20, 4, 20, "linear") == 0.0 and abs(lr_factor(12, 4, 20, "cosine") - 0.5) < 1e-12
     assert abs(lr_factor(20, 4, 20, "cosine")) < 1e-12
+    # wsd: constant for the first 80% after warm-up, then linear to 0
+    assert [lr_factor(s, 4, 24, "wsd") for s in (4, 20, 22, 24)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="lr_schedule"):
         _cfg(tmp_path, lr_schedule="step")
 

@@ -242,7 +242,8 @@ def _codec_figures(path: str | None, with_clip: bool) -> list[str]:
 def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str],
                later: list[str] = ()) -> str:
     cfg = recipe.get("config", {})
-    minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items()}
+    skipped = {k for k, v in recipe.get("done", {}).items() if isinstance(v, dict) and v.get("skipped")}
+    minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items() if k not in skipped}
     student = kind == "student"
     held = recipe.get("done", {}).get("data", {}).get("n_emoji_heldout")
     emoji_held = (f", except {held} held out by group (the recipe's `data/emoji-heldout`: the VAE's OpenMoji "

@@ -38,8 +38,9 @@ def base_parser(description: str, presets=None, default_preset: str | None = Non
     g.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     g.add_argument("--grad-accum", type=int)
     g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--lr-schedule", choices=["constant", "linear", "cosine"],
-                   help="after warm-up: constant (default), or a linear or cosine decay to 0 at --max-steps "
+    g.add_argument("--lr-schedule", choices=["constant", "linear", "cosine", "wsd"],
+                   help="after warm-up: constant (default), or a linear or cosine decay to 0 at --max-steps, "
+                        "or wsd (constant, then linear to 0 over the last 20%%) "
                         "(on --resume it follows the new --max-steps)")
     g.add_argument("--checkpoint-every", type=int)
     g.add_argument("--keep-checkpoints", type=int)

@@ -4,11 +4,14 @@
     python -m train.recipe --out runs/recipe --preset small    # the bundled model (hours on 2 CPU cores)
     accelerate launch -m train.recipe --out runs/recipe --preset base   # GPU(s)
 
-Stages: data (shapes with the held-out pairs excluded, plus OpenMoji) -> vae -> clip -> unet ->
-distill (guided, then progressive halving to 4 steps). Each stage runs its own trainer
+Stages: data (shapes with the held-out pairs excluded, plus OpenMoji) -> vae -> decoder (the VAE's
+decoder trained on alone, its encoder and latents kept; presets with ``decoder_steps`` only) -> clip ->
+unet -> distill (guided, then progressive halving to 4 steps). Each stage runs its own trainer
 (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
 killed recipe (or one stopped for the night) continues where it was with the same command.
-Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end.
+Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end:
+wall-clock seconds, and the process's CPU seconds (user + system, all threads), which do not count the
+time another job on the machine took.
 A preset whose step counts were raised since a stage finished reopens that stage (it resumes
 from its last checkpoint and trains on to the new count); the stages after it, trained on the
 old result, are moved aside to ``<stage>.before-<time>`` and run again.
@@ -22,9 +25,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-STAGES = ("data", "vae", "clip", "unet", "distill")
+STAGES = ("data", "vae", "decoder", "clip", "unet", "distill")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class RecipePreset:
     distill_batch: int
     mixed_precision: str = "no"
     emoji_holdout: int = 0  # OpenMoji images held out by group (data/emoji-heldout), to measure the VAE on
+    decoder_steps: int = 0  # decoder-only VAE steps after the vae stage (0: no decoder stage)
+    decoder_shapes: int = 4000  # shapes images beside all the OpenMoji ones in the decoder stage
+    clip_lr_schedule: str = "constant"
+    unet_lr_schedule: str = "constant"
 
 
 PRESETS = {
@@ -56,7 +63,7 @@ PRESETS = {
     "tiny": RecipePreset(size=16, shapes=96, emoji=32, vae_preset="tiny", vae_steps=30, vae_batch=16,
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
-                         round_steps=10, distill_batch=8, emoji_holdout=8),
+                         round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32),
     # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
     # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
@@ -74,6 +81,15 @@ PRESETS = {
                           unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
                           teacher_steps=16, student_steps=1, stage1_steps=500, round_steps=250,
                           distill_batch=32, mixed_precision="no"),
+    # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
+    # VAE 1000 + decoder 1500 steps, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
+    # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4
+    "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
+                         vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
+                         unet_preset="small", unet_steps=10_000, unet_batch=32, unet_lr=4e-4,
+                         teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
+                         distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
+                         clip_lr_schedule="cosine", unet_lr_schedule="wsd"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -150,11 +166,57 @@ def stage_vae(out, pr, args):
                             "no", args.no_progress, pr.vae_preset))
 
 
+def _head_folder(src: str, dst: str, n: int) -> str:
+    """``dst``: the first ``n`` images of the folder ``src`` (hard links, a copy if links fail)."""
+    if os.path.isfile(os.path.join(dst, "metadata.jsonl")):
+        return dst
+    tmp = dst + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(src, "metadata.jsonl"), encoding="utf-8") as f:
+        rows = [line for _, line in zip(range(n), f)]
+    for line in rows:
+        name = json.loads(line)["file_name"]
+        try:
+            os.link(os.path.join(src, name), os.path.join(tmp, name))
+        except OSError:
+            shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+    with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(rows)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _codec(out: str, pr: RecipePreset) -> str:
+    """The VAE run the UNet and the bundle use: the decoder stage's where the preset has one."""
+    return os.path.join(out, "decoder" if pr.decoder_steps else "vae")
+
+
+def stage_decoder(out, pr, args):
+    """Decoder-only training of the vae stage's codec (train.vae --decoder-only) on all the OpenMoji images
+    and ``decoder_shapes`` shapes ones; validated on the held-out OpenMoji where the preset keeps some."""
+    if not pr.decoder_steps:
+        return {"skipped": True}
+    from train import vae
+
+    shapes, *emoji = _data_dirs(out, pr)
+    data = [*emoji, _head_folder(shapes, os.path.join(out, "data", "shapes-decoder"), pr.decoder_shapes)]
+    argv = _common(os.path.join(out, "decoder"), data, pr.decoder_steps, pr.vae_batch, args.seed, "no",
+                   args.no_progress)
+    argv += ["--model", os.path.join(out, "vae"), "--decoder-only", "--ema-decay", "0.999",
+             "--lr-schedule", "linear"]
+    held = os.path.join(out, "data", "emoji-heldout")
+    if emoji and pr.emoji_holdout and os.path.isdir(held):
+        argv += ["--val-data", held]
+    return vae.main(argv)
+
+
 def stage_clip(out, pr, args):
     from train import clip
 
-    return clip.main(_common(os.path.join(out, "clip"), _data_dirs(out, pr), pr.clip_steps, pr.clip_batch,
-                             args.seed, pr.mixed_precision, args.no_progress, pr.clip_preset))
+    argv = _common(os.path.join(out, "clip"), _data_dirs(out, pr), pr.clip_steps, pr.clip_batch,
+                   args.seed, pr.mixed_precision, args.no_progress, pr.clip_preset)
+    return clip.main(argv + ["--lr-schedule", pr.clip_lr_schedule])
 
 
 def stage_unet(out, pr, args):
@@ -162,8 +224,8 @@ def stage_unet(out, pr, args):
 
     argv = _common(os.path.join(out, "unet"), _data_dirs(out, pr), pr.unet_steps, pr.unet_batch, args.seed,
                    pr.mixed_precision, args.no_progress, pr.unet_preset)
-    argv += ["--vae", os.path.join(out, "vae"), "--text-encoder", os.path.join(out, "clip"),
-             "--size", str(pr.size), "--lr", str(pr.unet_lr)]
+    argv += ["--vae", _codec(out, pr), "--text-encoder", os.path.join(out, "clip"),
+             "--size", str(pr.size), "--lr", str(pr.unet_lr), "--lr-schedule", pr.unet_lr_schedule]
     return unet.main(argv)
 
 
@@ -194,7 +256,8 @@ def stage_distill(out, pr, args):
     return distill.main(argv)
 
 
-RUNNERS = {"data": stage_data, "vae": stage_vae, "clip": stage_clip, "unet": stage_unet, "distill": stage_distill}
+RUNNERS = {"data": stage_data, "vae": stage_vae, "decoder": stage_decoder, "clip": stage_clip, "unet": stage_unet,
+           "distill": stage_distill}
 
 
 # ---------------------------------------------------------------- driver
@@ -212,7 +275,8 @@ def _load_state(path: str, preset: str) -> dict:
 # the preset fields that make the data (a change needs a new recipe folder)
 DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 # which preset fields each stage trains to; raising one reopens the stage
-STEP_FIELDS = {"vae": ("vae_steps",), "clip": ("clip_steps",), "unet": ("unet_steps",),
+STEP_FIELDS = {"vae": ("vae_steps",), "decoder": ("decoder_steps",), "clip": ("clip_steps", "clip_lr_schedule"),
+               "unet": ("unet_steps", "unet_lr_schedule"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps")}
 
 
@@ -232,8 +296,9 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
         if said:
             raise SystemExit(f"error: {out} was made from other data ({said}); every stage trained on it, "
                              "so choose a new --out for this preset")
+    old = {f.name: old.get(f.name, f.default) for f in fields(RecipePreset)}  # a newer field: its default then
     first = next((s for s in STAGES if s in state["done"]
-                  and any(old.get(f) != getattr(pr, f) for f in STEP_FIELDS.get(s, ()))), None)
+                  and any(old[f] != getattr(pr, f) for f in STEP_FIELDS.get(s, ()))), None)
     if first is None:
         return []
     later = STAGES[STAGES.index(first) + 1:]
@@ -243,12 +308,19 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
         if os.path.isdir(folder):
             os.replace(folder, f"{folder}.before-{stamp}")
         state["seconds"].pop(stage, None)
+        state.get("cpu_seconds", {}).pop(stage, None)
     reopened = [s for s in (first, *later) if s in state["done"]]
     for stage in (first, *later):
         state["done"].pop(stage, None)
-    changed = {f: (old.get(f), getattr(pr, f)) for f in STEP_FIELDS[first] if old.get(f) != getattr(pr, f)}
+    changed = {f: (old[f], getattr(pr, f)) for f in STEP_FIELDS[first] if old[f] != getattr(pr, f)}
     print(f"[recipe] {first}: preset changed {changed}; reopening {', '.join(reopened)}")
     return reopened
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, every thread (what the stage cost the machine)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _save_state(path: str, state: dict):
@@ -271,11 +343,13 @@ def main(argv=None) -> dict:
             print(f"[recipe] {stage}: done ({state['seconds'].get(stage, 0) / 60:.1f} min)")
         else:
             print(f"[recipe] {stage}: running")
-            t0 = time.time()
+            t0, c0 = time.time(), _cpu_seconds()
             try:
                 result = RUNNERS[stage](args.out, pr, args) or {}
             finally:
                 state["seconds"][stage] = state["seconds"].get(stage, 0) + time.time() - t0
+                cpu = state.setdefault("cpu_seconds", {})
+                cpu[stage] = cpu.get(stage, 0) + _cpu_seconds() - c0
                 _save_state(state_path, state)
             if result.get("finished") is False:
                 print(f"[recipe] {stage} stopped at step {result.get('step')}; rerun the same command to go on")
@@ -284,12 +358,12 @@ def main(argv=None) -> dict:
             _save_state(state_path, state)
         if stage == args.until:
             break
-    total = sum(state["seconds"].values())
-    print("[recipe] summary")
+    cpu = state.get("cpu_seconds", {})
+    print("[recipe] summary: wall-clock minutes, CPU minutes (all threads)")
     for stage in STAGES:
         if stage in state["seconds"]:
-            print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min")
-    print(f"  {'total':8s} {total / 60:8.1f} min")
+            print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min {cpu.get(stage, 0) / 60:8.1f} cpu-min")
+    print(f"  {'total':8s} {sum(state['seconds'].values()) / 60:8.1f} min {sum(cpu.values()) / 60:8.1f} cpu-min")
     print(f"  teacher: {os.path.join(args.out, 'unet')}\n  student: {os.path.join(args.out, 'distill', 'final')}")
     return state
 
