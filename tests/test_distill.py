@@ -280,8 +280,9 @@ def test_finished_rounds_are_reused_and_settings_are_checked(run):
     before = os.stat(marker).st_mtime_ns
     res = distill.main(_args(run["model"], run["data"], run["out"]))
     assert all(r["reused"] for r in res["rounds"]) and os.stat(marker).st_mtime_ns == before
-    with pytest.raises(SystemExit, match="other settings"):
-        distill.main(_args(run["model"], run["data"], run["out"], "--guidance-max", "6"))
+    for extra in (["--guidance-max", "6"], ["--lr-schedule", "linear"]):  # a schedule is a setting too
+        with pytest.raises(SystemExit, match="other settings"):
+            distill.main(_args(run["model"], run["data"], run["out"], *extra))
 
 
 def test_resume_within_a_round_gives_the_same_student(run, tmp_path):

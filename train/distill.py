@@ -306,7 +306,10 @@ def prepare(args) -> dict:
         "run": {"trainer": "distill", "teacher": os.path.abspath(args.model),
                 "guidance": [args.guidance_min, args.guidance_max], "time_cond_proj_dim": proj_dim,
                 "size": size, "examples": len(data), "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "seed": cfg.seed},
+                "seed": cfg.seed,
+                # a --lr-schedule restarts in every stage and round (each decays to 0 at its own end);
+                # constant runs keep the record they had before the flag, so their rounds are reused
+                **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {})},
     }
 
 

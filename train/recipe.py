@@ -56,6 +56,7 @@ class RecipePreset:
     decoder_shapes: int = 4000  # shapes images beside all the OpenMoji ones in the decoder stage
     clip_lr_schedule: str = "constant"
     unet_lr_schedule: str = "constant"
+    distill_lr_schedule: str = "constant"  # restarts in every stage and round
 
 
 PRESETS = {
@@ -83,13 +84,14 @@ PRESETS = {
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
     # VAE 1000 + decoder 1500 steps, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
-    # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4
+    # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
+    # each annealed linearly to 0
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
                          vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
                          unet_preset="small", unet_steps=10_000, unet_batch=32, unet_lr=4e-4,
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
-                         clip_lr_schedule="cosine", unet_lr_schedule="wsd"),
+                         clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -252,7 +254,7 @@ def stage_distill(out, pr, args):
                    args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", os.path.join(out, "unet"), "--teacher-steps", str(pr.teacher_steps),
              "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
-             "--steps-per-round", str(pr.round_steps)]
+             "--steps-per-round", str(pr.round_steps), "--lr-schedule", pr.distill_lr_schedule]
     return distill.main(argv)
 
 
@@ -277,7 +279,7 @@ DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 # which preset fields each stage trains to; raising one reopens the stage
 STEP_FIELDS = {"vae": ("vae_steps",), "decoder": ("decoder_steps",), "clip": ("clip_steps", "clip_lr_schedule"),
                "unet": ("unet_steps", "unet_lr_schedule"),
-               "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps")}
+               "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule")}
 
 
 def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
