@@ -35,6 +35,7 @@ from latentgen.diffusion import pred_x0_from_v, q_sample
 
 __all__ = [
     "copy_unet",
+    "freeze_text_kv",
     "ddim_step",
     "grid_alpha_sigma",
     "grid_timesteps",
@@ -176,6 +177,20 @@ def make_student(teacher_unet, time_cond_proj_dim: int = 256):
     if p.dtype != student.dtype:
         student = student.to(dtype=p.dtype)
     return student.to(p.device)
+
+
+def freeze_text_kv(unet) -> int:
+    """Keep the cross-attention key and value projections (``attn2.to_k``, ``attn2.to_v``: how the UNet
+    reads the prompt embeddings) as they are: a student trained this way changes what it does with the
+    prompt's features, not which features it reads. Returns the number of tensors frozen."""
+    frozen = 0
+    for name, p in unet.named_parameters():
+        if ".attn2.to_k." in name or ".attn2.to_v." in name:
+            p.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError("the UNet has no cross-attention key/value projections (attn2.to_k, attn2.to_v) to freeze")
+    return frozen
 
 
 def copy_unet(unet):

@@ -335,3 +335,20 @@ def test_bench_distill_teacher_vae_shares_the_decoder_and_refuses_another_latent
     other.vae.register_to_config(scaling_factor=other.vae.config.scaling_factor * 2)
     with pytest.raises(SystemExit, match="scaled by"):
         share_vae(teacher, other, "o")
+
+
+def test_freeze_text_kv_keeps_how_every_student_reads_the_prompt(run, tmp_path):
+    from safetensors.torch import load_file
+
+    from train import distill
+
+    out = str(tmp_path / "out")
+    res = distill.main(_args(run["model"], run["data"], out, "--teacher-steps", "2", "--stage1-steps", "3",
+                             "--steps-per-round", "3", "--freeze-text-kv"))
+    assert res["finished"] and all(r["run"]["freeze_text_kv"] for r in res["rounds"])
+    teacher = load_file(os.path.join(run["model"], "unet", "diffusion_pytorch_model.safetensors"))
+    for name in ("stage1", "round-1"):
+        student = load_file(os.path.join(out, name, "unet", "diffusion_pytorch_model.safetensors"))
+        kv = [k for k in teacher if ".attn2.to_k." in k or ".attn2.to_v." in k]
+        assert kv and all(torch.equal(student[k], teacher[k]) for k in kv), name
+        assert any(not torch.equal(student[k], teacher[k]) for k in teacher if ".attn2.to_q." in k), name

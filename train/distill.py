@@ -51,6 +51,9 @@ def parse_args(argv=None):
     g.add_argument("--time-cond-proj-dim", type=int, default=256, help="width of the guidance embedding")
     g.add_argument("--size", type=int, help="image side the data is prepared at (default: the teacher's)")
     g.add_argument("--val-prompts", type=int, default=8, help="captions drawn in each round's sample grid")
+    g.add_argument("--freeze-text-kv", action="store_true",
+                   help="keep every student's cross-attention key/value projections (how it reads the prompt) "
+                        "at the teacher's and train the rest")
     return p.parse_args(argv)
 
 
@@ -309,7 +312,8 @@ def prepare(args) -> dict:
                 "seed": cfg.seed,
                 # a --lr-schedule restarts in every stage and round (each decays to 0 at its own end);
                 # constant runs keep the record they had before the flag, so their rounds are reused
-                **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {})},
+                **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {}),
+                **({"freeze_text_kv": True} if args.freeze_text_kv else {})},
     }
 
 
@@ -318,7 +322,7 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from diffusers import UNet2DConditionModel
 
-    from latentgen.distill import copy_unet, make_student
+    from latentgen.distill import copy_unet, freeze_text_kv, make_student
 
     ctx = prepare(args)
     pipe = ctx["pipe"]
@@ -333,6 +337,8 @@ def main(argv=None) -> dict:
         else:  # progressive: the last student is the teacher, and a copy of it the new student
             teacher, kind = load(prev), "progressive"
             student = copy_unet(teacher)
+        if args.freeze_text_kv:
+            freeze_text_kv(student)
         res = run_stage(args, name, kind, teacher, student, teacher_steps, steps, ctx, resume)
         if not res.get("finished", True):
             print(f"{name} stopped at step {res['step']}; continue with --resume latest")
