@@ -35,8 +35,8 @@ from latentgen.diffusion import pred_x0_from_v, q_sample
 
 __all__ = [
     "copy_unet",
-    "freeze_text_kv",
     "ddim_step",
+    "freeze_text_kv",
     "grid_alpha_sigma",
     "grid_timesteps",
     "guidance_embedding",
