@@ -168,6 +168,14 @@ def stage_vae(out, pr, args):
                             "no", args.no_progress, pr.vae_preset))
 
 
+def _link_or_copy(src: str, dst: str):
+    """A hard link of the file ``src`` at ``dst`` (a copy where links fail: another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _head_folder(src: str, dst: str, n: int) -> str:
     """``dst``: the first ``n`` images of the folder ``src`` (hard links, a copy if links fail)."""
     if os.path.isfile(os.path.join(dst, "metadata.jsonl")):
@@ -179,10 +187,7 @@ def _head_folder(src: str, dst: str, n: int) -> str:
         rows = [line for _, line in zip(range(n), f)]
     for line in rows:
         name = json.loads(line)["file_name"]
-        try:
-            os.link(os.path.join(src, name), os.path.join(tmp, name))
-        except OSError:
-            shutil.copyfile(os.path.join(src, name), os.path.join(tmp, name))
+        _link_or_copy(os.path.join(src, name), os.path.join(tmp, name))
     with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
         f.writelines(rows)
     os.replace(tmp, dst)
@@ -190,7 +195,8 @@ def _head_folder(src: str, dst: str, n: int) -> str:
 
 
 def _codec(out: str, pr: RecipePreset) -> str:
-    """The VAE run the UNet and the bundle use: the decoder stage's where the preset has one."""
+    """The VAE run the UNet stage trains on (and exports with the teacher): the decoder stage's where
+    the preset has one."""
     return os.path.join(out, "decoder" if pr.decoder_steps else "vae")
 
 
@@ -207,9 +213,8 @@ def stage_decoder(out, pr, args):
                    args.no_progress)
     argv += ["--model", os.path.join(out, "vae"), "--decoder-only", "--ema-decay", "0.999",
              "--lr-schedule", "linear"]
-    held = os.path.join(out, "data", "emoji-heldout")
-    if emoji and pr.emoji_holdout and os.path.isdir(held):
-        argv += ["--val-data", held]
+    if emoji and pr.emoji_holdout:  # the data stage wrote it
+        argv += ["--val-data", os.path.join(out, "data", "emoji-heldout")]
     return vae.main(argv)
 
 
@@ -239,10 +244,7 @@ def _share_cache(src: str, dst: str):
     os.makedirs(dst, exist_ok=True)
     for name in os.listdir(src):
         if name.endswith(".safetensors") and not os.path.exists(os.path.join(dst, name)):
-            try:
-                os.link(os.path.join(src, name), os.path.join(dst, name))
-            except OSError:
-                shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+            _link_or_copy(os.path.join(src, name), os.path.join(dst, name))
 
 
 def stage_distill(out, pr, args):
@@ -288,17 +290,16 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
     The changed stage resumes from its checkpoints (its folder stays); later stages were trained on
     its old result, so their folders are moved aside and they start over. Returns the reopened stages.
     """
-    old = state.get("config")
-    if not old:
+    if not state.get("config"):
         return []
-    if "data" in state["done"]:  # a field missing from an older folder had its default then
-        was = {f: old.get(f, getattr(RecipePreset, f, None)) for f in DATA_FIELDS}
-        said = ", ".join(f"{f} {was[f]} then, {getattr(pr, f)} now" for f in DATA_FIELDS
-                         if was[f] != getattr(pr, f))
+    # a field missing from an older folder had its default then
+    old = {f.name: state["config"].get(f.name, f.default) for f in fields(RecipePreset)}
+    if "data" in state["done"]:
+        said = ", ".join(f"{f} {old[f]} then, {getattr(pr, f)} now" for f in DATA_FIELDS
+                         if old[f] != getattr(pr, f))
         if said:
             raise SystemExit(f"error: {out} was made from other data ({said}); every stage trained on it, "
                              "so choose a new --out for this preset")
-    old = {f.name: old.get(f.name, f.default) for f in fields(RecipePreset)}  # a newer field: its default then
     first = next((s for s in STAGES if s in state["done"]
                   and any(old[f] != getattr(pr, f) for f in STEP_FIELDS.get(s, ()))), None)
     if first is None:
