@@ -58,10 +58,12 @@ def emoji_split(n_test: int, seed: int = 0) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- one run
 def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict:
-    out = os.path.join(WORK, f"run_{name}_{preset}")
+    out = os.path.join(WORK, f"run_{name}_{preset}" + ("_hflip" if args.hflip else ""))
     argv = ["--data", train, "--val-data", test, "--out", out, "--preset", preset, "--max-steps", str(steps),
             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", "0",
             "--validate-every", str(args.validate_every), "--checkpoint-every", "250", "--resume", "latest"]
+    if args.hflip:
+        argv.append("--hflip")
     if args.ema_decay and not args.choice:  # evaluated and exported with the EMA weights
         argv += ["--ema-decay", str(args.ema_decay)]
     wall, cpu = time.time(), time.process_time()
@@ -76,7 +78,7 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     c, s, _ = cfg.latent_shape
     return {"set": name, "preset": preset, "factor": cfg.downsample_factor, "latent_shape": list(cfg.latent_shape),
             "latent_numel": c * s * s, "unet_tokens": s * s, "steps": summary["steps"],
-            "batch_size": args.batch_size, "lr": args.lr, "ema_decay": None if args.choice else args.ema_decay,
+            "batch_size": args.batch_size, "lr": args.lr, "hflip": bool(args.hflip), "ema_decay": None if args.choice else args.ema_decay,
             "psnr_test": round(summary["val_psnr"], 2),
             "n_test": summary["n_val"], "scaling_factor": round(summary["scaling_factor"], 4),
             "latent_mean": round(summary["latent_mean"], 4), "latent_std": round(summary["latent_std"], 4),
@@ -91,19 +93,24 @@ def write(stem: str, rows: list[dict], header: str, extra: dict):
     """Write the table, keeping rows of other (set, preset) pairs from an earlier or parallel invocation."""
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{stem}.json")
-    mine = {(r["set"], r["preset"]) for r in rows}
+
+    def key(r):
+        return r["set"], r["preset"], r.get("hflip", False)
+
+    mine = {key(r) for r in rows}
     if os.path.isfile(path):
         with open(path) as f:
-            rows = [r for r in json.load(f)["rows"] if (r["set"], r["preset"]) not in mine] + rows
+            rows = [r for r in json.load(f)["rows"] if key(r) not in mine] + rows
     with open(os.path.join(RESULTS, f"{stem}.json"), "w") as f:
         json.dump({"rows": rows, **extra}, f, indent=2)
     for r in rows:  # UNet compute grows with the latent area (its channel count only touches the end convs)
         r["unet_cost_vs_8x8"] = r["latent_shape"][1] * r["latent_shape"][2] / 64
-    cols = ["set", "preset", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "ema_decay", "psnr_test",
+    cols = ["set", "preset", "hflip", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "ema_decay", "psnr_test",
             "target_db", "n_test", "scaling_factor", "latent_std", "train_time_s", "cpu_s"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape" else str(r.get(c)) for c in cols)
+        lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape"
+                                   else str(r.get(c, False if c == "hflip" else None)) for c in cols)
                      + " |")
     lines += ["", f"machine: {extra['machine']}", "", ("commands (a run resumed to more steps keeps its folder "
               "and adds to its time):"), ""] + sorted({f"- `{r['command']}`" for r in rows}) + [""]
@@ -132,6 +139,7 @@ def main(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights for the benchmarked runs")
     p.add_argument("--n-shapes", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=256)
+    p.add_argument("--hflip", action="store_true", help="train on every image and its mirror image (train.vae --hflip)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is fastest (in CPU time and wall) on a machine shared with other jobs")

@@ -138,6 +138,20 @@ def test_discriminator_path_runs(shapes16, tmp_path):
     assert len(rows) == 3 and all(math.isfinite(r["d_loss"]) and r["d_weight"] >= 0 for r in rows)
 
 
+def test_hflip_holds_out_both_orientations(shapes16):
+    """With --hflip the held-out images leave training in both orientations; the set is doubled."""
+    from latentgen.data.folder import ImageCaptionDataset
+
+    plain, mirrored = (ImageCaptionDataset(shapes16, size=16, hflip=h) for h in (False, True))
+    train_p, val_p = train_vae.split_heldout(plain, 4, seed=0)
+    train_m, val_m = train_vae.split_heldout(mirrored, 4, seed=0)
+    n = len(plain)
+    assert val_m.indices == val_p.indices and all(i < n for i in val_m.indices)  # same held-out images
+    assert len(train_m) == 2 * len(train_p) and not {i % n for i in train_m.indices} & set(val_m.indices)
+    i = train_p.indices[0]
+    assert torch.equal(mirrored[i + n]["pixels"], plain[i]["pixels"].flip(-1))
+
+
 def _grads(module):
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 

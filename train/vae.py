@@ -110,10 +110,17 @@ def make_validate_fn(val_set, tag: str, n_grid: int = 8):
 
 
 def split_heldout(dataset, count: int, seed: int):
-    """(train, held-out) subsets: ``count`` items (at most a tenth of the set) drawn by a seeded permutation."""
-    count = min(count, len(dataset) // 10)
-    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 12345)).tolist()
-    return Subset(dataset, sorted(perm[count:])), Subset(dataset, sorted(perm[:count]))
+    """(train, held-out) subsets: ``count`` images (at most a tenth of the set) drawn by a seeded permutation.
+
+    With ``hflip`` the held-out images are drawn from the unmirrored ones and their mirrored twins
+    leave the training side too, so no held-out image is seen in either orientation.
+    """
+    n = len(dataset.items) if getattr(dataset, "hflip", False) else len(dataset)
+    count = min(count, n // 10)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 12345)).tolist()
+    held = sorted(perm[:count])
+    out = set(held) | ({i + n for i in held} if len(dataset) > n else set())
+    return Subset(dataset, [i for i in range(len(dataset)) if i not in out]), Subset(dataset, held)
 
 
 def parse_args(argv=None):
@@ -129,6 +136,8 @@ def parse_args(argv=None):
     g.add_argument("--val-count", type=int, default=64, help="images held out of --data when --val-data is not given")
     g.add_argument("--decoder-only", action="store_true",
                    help="with --model: train only the decoder; the encoder, latents and scaling factor are kept")
+    g.add_argument("--hflip", action="store_true",
+                   help="also train on every image mirrored (doubles the set; a codec has no captions to contradict)")
     g.add_argument("--scale-samples", type=int, default=512, help="training images used to measure the latent std")
     return p.parse_args(argv)
 
@@ -151,7 +160,7 @@ def main(argv=None) -> dict:
     cfg = common.train_config(args, out=args.out, max_steps=2000, batch_size=16, lr=4e-4, warmup_steps=100,
                               checkpoint_every=500, validate_every=500,
                               adam_betas=(0.5, 0.9) if args.disc_start is not None else (0.9, 0.999))
-    data = ImageCaptionDataset(args.data, size=preset.sample_size)  # a clear error for unusable folders
+    data = ImageCaptionDataset(args.data, size=preset.sample_size, hflip=args.hflip)  # clear error if unusable
     if args.val_data:
         train_set, val_set, tag = data, ImageCaptionDataset(args.val_data, size=preset.sample_size), "psnr"
     else:
@@ -174,6 +183,7 @@ def main(argv=None) -> dict:
         "model": os.path.abspath(base_dir) if base_dir else None, "decoder_only": args.decoder_only,
         "data": [os.path.abspath(d) for d in args.data], "recon": args.recon, "kl_weight": args.kl_weight,
         "disc_start": args.disc_start, "disc_weight": args.disc_weight if args.disc_start is not None else None,
+        **({"hflip": True} if args.hflip else {}),  # absent when off: folders made before the flag still resume
     }
     trainer = Trainer(cfg, Codec(vae, disc), train_set, make_step_fn(args),
                       validate_fn=make_validate_fn(val_set, tag), run_config=run_config,
