@@ -70,10 +70,13 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     summary = train_vae.main(argv + (["--no-progress"] if not args.progress else []))
     spent = os.path.join(out, "bench_time.json")  # a run resumed to more steps adds to its earlier time
     before = read_json(spent, {"train_s": 0.0, "cpu_s": 0.0})
+    cpu_before = before.get("cpu_s")  # None: a sitting's CPU time went unrecorded (see the notes)
     total = {"train_s": before["train_s"] + summary["train_time_s"],
-             "cpu_s": before["cpu_s"] + time.process_time() - cpu}
+             "cpu_s": None if cpu_before is None else cpu_before + time.process_time() - cpu}
     with open(spent, "w") as f:
         json.dump(total, f)
+    if not summary.get("finished"):  # stopped (SIGTERM): its checkpoint and time are kept for the rerun
+        raise SystemExit(f"{name}/{preset}: stopped at step {summary.get('step')}; rerun the same command to resume")
     cfg = get_vae_config(preset)
     c, s, _ = cfg.latent_shape
     return {"set": name, "preset": preset, "factor": cfg.downsample_factor, "latent_shape": list(cfg.latent_shape),
@@ -83,7 +86,7 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
             "n_test": summary["n_val"], "scaling_factor": round(summary["scaling_factor"], 4),
             "latent_mean": round(summary["latent_mean"], 4), "latent_std": round(summary["latent_std"], 4),
             "wall_s_this_call": round(time.time() - wall, 1), "train_time_s": round(total["train_s"], 1),
-            "cpu_s": round(total["cpu_s"], 1), "target_db": TARGETS.get(name),
+            "cpu_s": None if total["cpu_s"] is None else round(total["cpu_s"], 1), "target_db": TARGETS.get(name),
             "params_M": round(sum(p.numel() for p in __import__("diffusers").AutoencoderKL
                                   .from_pretrained(summary["vae"]).parameters()) / 1e6, 3),
             "model": os.path.relpath(summary["vae"], os.path.dirname(HERE))}
@@ -161,7 +164,7 @@ def main(argv=None):
     for name in args.sets:
         train, test = split[name]()
         rows.append({**run(name, args.preset, train, test, args.steps, args), "command": command})
-        write("vae", rows, f"# VAE codec `{args.preset}`: held-out PSNR at 64 px", extra)
+        write("vae", rows, "# VAE codec: held-out PSNR at 64 px", extra)
     return rows
 
 

@@ -54,6 +54,8 @@ class RecipePreset:
     emoji_holdout: int = 0  # OpenMoji images held out by group (data/emoji-heldout), to measure the VAE on
     decoder_steps: int = 0  # decoder-only VAE steps after the vae stage (0: no decoder stage)
     decoder_shapes: int = 4000  # shapes images beside all the OpenMoji ones in the decoder stage
+    vae_hflip: bool = False  # the vae stage also trains on every image mirrored (train.vae --hflip)
+    vae_ema_decay: float = 0.0  # EMA of the vae stage's weights, which it exports (0: none)
     clip_lr_schedule: str = "constant"
     unet_lr_schedule: str = "constant"
     distill_lr_schedule: str = "constant"  # restarts in every stage and round
@@ -162,10 +164,19 @@ def _common(out_dir, data, steps, batch, seed, mp, no_progress, preset=None):
 
 
 def stage_vae(out, pr, args):
+    """The codec on all the training images; validated on the held-out OpenMoji where the preset keeps some."""
     from train import vae
 
-    return vae.main(_common(os.path.join(out, "vae"), _data_dirs(out, pr), pr.vae_steps, pr.vae_batch, args.seed,
-                            "no", args.no_progress, pr.vae_preset))
+    data = _data_dirs(out, pr)
+    argv = _common(os.path.join(out, "vae"), data, pr.vae_steps, pr.vae_batch, args.seed, "no", args.no_progress,
+                   pr.vae_preset)
+    if pr.vae_hflip:
+        argv.append("--hflip")
+    if pr.vae_ema_decay:
+        argv += ["--ema-decay", str(pr.vae_ema_decay)]
+    if len(data) > 1 and pr.emoji_holdout:  # the data stage wrote it
+        argv += ["--val-data", os.path.join(out, "data", "emoji-heldout")]
+    return vae.main(argv)
 
 
 def _link_or_copy(src: str, dst: str):

@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
     model = trainer.fit()
     train_time = time.time() - t0
     if not trainer.finished:  # stopped (SIGTERM): a checkpoint, no export; the recipe must not call it done
-        return {"finished": False, "step": trainer.step}
+        return {"finished": False, "step": trainer.step, "train_time_s": round(train_time, 1)}
     if not trainer.is_main:
         return {}
     vae = model.vae.eval()
