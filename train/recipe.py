@@ -85,15 +85,16 @@ PRESETS = {
                           teacher_steps=16, student_steps=1, stage1_steps=500, round_steps=250,
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
-    # VAE 1000 + decoder 1500 steps, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
+    # VAE 4000 steps (mirrored images, EMA: bench/results/vae.md) + decoder 1500, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
     # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
     # each annealed linearly to 0
-    "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=1000,
+    "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
                          unet_preset="small", unet_steps=10_000, unet_batch=32, unet_lr=4e-4,
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
-                         clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear"),
+                         clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear",
+                         vae_hflip=True, vae_ema_decay=0.999),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
