@@ -52,6 +52,14 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert any(not torch.equal(base[k], dec[k]) for k in base if k.startswith("decoder."))
     assert all(torch.equal(dec[k], shipped[k]) for k in dec)
     assert state["done"]["decoder"]["val_psnr"] > 0 and state["done"]["decoder"]["n_val"] == len(held)
+    # the vae stage: the preset's shapes subset beside the emoji, mirrored, EMA, validated on the held-out emoji
+    with open(os.path.join(out, "vae", "run_config.json")) as f:
+        vae_run = json.load(f)
+    pr = recipe.PRESETS["tiny"]
+    assert vae_run["data"][0].endswith(f"shapes-{pr.vae_shapes}") and vae_run["hflip"] is True
+    with open(os.path.join(vae_run["data"][0], "metadata.jsonl")) as f:
+        assert sum(1 for _ in f) == pr.vae_shapes
+    assert state["done"]["vae"]["n_val"] == len(held) and state["done"]["vae"]["val_psnr"] > 0
     assert all(state["cpu_seconds"][s] > 0 for s in recipe.STAGES)
     # a second run finds every stage done and trains nothing
     capsys.readouterr()

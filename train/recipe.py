@@ -54,6 +54,7 @@ class RecipePreset:
     emoji_holdout: int = 0  # OpenMoji images held out by group (data/emoji-heldout), to measure the VAE on
     decoder_steps: int = 0  # decoder-only VAE steps after the vae stage (0: no decoder stage)
     decoder_shapes: int = 4000  # shapes images beside all the OpenMoji ones in the decoder stage
+    vae_shapes: int = 0  # shapes images in the vae stage beside all the OpenMoji ones (0: every shapes image)
     vae_hflip: bool = False  # the vae stage also trains on every image mirrored (train.vae --hflip)
     vae_ema_decay: float = 0.0  # EMA of the vae stage's weights, which it exports (0: none)
     clip_lr_schedule: str = "constant"
@@ -66,7 +67,8 @@ PRESETS = {
     "tiny": RecipePreset(size=16, shapes=96, emoji=32, vae_preset="tiny", vae_steps=30, vae_batch=16,
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
-                         round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32),
+                         round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32,
+                         vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99),
     # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
     # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
@@ -85,7 +87,7 @@ PRESETS = {
                           teacher_steps=16, student_steps=1, stage1_steps=500, round_steps=250,
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
-    # VAE 4000 steps (mirrored images, EMA: bench/results/vae.md) + decoder 1500, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
+    # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
     # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
     # each annealed linearly to 0
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
@@ -94,7 +96,7 @@ PRESETS = {
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
                          clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear",
-                         vae_hflip=True, vae_ema_decay=0.999),
+                         vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -169,6 +171,8 @@ def stage_vae(out, pr, args):
     from train import vae
 
     data = _data_dirs(out, pr)
+    if pr.vae_shapes:  # emoji are the hard images: a shapes subset keeps them a large share of the batches
+        data[0] = _head_folder(data[0], os.path.join(out, "data", f"shapes-{pr.vae_shapes}"), pr.vae_shapes)
     argv = _common(os.path.join(out, "vae"), data, pr.vae_steps, pr.vae_batch, args.seed, "no", args.no_progress,
                    pr.vae_preset)
     if pr.vae_hflip:
@@ -291,7 +295,7 @@ def _load_state(path: str, preset: str) -> dict:
 # the preset fields that make the data (a change needs a new recipe folder)
 DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 # which preset fields each stage trains to; raising one reopens the stage
-STEP_FIELDS = {"vae": ("vae_steps",), "decoder": ("decoder_steps",), "clip": ("clip_steps", "clip_lr_schedule"),
+STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",), "clip": ("clip_steps", "clip_lr_schedule"),
                "unet": ("unet_steps", "unet_lr_schedule"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule")}
 
