@@ -81,7 +81,8 @@ def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict
     c, s, _ = cfg.latent_shape
     return {"set": name, "preset": preset, "factor": cfg.downsample_factor, "latent_shape": list(cfg.latent_shape),
             "latent_numel": c * s * s, "unet_tokens": s * s, "steps": summary["steps"],
-            "batch_size": args.batch_size, "lr": args.lr, "hflip": bool(args.hflip), "ema_decay": None if args.choice else args.ema_decay,
+            "batch_size": args.batch_size, "lr": args.lr, "hflip": bool(args.hflip),
+            "ema_decay": None if args.choice else args.ema_decay,
             "psnr_test": round(summary["val_psnr"], 2),
             "n_test": summary["n_val"], "scaling_factor": round(summary["scaling_factor"], 4),
             "latent_mean": round(summary["latent_mean"], 4), "latent_std": round(summary["latent_std"], 4),
@@ -108,8 +109,8 @@ def write(stem: str, rows: list[dict], header: str, extra: dict):
         json.dump({"rows": rows, **extra}, f, indent=2)
     for r in rows:  # UNet compute grows with the latent area (its channel count only touches the end convs)
         r["unet_cost_vs_8x8"] = r["latent_shape"][1] * r["latent_shape"][2] / 64
-    cols = ["set", "preset", "hflip", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "ema_decay", "psnr_test",
-            "target_db", "n_test", "scaling_factor", "latent_std", "train_time_s", "cpu_s"]
+    cols = ["set", "preset", "hflip", "latent_shape", "latent_numel", "unet_cost_vs_8x8", "steps", "ema_decay",
+            "psnr_test", "target_db", "n_test", "scaling_factor", "latent_std", "train_time_s", "cpu_s"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("x".join(map(str, r[c])) if c == "latent_shape"

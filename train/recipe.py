@@ -87,8 +87,8 @@ PRESETS = {
                           teacher_steps=16, student_steps=1, stage1_steps=500, round_steps=250,
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
-    # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500, both CLIP towers 1800 steps (cosine), UNet 10 000 steps
-    # (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
+    # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500,
+    # both CLIP towers 1800 steps (cosine), UNet 10 000 steps (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
     # each annealed linearly to 0
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
@@ -167,12 +167,13 @@ def _common(out_dir, data, steps, batch, seed, mp, no_progress, preset=None):
 
 
 def stage_vae(out, pr, args):
-    """The codec on all the training images; validated on the held-out OpenMoji where the preset keeps some."""
+    """The codec on the OpenMoji images and ``vae_shapes`` shapes ones (0: all); validated on the held-out
+    OpenMoji where the preset keeps some."""
     from train import vae
 
     data = _data_dirs(out, pr)
     if pr.vae_shapes:  # emoji are the hard images: a shapes subset keeps them a large share of the batches
-        data[0] = _head_folder(data[0], os.path.join(out, "data", f"shapes-{pr.vae_shapes}"), pr.vae_shapes)
+        data[0] = _shapes_subset(out, pr.vae_shapes)
     argv = _common(os.path.join(out, "vae"), data, pr.vae_steps, pr.vae_batch, args.seed, "no", args.no_progress,
                    pr.vae_preset)
     if pr.vae_hflip:
@@ -210,6 +211,11 @@ def _head_folder(src: str, dst: str, n: int) -> str:
     return dst
 
 
+def _shapes_subset(out: str, n: int) -> str:
+    """``data/shapes-N``: the first ``n`` shapes images, one folder for every stage that asks for ``n``."""
+    return _head_folder(os.path.join(out, "data", "shapes"), os.path.join(out, "data", f"shapes-{n}"), n)
+
+
 def _codec(out: str, pr: RecipePreset) -> str:
     """The VAE run the UNet stage trains on (and exports with the teacher): the decoder stage's where
     the preset has one."""
@@ -223,8 +229,8 @@ def stage_decoder(out, pr, args):
         return {"skipped": True}
     from train import vae
 
-    shapes, *emoji = _data_dirs(out, pr)
-    data = [*emoji, _head_folder(shapes, os.path.join(out, "data", "shapes-decoder"), pr.decoder_shapes)]
+    _, *emoji = _data_dirs(out, pr)
+    data = [*emoji, _shapes_subset(out, pr.decoder_shapes)]
     argv = _common(os.path.join(out, "decoder"), data, pr.decoder_steps, pr.vae_batch, args.seed, "no",
                    args.no_progress)
     argv += ["--model", os.path.join(out, "vae"), "--decoder-only", "--ema-decay", "0.999",
@@ -295,7 +301,8 @@ def _load_state(path: str, preset: str) -> dict:
 # the preset fields that make the data (a change needs a new recipe folder)
 DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 # which preset fields each stage trains to; raising one reopens the stage
-STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",), "clip": ("clip_steps", "clip_lr_schedule"),
+STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
+               "clip": ("clip_steps", "clip_lr_schedule"),
                "unet": ("unet_steps", "unet_lr_schedule"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule")}
 

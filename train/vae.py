@@ -119,7 +119,7 @@ def split_heldout(dataset, count: int, seed: int):
     count = min(count, n // 10)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 12345)).tolist()
     held = sorted(perm[:count])
-    out = set(held) | ({i + n for i in held} if len(dataset) > n else set())
+    out = set(held) | ({i + n for i in held} if len(dataset) > n else set())  # the mirrored twins
     return Subset(dataset, [i for i in range(len(dataset)) if i not in out]), Subset(dataset, held)
 
 
