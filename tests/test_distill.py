@@ -352,3 +352,40 @@ def test_freeze_text_kv_keeps_how_every_student_reads_the_prompt(run, tmp_path):
         kv = [k for k in teacher if ".attn2.to_k." in k or ".attn2.to_v." in k]
         assert kv and all(torch.equal(student[k], teacher[k]) for k in kv), name
         assert any(not torch.equal(student[k], teacher[k]) for k in teacher if ".attn2.to_q." in k), name
+
+
+def test_last_round_steps_lengthens_only_the_last_halving(run, tmp_path):
+    from train import distill
+
+    out = str(tmp_path / "out")
+    short = ["--teacher-steps", "4", "--stage1-steps", "2", "--steps-per-round", "2"]
+    res = distill.main(_args(run["model"], run["data"], out, *short, "--min-steps", "2"))
+    assert [r["steps_trained"] for r in res["rounds"]] == [2, 2]
+    # one more halving, longer: the earlier rounds keep their records and are reused
+    res = distill.main(_args(run["model"], run["data"], out, *short, "--last-round-steps", "5"))
+    assert [(r["run"]["stage"], r["steps_trained"], r["reused"]) for r in res["rounds"]] == \
+        [("stage1", 2, True), ("round-2", 2, True), ("round-1", 5, False)]
+    with pytest.raises(SystemExit, match="last-round-steps"):
+        distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--last-round-steps", "0"))
+
+
+def test_lora_students_are_plain_unets_that_moved_off_the_teacher(run, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from train import distill
+
+    out = str(tmp_path / "out")
+    res = distill.main(_args(run["model"], run["data"], out, "--teacher-steps", "2", "--stage1-steps", "3",
+                             "--steps-per-round", "3", "--lora-rank", "4"))
+    assert res["finished"] and all(r["run"]["lora_rank"] == 4 for r in res["rounds"])
+    teacher = load_file(os.path.join(run["model"], "unet", "diffusion_pytorch_model.safetensors"))
+    for name in ("stage1", "round-1"):
+        weights = os.path.join(out, name, "unet", "diffusion_pytorch_model.safetensors")
+        student = load_file(weights)
+        assert not any("lora" in k for k in student), name  # merged: a stock UNet loads it
+        assert set(teacher) <= set(student), name
+        assert any(not torch.equal(student[k], teacher[k]) for k in teacher if ".attn2.to_q." in k), name
+        UNet2DConditionModel.from_pretrained(os.path.join(out, name, "unet"), use_safetensors=True)
+    with pytest.raises(SystemExit, match="give one"):
+        distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--lora-rank", "4", "--freeze-text-kv"))

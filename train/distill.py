@@ -44,6 +44,8 @@ def parse_args(argv=None):
     g.add_argument("--stage1-steps", type=int, help="steps of stage 1 (default: --max-steps, or 2000)")
     g.add_argument("--steps-per-round", type=int,
                    help="training steps per halving (default: --max-steps, or 2000)")
+    g.add_argument("--last-round-steps", type=int,
+                   help="training steps of the last halving, the one to --min-steps (default: --steps-per-round)")
     g.add_argument("--guidance-min", type=float, default=1.0, help="smallest guidance scale learnt")
     g.add_argument("--guidance-max", type=float, default=8.0, help="largest guidance scale learnt")
     g.add_argument("--guidance", type=float,
@@ -54,6 +56,11 @@ def parse_args(argv=None):
     g.add_argument("--freeze-text-kv", action="store_true",
                    help="keep every student's cross-attention key/value projections (how it reads the prompt) "
                         "at the teacher's and train the rest")
+    g.add_argument("--lora-rank", type=int, default=0,
+                   help="train each student as a LoRA of this rank on its teacher (plus the guidance "
+                        "embedding), merged into the exported weights; 0 = train every weight")
+    g.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2",
+                   help="comma-separated UNet module names the LoRA adapts")
     return p.parse_args(argv)
 
 
@@ -72,7 +79,11 @@ def check_args(args, num_train_timesteps: int):
     if not 0 <= args.guidance_min <= args.guidance_max:
         raise SystemExit(f"error: need 0 <= --guidance-min ({args.guidance_min}) <= --guidance-max "
                          f"({args.guidance_max}); e.g. 1 and 8")
-    for name in ("stage1_steps", "steps_per_round"):
+    if args.lora_rank < 0:
+        raise SystemExit(f"error: --lora-rank must be >= 0 (0 = train every weight), got {args.lora_rank}")
+    if args.lora_rank and args.freeze_text_kv:
+        raise SystemExit("error: --freeze-text-kv and --lora-rank both choose what the student trains: give one")
+    for name in ("stage1_steps", "steps_per_round", "last_round_steps"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {v}")
@@ -225,6 +236,13 @@ def _losses(folder: str) -> list[float]:
         return [r["loss"] for r in map(json.loads, f) if "loss" in r]
 
 
+def stage_max_steps(args, ctx: dict, kind: str, steps: int) -> int:
+    """Training steps of one stage: --stage1-steps, --steps-per-round, or --last-round-steps for the last."""
+    if kind == "progressive" and steps == args.min_steps and args.last_round_steps:
+        return args.last_round_steps
+    return ctx["max_steps"][kind]
+
+
 def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_steps: int, steps: int,
               ctx: dict, resume: str | None) -> dict:
     """Train one stage or round with the shared loop and export its model folder."""
@@ -232,8 +250,9 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
     from latentgen.training import Trainer
 
     folder = os.path.join(args.out, name)
+    max_steps = stage_max_steps(args, ctx, kind, steps)
     run = {**ctx["run"], "stage": name, "teacher_steps": teacher_steps, "student_steps": steps,
-           "max_steps": ctx["max_steps"][kind]}
+           "max_steps": max_steps}
     record = finished_round(folder, run)
     if record is not None:
         print(f"{name}: finished earlier, reusing {folder}")
@@ -242,7 +261,7 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
             os.listdir(os.path.join(folder, "checkpoints")):
         raise SystemExit(f"error: {folder} holds checkpoints of an unfinished run: pass --resume latest to "
                          "continue it, or delete that folder to start the round again")
-    cfg = dataclasses.replace(ctx["cfg"], out=folder, max_steps=ctx["max_steps"][kind], resume=resume)
+    cfg = dataclasses.replace(ctx["cfg"], out=folder, max_steps=max_steps, resume=resume)
     t0 = time.time()
     trainer = Trainer(cfg, student_unet, LatentDataset(ctx["cache"]),
                       make_step_fn(kind, ctx["cache"], ctx["scaling"], ctx["alphas_cumprod"], steps,
@@ -254,6 +273,9 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
     unet = trainer.fit()
     if not trainer.finished:
         return {"finished": False, "step": trainer.step}
+    if args.lora_rank:  # the exported student is a plain UNet: the LoRA folded into its weights
+        unet.fuse_lora()
+        unet.unload_lora()
     losses = _losses(folder)
     record = {"run": run, "folder": folder, "student_steps": steps, "steps_trained": trainer.step,
               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
@@ -313,7 +335,8 @@ def prepare(args) -> dict:
                 # a --lr-schedule restarts in every stage and round (each decays to 0 at its own end);
                 # constant runs keep the record they had before the flag, so their rounds are reused
                 **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {}),
-                **({"freeze_text_kv": True} if args.freeze_text_kv else {})},
+                **({"freeze_text_kv": True} if args.freeze_text_kv else {}),
+                **({"lora_rank": args.lora_rank, "lora_targets": args.lora_targets} if args.lora_rank else {})},
     }
 
 
@@ -322,7 +345,7 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from diffusers import UNet2DConditionModel
 
-    from latentgen.distill import copy_unet, freeze_text_kv, make_student
+    from latentgen.distill import add_student_lora, copy_unet, freeze_text_kv, make_student
 
     ctx = prepare(args)
     pipe = ctx["pipe"]
@@ -339,6 +362,8 @@ def main(argv=None) -> dict:
             student = copy_unet(teacher)
         if args.freeze_text_kv:
             freeze_text_kv(student)
+        if args.lora_rank:
+            add_student_lora(student, args.lora_rank, args.lora_targets)
         res = run_stage(args, name, kind, teacher, student, teacher_steps, steps, ctx, resume)
         if not res.get("finished", True):
             print(f"{name} stopped at step {res['step']}; continue with --resume latest")
