@@ -193,21 +193,6 @@ def freeze_text_kv(unet) -> int:
     return frozen
 
 
-def add_student_lora(unet, rank: int, targets: str) -> int:
-    """Train the student as a LoRA (Hu et al. 2021) on its teacher's weights, as LCM-LoRA does (Luo et al.
-    2023): the frozen weights keep what the teacher learnt, the low-rank update learns the fewer steps.
-    The guidance embedding (``time_embedding.cond_proj``), new in the student, trains in full.
-    Returns the number of trainable tensors."""
-    from peft import LoraConfig
-
-    modules = [t.strip() for t in targets.split(",") if t.strip()]
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=modules))
-    if unet.config.time_cond_proj_dim is not None:
-        unet.time_embedding.cond_proj.weight.requires_grad_(True)
-    return sum(p.requires_grad for p in unet.parameters())
-
-
 def copy_unet(unet):
     """An independent copy (the next round's student starts as its teacher: Salimans & Ho 2022, Alg. 2)."""
     return copy.deepcopy(unet)

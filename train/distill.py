@@ -345,7 +345,8 @@ def main(argv=None) -> dict:
     from accelerate import PartialState
     from diffusers import UNet2DConditionModel
 
-    from latentgen.distill import add_student_lora, copy_unet, freeze_text_kv, make_student
+    from latentgen.distill import copy_unet, freeze_text_kv, make_student
+    from train.finetune import add_lora
 
     ctx = prepare(args)
     pipe = ctx["pipe"]
@@ -362,8 +363,9 @@ def main(argv=None) -> dict:
             student = copy_unet(teacher)
         if args.freeze_text_kv:
             freeze_text_kv(student)
-        if args.lora_rank:
-            add_student_lora(student, args.lora_rank, args.lora_targets)
+        if args.lora_rank:  # a LoRA on the teacher's weights, as LCM-LoRA (Luo et al. 2023); the new
+            add_lora(student, args.lora_rank, None, args.lora_targets)  # guidance embedding trains in full
+            student.time_embedding.cond_proj.weight.requires_grad_(True)
         res = run_stage(args, name, kind, teacher, student, teacher_steps, steps, ctx, resume)
         if not res.get("finished", True):
             print(f"{name} stopped at step {res['step']}; continue with --resume latest")
