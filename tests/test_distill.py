@@ -389,3 +389,23 @@ def test_lora_students_are_plain_unets_that_moved_off_the_teacher(run, tmp_path)
         UNet2DConditionModel.from_pretrained(os.path.join(out, name, "unet"), use_safetensors=True)
     with pytest.raises(SystemExit, match="give one"):
         distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--lora-rank", "4", "--freeze-text-kv"))
+
+
+def test_interpolated_students_span_teacher_to_student(run, tmp_path):
+    from bench import interpolate_student
+
+    student = os.path.join(run["out"], "round-1")
+    folders = interpolate_student.main(["--teacher", run["model"], "--student", student, "--out", str(tmp_path),
+                                        "--alpha", "0", "0.5", "1"])
+    t = UNet2DConditionModel.from_pretrained(os.path.join(run["model"], "unet")).state_dict()
+    s = UNet2DConditionModel.from_pretrained(os.path.join(student, "unet")).state_dict()
+    w = [UNet2DConditionModel.from_pretrained(os.path.join(f, "unet")).state_dict() for f in folders]
+    key = "conv_in.weight"
+    assert not torch.equal(t[key], s[key])
+    torch.testing.assert_close(w[0][key], t[key])
+    torch.testing.assert_close(w[2][key], s[key])
+    torch.testing.assert_close(w[1][key], (t[key] + s[key]) / 2)
+    cond = "time_embedding.cond_proj.weight"  # only the student has it: scaled by alpha
+    assert not w[0][cond].any()
+    torch.testing.assert_close(w[1][cond], s[cond] / 2)
+    LatentGenPipeline.from_pretrained(folders[1])  # a complete model folder
