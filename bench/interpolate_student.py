@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 
 
 def interpolate(teacher_state: dict, student_state: dict, alpha: float) -> dict:
@@ -26,6 +25,8 @@ def interpolate(teacher_state: dict, student_state: dict, alpha: float) -> dict:
 def main(argv=None) -> list[str]:
     import torch
     from diffusers import UNet2DConditionModel
+
+    from train.bundle import copy_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default="latentgen/weights/default")
@@ -39,10 +40,10 @@ def main(argv=None) -> list[str]:
     folders = []
     for a in args.alpha:
         out = os.path.join(args.out, f"alpha-{a:g}")
-        shutil.copytree(args.student, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
+        copy_model(args.student, out)  # the model parts only: no checkpoints or logs of a run folder
         unet = UNet2DConditionModel.from_config(student.config)
         unet.load_state_dict(interpolate(t_state, s_state, a))
-        unet.save_pretrained(os.path.join(out, "unet"))  # safetensors
+        unet.save_pretrained(os.path.join(out, "unet"))  # safetensors, over the copied student's
         folders.append(out)
         print(out)
     return folders
