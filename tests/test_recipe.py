@@ -224,3 +224,28 @@ def test_bundle_eval_codec_puts_the_vae_table_in_both_cards_and_clip_probing_in_
     assert "| shapes, fresh scenes | 150 | 38.66 | 32 |" in teacher and "| shapes, fresh scenes | 150 | 38.66 | 32 |" in student
     assert "shape 94.1%" in teacher and "probing" not in student
     assert _codec_figures(None, with_clip=True) == []
+
+
+def test_ship_preset_distils_as_student_v7(tmp_path, monkeypatch):
+    """The ship preset's distillation is the bundled student's: guidance 1-5 and a 1000-step last round;
+    presets without those fields keep train.distill's defaults (no --last-round-steps)."""
+    from train import distill, recipe
+
+    seen = []
+    monkeypatch.setattr(distill, "main", lambda argv: seen.append(argv) or {"finished": True})
+    args = recipe.parse_args(["--out", str(tmp_path), "--no-progress"])
+    for name in ("ship", "tiny"):
+        recipe.stage_distill(str(tmp_path), recipe.PRESETS[name], args)
+    ship, tiny = seen
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1]
+
+    assert value(ship, "--guidance-max") == "5.0" and value(ship, "--last-round-steps") == "1000"
+    assert value(ship, "--stage1-steps") == "2000" and value(ship, "--steps-per-round") == "500"
+    assert value(tiny, "--guidance-max") == "8.0" and "--last-round-steps" not in tiny
+    # raising the last round reopens the distill stage alone
+    from dataclasses import asdict, replace
+    pr = recipe.PRESETS["ship"]
+    state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
+    assert recipe.reopen_stages(str(tmp_path), state, replace(pr, last_round_steps=2000)) == ["distill"]

@@ -60,6 +60,8 @@ class RecipePreset:
     clip_lr_schedule: str = "constant"
     unet_lr_schedule: str = "constant"
     distill_lr_schedule: str = "constant"  # restarts in every stage and round
+    distill_guidance_max: float = 8.0  # the largest guidance scale the student learns (train.distill --guidance-max)
+    last_round_steps: int = 0  # steps of the last round (0: round_steps, as every other round)
 
 
 PRESETS = {
@@ -88,15 +90,16 @@ PRESETS = {
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
     # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500,
-    # both CLIP towers 1800 steps (cosine), UNet 10 000 steps (constant, then annealed over the last 20%), distillation 2000 + 2 x 500 steps, 16 -> 8 -> 4,
-    # each annealed linearly to 0
+    # both CLIP towers 1800 steps (cosine), UNet 10 000 steps (constant, then annealed over the last 20%),
+    # distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps, 16 -> 8 -> 4, each annealed linearly to 0
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
                          unet_preset="small", unet_steps=10_000, unet_batch=32, unet_lr=4e-4,
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
                          clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear",
-                         vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999),
+                         vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
+                         distill_guidance_max=5.0, last_round_steps=1000),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -278,7 +281,10 @@ def stage_distill(out, pr, args):
                    args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", os.path.join(out, "unet"), "--teacher-steps", str(pr.teacher_steps),
              "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
-             "--steps-per-round", str(pr.round_steps), "--lr-schedule", pr.distill_lr_schedule]
+             "--steps-per-round", str(pr.round_steps), "--lr-schedule", pr.distill_lr_schedule,
+             "--guidance-max", str(pr.distill_guidance_max)]
+    if pr.last_round_steps:
+        argv += ["--last-round-steps", str(pr.last_round_steps)]
     return distill.main(argv)
 
 
@@ -304,7 +310,8 @@ DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
                "clip": ("clip_steps", "clip_lr_schedule"),
                "unet": ("unet_steps", "unet_lr_schedule"),
-               "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule")}
+               "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule",
+                           "distill_guidance_max", "last_round_steps")}
 
 
 def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
