@@ -211,6 +211,23 @@ def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(
     assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`: 150 steps on shapes")
 
 
+def test_bundle_names_a_student_s_guidance_range_in_its_run_note_and_card(tmp_path):
+    from train.bundle import guidance_note, run_note
+
+    run = tmp_path / "round-4"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "metrics.jsonl").write_text(json.dumps({"step": 1000, "time": 0.0}) + "\n")
+    cfg = {"trainer": "distill", "stage": "round-4", "teacher_steps": 8, "student_steps": 4}
+    (run / "run_config.json").write_text(json.dumps({**cfg, "guidance": [1.0, 5.0]}))
+    assert run_note(str(run)).startswith("`train.distill --guidance-max 5 round-4: 8 -> 4 steps`: 1000 steps")
+    assert guidance_note(str(run))[-1] == ("The guidance scale is an input the student learned for scales 1 to 5 "
+                                           "(`--guidance-max 5`); above 5 it extrapolates.")
+    (run / "run_config.json").write_text(json.dumps({**cfg, "guidance": [1.0, 8.0]}))  # the default: no flag
+    assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`")
+    assert "scales 1 to 8" in guidance_note(str(run))[-1]
+    assert guidance_note(str(tmp_path)) == []  # a folder without a run_config.json (a recipe's final/)
+
+
 def test_bundle_eval_codec_puts_the_vae_table_in_both_cards_and_clip_probing_in_the_teacher_s(tmp_path):
     from train.bundle import _codec_figures
 

@@ -120,6 +120,20 @@ def check_replacement(kind: str, teacher: str, folder: str, dtype: torch.dtype =
 
 
 SITTING_GAP_S = 600
+DISTILL_GUIDANCE_MAX = 8.0  # train.distill's default --guidance-max
+
+
+def guidance_note(student: str) -> list[str]:
+    """The student card's line on the guidance scales it learned (from its distill run's run_config.json)."""
+    path = os.path.join(student, "run_config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        lo, hi = json.load(f).get("guidance", [None, None])
+    if hi is None:
+        return []
+    return ["", (f"The guidance scale is an input the student learned for scales {lo:g} to {hi:g} "
+                 f"(`--guidance-max {hi:g}`); above {hi:g} it extrapolates.")]
 
 
 def run_note(folder: str) -> str:
@@ -135,6 +149,9 @@ def run_note(folder: str) -> str:
     if cfg.get("text_encoder"):
         flags.append(f"--text-encoder {os.path.basename(cfg['text_encoder'].rstrip('/'))}")
     if cfg.get("trainer") == "distill":
+        gmax = cfg.get("guidance", [1.0, DISTILL_GUIDANCE_MAX])[1]
+        if gmax != DISTILL_GUIDANCE_MAX:
+            flags.append(f"--guidance-max {gmax:g}")
         flags.append(f"{cfg.get('stage')}: {cfg.get('teacher_steps')} -> {cfg.get('student_steps')} steps")
     flag = " ".join(flags)
     data = ", ".join(os.path.basename(d.rstrip("/")) for d in cfg.get("data", []))
@@ -332,7 +349,8 @@ def main(argv=None) -> dict:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(kind, settings, recipe, vocabulary(tmp),
-                               _figures(figures) + _codec_figures(args.eval_codec, "clip" in extra), later))
+                               _figures(figures) + (guidance_note(src) if kind == "student" else [])
+                               + _codec_figures(args.eval_codec, "clip" in extra), later))
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         written[name] = dst
