@@ -120,7 +120,6 @@ def check_replacement(kind: str, teacher: str, folder: str, dtype: torch.dtype =
 
 
 SITTING_GAP_S = 600
-DISTILL_GUIDANCE_MAX = 8.0  # train.distill's default --guidance-max
 
 
 def guidance_note(student: str) -> list[str]:
@@ -149,8 +148,10 @@ def run_note(folder: str) -> str:
     if cfg.get("text_encoder"):
         flags.append(f"--text-encoder {os.path.basename(cfg['text_encoder'].rstrip('/'))}")
     if cfg.get("trainer") == "distill":
-        gmax = cfg.get("guidance", [1.0, DISTILL_GUIDANCE_MAX])[1]
-        if gmax != DISTILL_GUIDANCE_MAX:
+        from train.distill import GUIDANCE_MAX
+
+        gmax = cfg.get("guidance", [1.0, GUIDANCE_MAX])[1]
+        if gmax != GUIDANCE_MAX:
             flags.append(f"--guidance-max {gmax:g}")
         flags.append(f"{cfg.get('stage')}: {cfg.get('teacher_steps')} -> {cfg.get('student_steps')} steps")
     flag = " ".join(flags)

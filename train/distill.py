@@ -34,6 +34,7 @@ import torch
 from train import common
 
 DONE_FILE = "distill_round.json"
+GUIDANCE_MAX = 8.0  # the default --guidance-max (train.recipe presets and train.bundle's cards refer to it)
 
 
 def parse_args(argv=None):
@@ -47,7 +48,7 @@ def parse_args(argv=None):
     g.add_argument("--last-round-steps", type=int,
                    help="training steps of the last halving, the one to --min-steps (default: --steps-per-round)")
     g.add_argument("--guidance-min", type=float, default=1.0, help="smallest guidance scale learnt")
-    g.add_argument("--guidance-max", type=float, default=8.0, help="largest guidance scale learnt")
+    g.add_argument("--guidance-max", type=float, default=GUIDANCE_MAX, help="largest guidance scale learnt")
     g.add_argument("--guidance", type=float,
                    help="guidance scale the model cards recommend (default: the teacher's, else 5)")
     g.add_argument("--time-cond-proj-dim", type=int, default=256, help="width of the guidance embedding")

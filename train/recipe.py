@@ -27,6 +27,8 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 
+from train.distill import GUIDANCE_MAX
+
 STAGES = ("data", "vae", "decoder", "clip", "unet", "distill")
 
 
@@ -60,7 +62,7 @@ class RecipePreset:
     clip_lr_schedule: str = "constant"
     unet_lr_schedule: str = "constant"
     distill_lr_schedule: str = "constant"  # restarts in every stage and round
-    distill_guidance_max: float = 8.0  # the largest guidance scale the student learns (train.distill --guidance-max)
+    distill_guidance_max: float = GUIDANCE_MAX  # the largest guidance scale the student learns (--guidance-max)
     last_round_steps: int = 0  # steps of the last round (0: round_steps, as every other round)
 
 
