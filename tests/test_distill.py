@@ -409,20 +409,3 @@ def test_interpolated_students_span_teacher_to_student(run, tmp_path):
     assert not w[0][cond].any()
     torch.testing.assert_close(w[1][cond], s[cond] / 2)
     LatentGenPipeline.from_pretrained(folders[1])  # a complete model folder
-
-
-def test_caption_mix_swaps_a_fraction_of_the_batch_for_other_examples_prompts(run, tmp_path):
-    from train import distill
-
-    ids = torch.arange(64)
-    assert torch.equal(distill.mix_captions(ids, 0.0, _gen(0)), ids)
-    every = distill.mix_captions(ids, 1.0, _gen(0))  # all swapped: a permutation of the batch's own ids
-    assert sorted(every.tolist()) == ids.tolist() and not torch.equal(every, ids)
-    half = distill.mix_captions(ids, 0.5, _gen(1))
-    assert set(half.tolist()) <= set(ids.tolist()) and 16 < int((half != ids).sum()) < 48
-    out = str(tmp_path / "out")
-    res = distill.main(_args(run["model"], run["data"], out, "--teacher-steps", "2", "--stage1-steps", "2",
-                             "--steps-per-round", "2", "--caption-mix", "0.5"))
-    assert res["finished"] and all(r["run"]["caption_mix"] == 0.5 for r in res["rounds"])
-    with pytest.raises(SystemExit, match="caption-mix"):
-        distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--caption-mix", "1.5"))

@@ -60,10 +60,6 @@ def parse_args(argv=None):
     g.add_argument("--lora-rank", type=int, default=0,
                    help="train each student as a LoRA of this rank on its teacher (plus the guidance "
                         "embedding), merged into the exported weights; 0 = train every weight")
-    g.add_argument("--caption-mix", type=float, default=0.0,
-                   help="fraction of each batch whose prompt is swapped for another example's: the target is "
-                        "the teacher's answer to (noisy latent, prompt) whatever image the latent came from, "
-                        "so the student also learns prompts that disagree with the partial image; 0 = off")
     g.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2",
                    help="comma-separated UNet module names the LoRA adapts")
     return p.parse_args(argv)
@@ -88,8 +84,6 @@ def check_args(args, num_train_timesteps: int):
         raise SystemExit(f"error: --lora-rank must be >= 0 (0 = train every weight), got {args.lora_rank}")
     if args.lora_rank and args.freeze_text_kv:
         raise SystemExit("error: --freeze-text-kv and --lora-rank both choose what the student trains: give one")
-    if not 0.0 <= args.caption_mix <= 1.0:
-        raise SystemExit(f"error: --caption-mix is a fraction of the batch, from 0 to 1; got {args.caption_mix}")
     for name in ("stage1_steps", "steps_per_round", "last_round_steps"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -130,23 +124,8 @@ def plan(teacher_steps: int, min_steps: int, teacher_is_student: bool) -> list[t
     return stages
 
 
-def mix_captions(ids: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Caption ids (B,) with a fraction ``p`` of them replaced by those of other examples in the batch.
-
-    Both distillation losses regress on the teacher at the same (z_t, prompt), so a pair need not match:
-    a mismatched one shows the student what the teacher draws for a prompt the partial image disagrees
-    with (a colour seen only on squares, asked for as a circle), as held-out pairs ask at sampling time.
-    """
-    if p <= 0:
-        return ids
-    b = ids.shape[0]
-    swap = torch.rand(b, generator=generator, device=generator.device).cpu() < p  # (B,)
-    perm = torch.randperm(b, generator=generator, device=generator.device).cpu()  # (B,)
-    return torch.where(swap, ids[perm], ids)
-
-
 def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps: int, gmin: float,
-                 gmax: float, caption_mix: float = 0.0):
+                 gmax: float):
     from latentgen.cache import sample_latents
     from latentgen.distill import guided_distillation_loss, progressive_distillation_loss
 
@@ -156,8 +135,7 @@ def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps
     def step_fn(student, batch, ctx):
         z0 = sample_latents(batch, scaling, ctx.generator)  # (B, C, h, w)
         b = z0.shape[0]
-        ids = mix_captions(batch["caption_id"].cpu(), caption_mix, ctx.generator)  # (B,)
-        cond = embeddings[ids].to(ctx.device)  # (B, L, D)
+        cond = embeddings[batch["caption_id"].cpu()].to(ctx.device)  # (B, L, D)
         u = torch.rand(b, generator=ctx.generator, device=ctx.generator.device).cpu()
         g = gmin + (gmax - gmin) * u  # (B,) guidance scales
         teacher = ctx.frozen["teacher"]
@@ -288,7 +266,7 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
     t0 = time.time()
     trainer = Trainer(cfg, student_unet, LatentDataset(ctx["cache"]),
                       make_step_fn(kind, ctx["cache"], ctx["scaling"], ctx["alphas_cumprod"], steps,
-                                   args.guidance_min, args.guidance_max, args.caption_mix),
+                                   args.guidance_min, args.guidance_max),
                       frozen={"teacher": teacher_unet},
                       validate_fn=make_validate_fn(ctx["pipe"], ctx["scheduler"], ctx["prompts"], steps,
                                                    ctx["guidance"]),
@@ -359,7 +337,6 @@ def prepare(args) -> dict:
                 # constant runs keep the record they had before the flag, so their rounds are reused
                 **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {}),
                 **({"freeze_text_kv": True} if args.freeze_text_kv else {}),
-                **({"caption_mix": args.caption_mix} if args.caption_mix else {}),
                 **({"lora_rank": args.lora_rank, "lora_targets": args.lora_targets} if args.lora_rank else {})},
     }
 
