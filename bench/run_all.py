@@ -85,10 +85,13 @@ def quality(teacher: str, student: str | None, n: int) -> str:
              "|---|---|---:|---:|---:|---:|---:|", *rows,
              "| target | | >= 97% | >= 90% | | >= 70% | |", ""]
     if "teacher" in reports and "4-step student" in reports:
-        gap = 100 * (reports["teacher"]["all"]["full_prompt_accuracy"]
-                     - reports["4-step student"]["all"]["full_prompt_accuracy"])
-        lines += [(f"1-3 objects pooled, the teacher is {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} the "
-                  "student (target: the student within 3 points)."), ""]
+        gaps = {g: 100 * (reports["teacher"][g]["full_prompt_accuracy"]
+                          - reports["4-step student"][g]["full_prompt_accuracy"])
+                for g in ("all", "1_object", "2_objects", "3_objects", "heldout")}
+        within = [g for g, d in gaps.items() if d <= 3]
+        lines += [("Teacher minus student, points (target: the student within 3 points): "
+                   + ", ".join(f"{'1-3 objects pooled' if g == 'all' else g} {d:+.1f}" for g, d in gaps.items())
+                   + f". Within 3: {', '.join(within) or 'none'}."), ""]
     met = {g: reports["teacher"][g]["full_prompt_accuracy"] >= t for g, t in TARGETS.items()} \
         if "teacher" in reports else {}
     verdicts = ", ".join(f"{g} {'yes' if ok else 'no'}" for g, ok in met.items())
