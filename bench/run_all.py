@@ -88,9 +88,10 @@ def quality(teacher: str, student: str | None, n: int) -> str:
         gaps = {g: 100 * (reports["teacher"][g]["full_prompt_accuracy"]
                           - reports["4-step student"][g]["full_prompt_accuracy"])
                 for g in ("all", "1_object", "2_objects", "3_objects", "heldout")}
-        within = [g for g, d in gaps.items() if d <= 3]
+        label = {"all": "1-3 objects pooled"}
+        within = [label.get(g, g) for g, d in gaps.items() if d <= 3]
         lines += [("Teacher minus student, points (target: the student within 3 points): "
-                   + ", ".join(f"{'1-3 objects pooled' if g == 'all' else g} {d:+.1f}" for g, d in gaps.items())
+                   + ", ".join(f"{label.get(g, g)} {d:+.1f}" for g, d in gaps.items())
                    + f". Within 3: {', '.join(within) or 'none'}."), ""]
     met = {g: reports["teacher"][g]["full_prompt_accuracy"] >= t for g, t in TARGETS.items()} \
         if "teacher" in reports else {}
