@@ -40,6 +40,7 @@ __all__ = [
     "grid_alpha_sigma",
     "grid_timesteps",
     "guidance_embedding",
+    "guided_forward",
     "guided_distillation_loss",
     "guided_v",
     "make_student",
@@ -210,6 +211,19 @@ def student_forward(unet, z_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
                 return_dict=False)[0].float()
 
 
+def guided_forward(unet, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   g: torch.Tensor) -> torch.Tensor:
+    """Guided v from a plain (two-pass) UNet: one batched pass over (uncond, cond), then
+    v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022, Eq. 6).  # (B, C, h, w)
+
+    ``unet`` may be wrapped for distributed training (its ``.module`` holds the dtype)."""
+    dtype = getattr(unet, "module", unet).dtype
+    v_both = unet(torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]),
+                  encoder_hidden_states=torch.cat([uncond, cond]).to(dtype), return_dict=False)[0].float()
+    v_uncond, v_cond = v_both.chunk(2)  # (B, C, h, w) each
+    return guided_v(v_cond, v_uncond, g.to(z_t.device))
+
+
 # ----------------------------------------------------------------------------- the two objectives
 def _noisy(z0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, generator):
     eps = randn_tensor(z0.shape, generator=generator, device=z0.device, dtype=torch.float32)  # (B, C, h, w)
@@ -229,23 +243,27 @@ def guided_distillation_loss(student, teacher, z0: torch.Tensor, cond: torch.Ten
     t = sample_grid_timesteps(b, num_steps, generator, z0.device, len(alphas_cumprod))  # (B,)
     z_t, alpha, sigma = _noisy(z0, t, alphas_cumprod, generator)
     with torch.no_grad():
-        v_both = teacher(torch.cat([z_t, z_t]).to(teacher.dtype), torch.cat([t, t]),
-                         encoder_hidden_states=torch.cat([uncond, cond]).to(teacher.dtype),
-                         return_dict=False)[0].float()
-        v_uncond, v_cond = v_both.chunk(2)  # (B, C, h, w) each
-        x0_target = pred_x0_from_v(z_t, guided_v(v_cond, v_uncond, g.to(z0.device)), alpha, sigma)
+        x0_target = pred_x0_from_v(z_t, guided_forward(teacher, z_t, t, cond, uncond, g), alpha, sigma)
     x0_student = pred_x0_from_v(z_t, student_forward(student, z_t, t, cond, g), alpha, sigma)
     return x0_loss(x0_student, x0_target, snr_from_alpha_sigma(alpha, sigma))
 
 
 def progressive_distillation_loss(student, teacher, z0: torch.Tensor, cond: torch.Tensor, g: torch.Tensor,
                                   student_steps: int, alphas_cumprod: torch.Tensor,
-                                  generator: torch.Generator | None = None) -> torch.Tensor:
+                                  generator: torch.Generator | None = None,
+                                  uncond: torch.Tensor | None = None) -> torch.Tensor:
     """Stage two (Salimans & Ho 2022, Algorithm 2; Meng et al. 2023 stage two): one student DDIM step
     t -> t'' matches two teacher DDIM steps t -> t' -> t'' at the same guidance scale ``g``.
 
-    t is on the ``student_steps`` grid; the teacher runs on the grid with twice the steps.
+    t is on the ``student_steps`` grid; the teacher runs on the grid with twice the steps. Without
+    ``uncond`` both models take g as an input (one pass, ``student_forward``); with it (B, L, D) both
+    are plain two-pass UNets whose guided v is the classifier-free combination (``guided_forward``),
+    so the student keeps the teacher's guidance arithmetic and its negative prompt.
     """
+    if uncond is None:
+        model_v = lambda unet, z, s: student_forward(unet, z, s, cond, g)
+    else:
+        model_v = lambda unet, z, s: guided_forward(unet, z, s, cond, uncond, g)
     n_train = len(alphas_cumprod)
     half = n_train // (2 * student_steps)  # one teacher step
     b = z0.shape[0]
@@ -255,10 +273,10 @@ def progressive_distillation_loss(student, teacher, z0: torch.Tensor, cond: torc
     a1, s1 = grid_alpha_sigma(alphas_cumprod, t1)
     a2, s2 = grid_alpha_sigma(alphas_cumprod, t2)
     with torch.no_grad():
-        x0_a = pred_x0_from_v(z_t, student_forward(teacher, z_t, t, cond, g), alpha, sigma)
+        x0_a = pred_x0_from_v(z_t, model_v(teacher, z_t, t), alpha, sigma)
         z_t1 = ddim_step(z_t, x0_a, alpha, sigma, a1, s1)
-        x0_b = pred_x0_from_v(z_t1, student_forward(teacher, z_t1, t1, cond, g), a1, s1)
+        x0_b = pred_x0_from_v(z_t1, model_v(teacher, z_t1, t1), a1, s1)
         z_t2 = ddim_step(z_t1, x0_b, a1, s1, a2, s2)
         x_tilde = progressive_target(z_t, z_t2, alpha, sigma, a2, s2)
-    x0_student = pred_x0_from_v(z_t, student_forward(student, z_t, t, cond, g), alpha, sigma)
+    x0_student = pred_x0_from_v(z_t, model_v(student, z_t, t), alpha, sigma)
     return x0_loss(x0_student, x_tilde, snr_from_alpha_sigma(alpha, sigma))

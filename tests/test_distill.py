@@ -409,3 +409,45 @@ def test_interpolated_students_span_teacher_to_student(run, tmp_path):
     assert not w[0][cond].any()
     torch.testing.assert_close(w[1][cond], s[cond] / 2)
     LatentGenPipeline.from_pretrained(folders[1])  # a complete model folder
+
+
+def test_two_pass_students_are_plain_guided_unets_that_learn_two_teacher_steps(run, tmp_path):
+    from train import distill
+
+    out = str(tmp_path / "out")
+    res = distill.main(_args(run["model"], run["data"], out, "--two-pass", "--teacher-steps", "4",
+                             "--min-steps", "2", "--steps-per-round", "40", "--lr", "5e-4"))
+    assert res["finished"] and [r["run"]["stage"] for r in res["rounds"]] == ["round-2"]  # no stage 1
+    assert not os.path.isdir(os.path.join(out, "stage1")) and res["rounds"][0]["run"]["two_pass"]
+    folder = os.path.join(out, "final")
+    assert json.load(open(os.path.join(folder, "unet", "config.json")))["time_cond_proj_dim"] is None
+    assert "`negative_prompt` works" in open(os.path.join(folder, "README.md")).read()
+
+    # the trained student's one guided DDIM step is closer to the teacher's two than the teacher's one
+    ac = training_alphas_cumprod()
+    teacher = UNet2DConditionModel.from_pretrained(os.path.join(run["model"], "unet")).eval()
+    student = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet")).eval()
+    from safetensors.torch import load_file
+
+    z0, cond = _cache_batch(out)
+    cache = load_file(glob.glob(os.path.join(out, "cache", "*.safetensors"))[0])
+    uncond = cache["embeddings"][int(cache["uncond_id"])].expand_as(cond)  # (B, L, D): the empty prompt
+    g = torch.linspace(1.0, 8.0, len(z0))
+
+    def loss(unet):
+        with torch.no_grad():
+            return sum(progressive_distillation_loss(unet, teacher, z0, cond, g, 2, ac, _gen(s), uncond)
+                       for s in range(4)) / 4
+
+    assert loss(student) < 0.8 * loss(copy_unet(teacher))
+
+    # a plain UNet: stock diffusers samples it with classifier-free guidance, negative prompts included
+    sd = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+    kw = dict(prompt=["a red circle"], num_inference_steps=2, guidance_scale=4.5, output_type="np")
+    b = sd(**kw, generator=_gen(3)).images
+    c = sd(**kw, negative_prompt=["green"], generator=_gen(3)).images
+    assert b.shape == (1, 16, 16, 3) and np.abs(b - c).max() > 0
+
+    with pytest.raises(SystemExit, match="two-pass"):
+        distill.main(_args(os.path.join(run["out"], "stage1"), run["data"], str(tmp_path / "x"), "--two-pass"))

@@ -9,7 +9,9 @@ as an input learns the guided teacher's prediction in one pass, for g in
 [--guidance-min, --guidance-max], at the timesteps of the --teacher-steps grid. Stage 2,
 progressive distillation (Salimans & Ho 2022): each round trains a copy of the last student
 so that one of its DDIM steps matches two of the last student's, and halves the steps,
-down to --min-steps. The equations live in ``latentgen/distill.py``; the data is the
+down to --min-steps. With --two-pass there is no stage 1: every student stays a plain UNet that
+is sampled with classifier-free guidance (two passes a step) and learns the guided teacher's two
+DDIM steps with its own guided prediction. The equations live in ``latentgen/distill.py``; the data is the
 teacher's training data as cached latents and prompt embeddings (``latentgen/cache.py``).
 
 Folders: ``<out>/stage1``, ``<out>/round-32``, ..., ``<out>/round-<min>``, each a complete
@@ -60,6 +62,9 @@ def parse_args(argv=None):
     g.add_argument("--lora-rank", type=int, default=0,
                    help="train each student as a LoRA of this rank on its teacher (plus the guidance "
                         "embedding), merged into the exported weights; 0 = train every weight")
+    g.add_argument("--two-pass", action="store_true",
+                   help="skip stage 1: every student stays a plain UNet sampled with classifier-free guidance "
+                        "(two passes a step, negative prompts work) and learns the guided teacher's two steps")
     g.add_argument("--lora-targets", default="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2",
                    help="comma-separated UNet module names the LoRA adapts")
     return p.parse_args(argv)
@@ -125,7 +130,7 @@ def plan(teacher_steps: int, min_steps: int, teacher_is_student: bool) -> list[t
 
 
 def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps: int, gmin: float,
-                 gmax: float):
+                 gmax: float, two_pass: bool = False):
     from latentgen.cache import sample_latents
     from latentgen.distill import guided_distillation_loss, progressive_distillation_loss
 
@@ -139,13 +144,13 @@ def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps
         u = torch.rand(b, generator=ctx.generator, device=ctx.generator.device).cpu()
         g = gmin + (gmax - gmin) * u  # (B,) guidance scales
         teacher = ctx.frozen["teacher"]
+        uncond_b = uncond.to(ctx.device).expand(b, -1, -1)  # (B, L, D)
         if kind == "guided":
-            uncond_b = uncond.to(ctx.device).expand(b, -1, -1)  # (B, L, D)
             loss = guided_distillation_loss(student, teacher, z0, cond, uncond_b, g, student_steps,
                                             alphas_cumprod, ctx.generator)
         else:
             loss = progressive_distillation_loss(student, teacher, z0, cond, g, student_steps, alphas_cumprod,
-                                                 ctx.generator)
+                                                 ctx.generator, uncond_b if two_pass else None)
         return {"loss": loss}
 
     return step_fn
@@ -176,18 +181,24 @@ def write_model_card(folder: str, steps: int, guidance: float, run: dict):
     stage = "guided distillation (Meng et al. 2023, stage 1)" if run["stage"] == "stage1" else \
         f"progressive distillation (Salimans & Ho 2022), {run['teacher_steps']} -> {steps} steps"
     gmin, gmax = run["guidance"]
+    if run.get("two_pass"):
+        how = [(f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
+                f"scale from {gmin} to {gmax}. It is a plain UNet sampled with classifier-free guidance, as "
+                "its teacher: two passes a step (one batched call), and `negative_prompt` works."), ""]
+    else:
+        how = [(f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
+                f"scale from {gmin} to {gmax}. The guidance scale is an input of the UNet (the "
+                "embedding of `guidance_scale - 1`, as stock diffusers computes it for a UNet with "
+                "`time_cond_proj_dim`), so each step is one conditional UNet pass, not two."), "",
+               ("**`negative_prompt` is ignored.** The student has no unconditional pass: in stock "
+                "`diffusers.StableDiffusionPipeline` (and in `LatentGenPipeline`) a negative prompt has no "
+                "effect."), ""]
     lines = [
         "---", "sampler: ddim", f"num_inference_steps: {steps}", f"guidance_scale: {guidance}",
         f"guidance_range: [{gmin}, {gmax}]", f"distillation: {run['stage']}", "---", "",
         f"# latentgen distilled student: {steps} DDIM step{'s' if steps > 1 else ''}", "",
         f"Made by `python -m train.distill` from the model in `{run['teacher']}`: {stage}.", "",
-        (f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
-        f"scale from {gmin} to {gmax}. The guidance scale is an input of the UNet (the "
-        "embedding of `guidance_scale - 1`, as stock diffusers computes it for a UNet with "
-        "`time_cond_proj_dim`), so each step is one conditional UNet pass, not two."), "",
-        ("**`negative_prompt` is ignored.** The student has no unconditional pass: in stock "
-        "`diffusers.StableDiffusionPipeline` (and in `LatentGenPipeline`) a negative prompt has no effect."),
-        "",
+        *how,
         "## Training", "", "```json", json.dumps(run, indent=2), "```", "",
     ]
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
@@ -266,7 +277,7 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
     t0 = time.time()
     trainer = Trainer(cfg, student_unet, LatentDataset(ctx["cache"]),
                       make_step_fn(kind, ctx["cache"], ctx["scaling"], ctx["alphas_cumprod"], steps,
-                                   args.guidance_min, args.guidance_max),
+                                   args.guidance_min, args.guidance_max, args.two_pass),
                       frozen={"teacher": teacher_unet},
                       validate_fn=make_validate_fn(ctx["pipe"], ctx["scheduler"], ctx["prompts"], steps,
                                                    ctx["guidance"]),
@@ -337,6 +348,7 @@ def prepare(args) -> dict:
                 # constant runs keep the record they had before the flag, so their rounds are reused
                 **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {}),
                 **({"freeze_text_kv": True} if args.freeze_text_kv else {}),
+                **({"two_pass": True} if args.two_pass else {}),
                 **({"lora_rank": args.lora_rank, "lora_targets": args.lora_targets} if args.lora_rank else {})},
     }
 
@@ -354,19 +366,23 @@ def main(argv=None) -> dict:
     load = lambda folder: UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"),
                                                                use_safetensors=True)
     records, prev, resume = [], args.model, args.resume
+    if args.two_pass and pipe.unet.config.time_cond_proj_dim is not None:
+        raise SystemExit("error: --two-pass needs a plain guided teacher (two passes a step), but the UNet in "
+                         f"{args.model} takes a guidance embedding: give the original model, or drop --two-pass")
     for name, teacher_steps, steps in plan(args.teacher_steps, args.min_steps,
-                                           pipe.unet.config.time_cond_proj_dim is not None):
+                                           args.two_pass or pipe.unet.config.time_cond_proj_dim is not None):
         if name == "stage1":  # guided distillation: the student learns the guided teacher
             teacher, kind = pipe.unet, "guided"
             student = make_student(teacher, args.time_cond_proj_dim)
         else:  # progressive: the last student is the teacher, and a copy of it the new student
-            teacher, kind = load(prev), "progressive"
+            teacher, kind = (pipe.unet if prev == args.model else load(prev)), "progressive"
             student = copy_unet(teacher)
         if args.freeze_text_kv:
             freeze_text_kv(student)
         if args.lora_rank:  # a LoRA on the teacher's weights, as LCM-LoRA (Luo et al. 2023); the new
             add_lora(student, args.lora_rank, None, args.lora_targets)  # guidance embedding trains in full
-            student.time_embedding.cond_proj.weight.requires_grad_(True)
+            if student.config.time_cond_proj_dim is not None:
+                student.time_embedding.cond_proj.weight.requires_grad_(True)
         res = run_stage(args, name, kind, teacher, student, teacher_steps, steps, ctx, resume)
         if not res.get("finished", True):
             print(f"{name} stopped at step {res['step']}; continue with --resume latest")
