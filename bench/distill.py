@@ -4,9 +4,9 @@
 
 Rows (in the spirit of Meng et al. 2023, Table 1, and Salimans & Ho 2022, Fig. 4): the teacher
 with classifier-free guidance (two UNet passes per step) at 50 and 25 DDIM steps; the same
-teacher at 8, 4, 2 and 1 DDIM steps; the guidance-conditioned students of
-``python -m train.distill`` at 8, 4, 2 and 1 steps (one pass per step). Every row uses DDIM,
-the same guidance scale, prompts and seeds.
+teacher at 8, 4, 2 and 1 DDIM steps; the students of ``python -m train.distill`` at 8, 4, 2
+and 1 steps (one pass per step; two with ``--two-pass``). Every row uses DDIM, the same
+guidance scale, prompts and seeds.
 
 Columns: shapes adherence (full-prompt accuracy, ``latentgen.eval.adherence.evaluate_shapes``)
 over all 1-3 object prompts, the 2-object prompts and the held-out colour-shape pairs; the
@@ -40,7 +40,8 @@ STUDENT_STEPS = (8, 4, 2, 1)
 
 
 def find_students(root: str) -> dict[int, str]:
-    """Step count -> model folder of each guidance-conditioned student in ``root`` (and ``root`` itself)."""
+    """Step count -> model folder of each distilled student in ``root`` (and ``root`` itself): a
+    guidance-conditioned UNet, or a ``train.distill --two-pass`` round (a plain UNet, sampled with CFG)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--student-root {root!r} is not a folder: give train.distill's --out")
     found = {}
@@ -50,8 +51,13 @@ def find_students(root: str) -> dict[int, str]:
         if not os.path.isfile(cfg) or not os.path.isfile(os.path.join(folder, "model_index.json")):
             continue
         with open(cfg) as f:
-            if json.load(f).get("time_cond_proj_dim") is None:
-                continue
+            conditioned = json.load(f).get("time_cond_proj_dim") is not None
+        two_pass = False
+        if os.path.isfile(os.path.join(folder, "run_config.json")):
+            with open(os.path.join(folder, "run_config.json")) as f:
+                two_pass = bool(json.load(f).get("two_pass"))
+        if not (conditioned or two_pass):
+            continue
         steps = read_model_card_defaults(folder).get("num_inference_steps")
         if steps is not None and (steps not in found or name.startswith("round-")):
             found[steps] = folder
@@ -190,7 +196,8 @@ def main(argv=None) -> dict:
             student.set_progress_bar_config(disable=True)
             if args.teacher_vae:
                 share_vae(teacher, student, students[steps])
-            rows.append(measure(student, "student", steps, 1, guidance, args, real_feats))
+            one_pass = student.unet.config.time_cond_proj_dim is not None  # else a --two-pass student: CFG
+            rows.append(measure(student, "student", steps, 1 if one_pass else passes, guidance, args, real_feats))
     meta = {"n": args.n, "seed": args.seed, "guidance": guidance, "device": args.device,
             "torch_threads": torch.get_num_threads(), "teacher": args.teacher,
             "student_root": args.student_root, "teacher_vae": args.teacher_vae,

@@ -422,6 +422,9 @@ def test_two_pass_students_are_plain_guided_unets_that_learn_two_teacher_steps(r
     folder = os.path.join(out, "final")
     assert json.load(open(os.path.join(folder, "unet", "config.json")))["time_cond_proj_dim"] is None
     assert "`negative_prompt` works" in open(os.path.join(folder, "README.md")).read()
+    from bench.distill import find_students
+
+    assert find_students(out) == {2: os.path.join(out, "round-2")}  # bench.distill benchmarks it too
 
     # the trained student's one guided DDIM step is closer to the teacher's two than the teacher's one
     ac = training_alphas_cumprod()
