@@ -11,8 +11,8 @@ progressive distillation (Salimans & Ho 2022): each round trains a copy of the l
 so that one of its DDIM steps matches two of the last student's, and halves the steps,
 down to --min-steps. With --two-pass there is no stage 1: every student stays a plain UNet that
 is sampled with classifier-free guidance (two passes a step) and learns the guided teacher's two
-DDIM steps with its own guided prediction. The equations live in ``latentgen/distill.py``; the data is the
-teacher's training data as cached latents and prompt embeddings (``latentgen/cache.py``).
+DDIM steps with its own guided prediction. The equations live in ``latentgen/distill.py``; the
+data is the teacher's training data as cached latents and prompt embeddings (``latentgen/cache.py``).
 
 Folders: ``<out>/stage1``, ``<out>/round-32``, ..., ``<out>/round-<min>``, each a complete
 model folder (DDIM scheduler, model card with its step count) plus the loop's checkpoints
@@ -119,9 +119,10 @@ def load_teacher(model_dir: str):
     return pipe, scheduler
 
 
-def plan(teacher_steps: int, min_steps: int, teacher_is_student: bool) -> list[tuple[str, int, int]]:
-    """(folder name, teacher steps, student steps) for stage 1 and each halving."""
-    stages = [] if teacher_is_student else [("stage1", teacher_steps, teacher_steps)]
+def plan(teacher_steps: int, min_steps: int, skip_stage1: bool) -> list[tuple[str, int, int]]:
+    """(folder name, teacher steps, student steps) for stage 1 (unless the teacher is already a
+    guidance-conditioned student, or students stay two-pass) and each halving."""
+    stages = [] if skip_stage1 else [("stage1", teacher_steps, teacher_steps)]
     n = teacher_steps
     while n > min_steps:
         stages.append((f"round-{n // 2}", n, n // 2))
@@ -322,6 +323,9 @@ def prepare(args) -> dict:
 
     pipe, scheduler = load_teacher(args.model)
     check_args(args, scheduler.config.num_train_timesteps)
+    if args.two_pass and pipe.unet.config.time_cond_proj_dim is not None:
+        raise SystemExit("error: --two-pass needs a plain guided teacher (two passes a step), but the UNet in "
+                         f"{args.model} takes a guidance embedding: give the original model, or drop --two-pass")
     guidance = args.guidance if args.guidance is not None else \
         read_model_card_defaults(args.model).get("guidance_scale", DEFAULT_GUIDANCE)
     guidance = min(max(guidance, args.guidance_min), args.guidance_max)
@@ -366,9 +370,6 @@ def main(argv=None) -> dict:
     load = lambda folder: UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"),
                                                                use_safetensors=True)
     records, prev, resume = [], args.model, args.resume
-    if args.two_pass and pipe.unet.config.time_cond_proj_dim is not None:
-        raise SystemExit("error: --two-pass needs a plain guided teacher (two passes a step), but the UNet in "
-                         f"{args.model} takes a guidance embedding: give the original model, or drop --two-pass")
     for name, teacher_steps, steps in plan(args.teacher_steps, args.min_steps,
                                            args.two_pass or pipe.unet.config.time_cond_proj_dim is not None):
         if name == "stage1":  # guided distillation: the student learns the guided teacher
