@@ -145,13 +145,14 @@ def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps
         u = torch.rand(b, generator=ctx.generator, device=ctx.generator.device).cpu()
         g = gmin + (gmax - gmin) * u  # (B,) guidance scales
         teacher = ctx.frozen["teacher"]
-        uncond_b = uncond.to(ctx.device).expand(b, -1, -1)  # (B, L, D)
+        # the empty prompt, for every model sampled with classifier-free guidance  # (B, L, D)
+        uncond_b = uncond.to(ctx.device).expand(b, -1, -1) if kind == "guided" or two_pass else None
         if kind == "guided":
             loss = guided_distillation_loss(student, teacher, z0, cond, uncond_b, g, student_steps,
                                             alphas_cumprod, ctx.generator)
         else:
             loss = progressive_distillation_loss(student, teacher, z0, cond, g, student_steps, alphas_cumprod,
-                                                 ctx.generator, uncond_b if two_pass else None)
+                                                 ctx.generator, uncond_b)
         return {"loss": loss}
 
     return step_fn
