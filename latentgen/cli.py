@@ -30,6 +30,8 @@ def _add_data(sub):
     e.add_argument("--size", type=int, default=64)
     e.add_argument("--extras", action="store_true",
                    help="write OpenMoji's unnamed glyphs instead: never trained on, the codec's held-out test")
+    e.add_argument("--include-heldout", action="store_true",
+                   help="keep the emoji named by a held-out pair (green circle, purple square), left out by default")
 
     c = dsub.add_parser("check", help="count usable image-caption pairs and list every skipped file")
     c.add_argument("folder")
@@ -46,7 +48,8 @@ def _run_data(args) -> int:
     if args.data_cmd == "emoji":
         from latentgen.data.emoji import write_emoji_folder
 
-        n = write_emoji_folder(args.out, size=args.size, extras=args.extras)
+        n = write_emoji_folder(args.out, size=args.size, extras=args.extras,
+                               include_heldout=args.include_heldout)
         print(f"wrote {n} {'unnamed OpenMoji' if args.extras else 'emoji'} images to {args.out}")
         return 0
     if args.data_cmd == "check":

@@ -65,6 +65,26 @@ def test_iter_emoji_drops_duplicates_and_unnamed():
     assert all(caption for _, caption, _ in out)
 
 
+def test_emoji_named_by_a_held_out_pair_are_left_out_unless_asked_for():
+    green_circle, purple_square, orange_circle = "\U0001F7E2", "\U0001F7EA", "\U0001F7E0"
+    assert [em.emoji_name(s) for s in (green_circle, purple_square)] == ["green circle", "purple square"]
+    stats = collections.Counter()
+    out = list(em.iter_emoji(16, sequences=[green_circle, purple_square, orange_circle], stats=stats))
+    assert [c for _, c, _ in out] == ["orange circle"] and stats == {"kept": 1, "held-out pair": 2}
+    kept = list(em.iter_emoji(16, sequences=[green_circle, purple_square, orange_circle], include_heldout=True))
+    assert [c for _, c, _ in kept] == ["green circle", "purple square", "orange circle"]
+
+
+def test_names_heldout_pair_reads_colour_then_shape():
+    from latentgen.data.shapes import names_heldout_pair
+
+    assert names_heldout_pair("green circle") == ("green", "circle")
+    assert names_heldout_pair("a small red square at top and a large Purple Squares at left") == ("purple", "square")
+    assert names_heldout_pair("an orange triangle") == ("orange", "triangle")
+    assert names_heldout_pair("a green square and a red circle") is None  # the words, not the pair
+    assert names_heldout_pair("circle green") is None and names_heldout_pair("") is None
+
+
 def test_extras_are_the_unnamed_glyphs_only():
     extras = [s for s in em.openmoji_sequences() if "\ue000" <= s[0] <= "\uf8ff"][:3]  # OpenMoji's private use
     assert len(extras) == 3 and not any(em.emoji_name(s) for s in extras)

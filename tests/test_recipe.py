@@ -190,6 +190,21 @@ def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
     assert reopen_stages(str(tmp_path), {**state, "config": old}, replace(pr, emoji_holdout=0)) == []
 
 
+def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tmp_path):
+    from argparse import Namespace
+    from dataclasses import replace
+
+    from train.recipe import PRESETS, stage_data
+
+    pr = replace(PRESETS["tiny"], emoji_holdout=0)
+    for folder, text in (("shapes", "a large red circle at center"), ("emoji", "green circle")):
+        os.makedirs(tmp_path / "data" / folder)
+        (tmp_path / "data" / folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": text}))
+    with pytest.raises(SystemExit, match="1 caption.*'green circle'.*delete the folder"):
+        stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=False))
+    assert stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"][1].endswith("emoji")
+
+
 def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(tmp_path):
     from train.bundle import run_note
 

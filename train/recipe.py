@@ -4,7 +4,7 @@
     python -m train.recipe --out runs/recipe --preset small    # the bundled model (hours on 2 CPU cores)
     accelerate launch -m train.recipe --out runs/recipe --preset base   # GPU(s)
 
-Stages: data (shapes with the held-out pairs excluded, plus OpenMoji) -> vae -> decoder (the VAE's
+Stages: data (shapes and OpenMoji, the held-out pairs excluded from both) -> vae -> decoder (the VAE's
 decoder trained on alone, its encoder and latents kept; presets with ``decoder_steps`` only) -> clip ->
 unet -> distill (guided, then progressive halving to 4 steps). Each stage runs its own trainer
 (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
@@ -121,7 +121,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
     p.add_argument("--include-heldout", action="store_true",
-                   help="also train on the held-out pairs (purple square, orange triangle, green circle)")
+                   help="also train on the held-out pairs (purple square, orange triangle, green circle): the shapes "
+                        "scenes that draw them and OpenMoji's green circle and purple square emoji")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -132,6 +133,18 @@ def _data_dirs(out: str, pr: RecipePreset) -> list[str]:
     if pr.emoji != 0:
         dirs.append(os.path.join(out, "data", "emoji"))
     return dirs
+
+
+def _refuse_heldout_captions(folder: str) -> None:
+    """Stop before training on a folder (written by an older recipe) whose captions name a held-out pair."""
+    from latentgen.data.shapes import names_heldout_pair
+
+    with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
+        bad = [row["text"] for row in map(json.loads, f) if names_heldout_pair(row["text"])]
+    if bad:
+        raise SystemExit(f"{folder} has {len(bad)} caption(s) naming a held-out pair (e.g. {bad[0]!r}), which this "
+                         f"recipe leaves out: delete the folder so the data stage writes it again without them, "
+                         f"or pass --include-heldout to train on them")
 
 
 def stage_data(out, pr, args):
@@ -150,11 +163,14 @@ def stage_data(out, pr, args):
     if not os.path.isfile(os.path.join(train, "metadata.jsonl")):
         every = train + "-all" if pr.emoji_holdout else train
         if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
-            write_emoji_folder(every + ".tmp", size=pr.size, limit=pr.emoji)
+            write_emoji_folder(every + ".tmp", size=pr.size, limit=pr.emoji, include_heldout=args.include_heldout)
             os.replace(every + ".tmp", every)
         if pr.emoji_holdout:  # the held-out folder first: data/emoji existing means the split is whole
             split_emoji_folder(every, train + ".tmp", held, pr.emoji_holdout, seed=args.seed)
             os.replace(train + ".tmp", train)
+    if not args.include_heldout:
+        for folder in (shapes, train, *([held] if pr.emoji_holdout else [])):
+            _refuse_heldout_captions(folder)
     if pr.emoji_holdout:
         with open(os.path.join(held, "metadata.jsonl"), encoding="utf-8") as f:
             result.update(emoji_heldout=held, n_emoji_heldout=sum(1 for _ in f))

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
+from latentgen.data.shapes import names_heldout_pair
+
 FONT_FILE = "glyf_colr0.ttf"
 REFERENCE = "\U0001F600"  # grinning face: every OpenMoji glyph has its advance (the 72-unit grid)
 REGIONAL = range(0x1F1E6, 0x1F200)
@@ -127,12 +129,15 @@ def pixel_hash(img: Image.Image) -> str:
 
 # ---------------------------------------------------------------- the set
 def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | None = None,
-               stats: collections.Counter | None = None,
-               extras: bool = False) -> Iterator[tuple[str, str, Image.Image]]:
+               stats: collections.Counter | None = None, extras: bool = False,
+               include_heldout: bool = False) -> Iterator[tuple[str, str, Image.Image]]:
     """Yield ``(sequence, caption, image)`` for each named, non-blank, pixel-distinct OpenMoji emoji.
 
     ``sequences`` defaults to all of OpenMoji; ``limit`` stops after that many yielded; ``stats``
-    counts what was dropped (``no name``, ``not in font``, ``blank``, ``duplicate``) and ``kept``.
+    counts what was dropped (``no name``, ``held-out pair``, ``not in font``, ``blank``, ``duplicate``)
+    and ``kept``. Emoji whose name is a held-out colour-shape pair of the shapes set (OpenMoji draws
+    *green circle* U+1F7E2 and *purple square* U+1F7EA) are left out unless ``include_heldout``: a
+    bundled model must never see those pairs (``latentgen.data.shapes.HELDOUT_PAIRS``).
     ``extras=True`` yields the other part instead: the glyphs with *no* name (OpenMoji's private-use
     extras and a few unnamed sequences), captioned ``openmoji <codepoints>`` and distinct in pixels
     from every named one. No training set holds them (training needs a caption), so they are
@@ -155,6 +160,9 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
         elif not caption:
             stats["no name"] += 1
             continue
+        elif not include_heldout and names_heldout_pair(caption):
+            stats["held-out pair"] += 1
+            continue
         if not in_font(seq):
             stats["not in font"] += 1
             continue
@@ -172,18 +180,21 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
 
 
 def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
-                       stats: collections.Counter | None = None, extras: bool = False) -> int:
+                       stats: collections.Counter | None = None, extras: bool = False,
+                       include_heldout: bool = False) -> int:
     """Write the OpenMoji set to ``out`` as ``<codepoints>.png`` + ``metadata.jsonl``; return the count.
 
     Each metadata line holds ``file_name``, ``text`` (the caption) and ``emoji`` (the character sequence).
     ``extras=True`` writes the unnamed glyphs instead (see ``iter_emoji``): a held-out codec test set.
+    The emoji named by a held-out colour-shape pair are left out unless ``include_heldout``.
     """
     if size < 8:
         raise ValueError(f"emoji size must be at least 8 pixels, got {size}")
     os.makedirs(out, exist_ok=True)
     n = 0
     with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
-        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats, extras=extras):
+        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats, extras=extras,
+                                                  include_heldout=include_heldout):
             name = f"{codepoints(seq)}.png"
             img.save(os.path.join(out, name))
             row = {"file_name": name, "text": caption, "emoji": seq}

@@ -41,6 +41,22 @@ HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
 )
 
+
+
+def names_heldout_pair(text: str) -> tuple[str, str] | None:
+    """The held-out pair a caption names (a colour word right before a shape word), else None.
+
+    ``"a large green circle at top"`` and OpenMoji's ``"green circle"`` both name ("green", "circle"),
+    so any training set, not only the shapes one, can leave the pairs out (spec: *Held-out compositions*).
+    """
+    words = re.findall(r"[a-z]+", text.lower())
+    for colour, shape in zip(words, words[1:]):
+        pair = (colour, shape[:-1] if shape.endswith("s") and shape[:-1] in SHAPES else shape)
+        if pair in HELDOUT_PAIRS:
+            return pair
+    return None
+
+
 SIZE_K = {"small": 0.45, "large": 0.85}  # r = k * cell / 2
 R_JITTER = (0.9, 1.1)  # times r
 CENTER_JITTER = 0.07  # times cell, each axis
