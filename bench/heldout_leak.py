@@ -41,14 +41,12 @@ GLYPHS = {"green circle": "\U0001F7E2", "purple square": "\U0001F7EA", "orange c
 PROMPTS = ("green circle", "purple square", "orange circle", "purple circle", "orange triangle",
            "a large green circle at center", "a large purple square at center", "a large orange triangle at center")
 DARK, OUTLINED = 64, 0.02
+HUES = (("red", 15), ("orange", 45), ("yellow", 70), ("green", 170), ("blue", 260), ("purple", 345), ("red", 361))
 
 
 def dark_fraction(img) -> float:
     """The share of pixels darker than ``DARK`` in every channel."""
     return float((np.asarray(img.convert("RGB")) < DARK).all(-1).mean())
-
-
-HUES = (("red", 15), ("orange", 45), ("yellow", 70), ("green", 170), ("blue", 260), ("purple", 345), ("red", 361))
 
 
 def main_colour(img) -> str | None:
@@ -67,9 +65,11 @@ def psnr(a, b) -> float:
 
 
 def probe(model: str, n: int, sheet: list | None = None) -> dict:
-    """Per prompt: ``checker``, ``outlined`` (counts of ``n``), ``psnr_to_glyph``, ``dark`` (mean share).
+    """Per prompt: ``checker``, ``named_colour``, ``outlined`` (counts of ``n``), ``dark`` (mean share), ``psnr_to_glyph``.
 
     ``sheet``, a list, gets ``(image, caption)`` for the glyph (if any) and the first 7 images of each prompt."""
+    from PIL import Image
+
     from latentgen import LatentGenPipeline
     from latentgen.data.emoji import render_emoji
     from latentgen.data.shapes import check_image
@@ -77,9 +77,7 @@ def probe(model: str, n: int, sheet: list | None = None) -> dict:
 
     pipe = LatentGenPipeline.from_pretrained(model)
     card = read_model_card_defaults(model)
-    settings = {k: card[k] for k in ("num_inference_steps", "guidance_scale") if k in card}
-    if "sampler" in card:
-        settings["sampler"] = card["sampler"]
+    settings = {k: card[k] for k in ("num_inference_steps", "guidance_scale", "sampler") if k in card}
     rows = {}
     for prompt in PROMPTS:
         images = [pipe(prompt, generator=torch.Generator("cpu").manual_seed(s), **settings).images[0]
@@ -87,8 +85,8 @@ def probe(model: str, n: int, sheet: list | None = None) -> dict:
         glyph = render_emoji(GLYPHS[prompt], size=images[0].width) if prompt in GLYPHS else None
         darks = [dark_fraction(im) for im in images]
         if sheet is not None:
-            sheet += [(glyph, f"OpenMoji: {prompt}") if glyph else (images[0].copy().convert("L").point(lambda _: 255)
-                                                                    .convert("RGB"), "(no glyph)")]
+            sheet.append((glyph, f"OpenMoji: {prompt}") if glyph else (Image.new("RGB", images[0].size, "white"),
+                                                                       "(no glyph)"))
             sheet += [(im, f"{os.path.basename(model.rstrip('/'))}: {prompt}") for im in images[:7]]
         colour = next(w for w in prompt.split() if w in dict(HUES))
         rows[prompt] = {"checker": sum(check_image(im, prompt).correct for im in images),
