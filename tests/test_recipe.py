@@ -16,7 +16,8 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     out = str(tmp_path / "recipe")
     state = recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
     assert set(state["done"]) == set(recipe.STAGES)
-    teacher, student = os.path.join(out, "unet"), os.path.join(out, "distill", "final")
+    teacher, student = recipe.teacher_dir(out, state["config"]), os.path.join(out, "distill", "final")
+    assert teacher == os.path.join(out, "finetune")  # the tiny preset runs clip2 and finetune, as ship does
     g = lambda: torch.Generator().manual_seed(0)
     for folder, steps in ((teacher, 4), (student, 4)):
         ours = LatentGenPipeline.from_pretrained(folder)
@@ -53,6 +54,12 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert any(not torch.equal(base[k], dec[k]) for k in base if k.startswith("decoder."))
     assert all(torch.equal(dec[k], shipped[k]) for k in dec)
     assert state["done"]["decoder"]["val_psnr"] > 0 and state["done"]["decoder"]["n_val"] == len(held)
+    # clip2 trained the unet stage's text encoder on, and the teacher (finetune) carries it and the decoder
+    te = lambda *p: load_file(os.path.join(out, *p, "text_encoder", "model.safetensors"))
+    first, second, carried = te("unet"), te("clip2"), te("finetune")
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(second[k], carried[k]) for k in second)
+    assert all(torch.equal(dec[k], t) for k, t in vae_weights(os.path.join(out, "finetune", "vae")).items())
     # the vae stage: the preset's shapes subset beside the emoji, mirrored, EMA, validated on the held-out emoji
     with open(os.path.join(out, "vae", "run_config.json")) as f:
         vae_run = json.load(f)
@@ -99,7 +106,7 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
     stored = load_file(os.path.join(teacher, "unet", "diffusion_pytorch_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
     g = lambda: torch.Generator().manual_seed(0)
-    for bundled, original in ((teacher, os.path.join(out, "unet")), (student, os.path.join(out, "distill", "round-4"))):
+    for bundled, original in ((teacher, os.path.join(out, "finetune")), (student, os.path.join(out, "distill", "round-4"))):
         ours = LatentGenPipeline.from_pretrained(bundled)
         assert {m.dtype for m in (ours.unet, ours.vae, ours.text_encoder)} == {torch.float32}
         a = ours("a large red circle at center", num_inference_steps=4, guidance_scale=3.0, generator=g(),
@@ -121,7 +128,7 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     from train import clip as train_clip
     from train import vae as train_vae
 
-    out, teacher = tiny_recipe, os.path.join(tiny_recipe, "unet")
+    out, teacher = tiny_recipe, os.path.join(tiny_recipe, "finetune")
     shapes = os.path.join(out, "data", "shapes")
     fast = ["--max-steps", "2", "--batch-size", "8", "--lr", "1e-2", "--warmup-steps", "0", "--no-progress"]
     train_clip.main(["--data", shapes, "--model", teacher, "--freeze-text", "--out", str(tmp_path / "clip"), *fast])

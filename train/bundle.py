@@ -53,7 +53,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--recipe", required=True, help="a finished train.recipe --out folder")
     p.add_argument("--out", default=os.path.join("latentgen", "weights"), help="where default/ goes")
-    p.add_argument("--teacher", help="teacher model folder (default: <recipe>/unet)")
+    p.add_argument("--teacher", help="teacher model folder (default: the recipe's teacher: <recipe>/finetune, or "
+                                      "<recipe>/unet where the preset has no finetune stage)")
     p.add_argument("--student", help="4-step student folder (default: <recipe>/distill/round-4)")
     p.add_argument("--sampler", default="dpm++2m", help="the teacher's recommended sampler")
     p.add_argument("--steps", type=int, default=25, help="the teacher's recommended steps")
@@ -329,10 +330,12 @@ def main(argv=None) -> dict:
     from latentgen.pipeline import read_model_card_defaults
 
     args = parse_args(argv)
-    teacher = args.teacher or os.path.join(args.recipe, "unet")
-    student = args.student or os.path.join(args.recipe, "distill", "round-4")
+    from train.recipe import teacher_dir
+
     with open(os.path.join(args.recipe, "recipe.json")) as f:
         recipe = json.load(f)
+    teacher = args.teacher or teacher_dir(args.recipe, recipe.get("config", {}))
+    student = args.student or os.path.join(args.recipe, "distill", "round-4")
     guidance = args.guidance if args.guidance is not None else \
         read_model_card_defaults(teacher).get("guidance_scale", 5.0)
     student_card = read_model_card_defaults(student)

@@ -6,7 +6,9 @@
 
 Stages: data (shapes and OpenMoji, the held-out pairs excluded from both) -> vae -> decoder (the VAE's
 decoder trained on alone, its encoder and latents kept; presets with ``decoder_steps`` only) -> clip ->
-unet -> distill (guided, then progressive halving to 4 steps). Each stage runs its own trainer
+unet -> clip2 and finetune (presets with ``clip2_steps``: CLIP's two towers trained on from the UNet's text
+encoder, then the UNet fine-tuned in full on that text encoder) -> distill (guided, then progressive halving
+to 4 steps). Each stage runs its own trainer
 (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
 killed recipe (or one stopped for the night) continues where it was with the same command.
 Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end:
@@ -15,7 +17,8 @@ time another job on the machine took.
 A preset whose step counts were raised since a stage finished reopens that stage (it resumes
 from its last checkpoint and trains on to the new count); the stages after it, trained on the
 old result, are moved aside to ``<stage>.before-<time>`` and run again.
-The teacher ends in ``<out>/unet`` and the student in ``<out>/distill/final``.
+The teacher ends in ``<out>/finetune`` (``<out>/unet`` without a finetune stage) and the student in
+``<out>/distill/final``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 
 from train.distill import GUIDANCE_MAX
 
-STAGES = ("data", "vae", "decoder", "clip", "unet", "distill")
+STAGES = ("data", "vae", "decoder", "clip", "unet", "clip2", "finetune", "distill")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class RecipePreset:
     distill_lr_schedule: str = "constant"  # restarts in every stage and round
     distill_guidance_max: float = GUIDANCE_MAX  # the largest guidance scale the student learns (--guidance-max)
     last_round_steps: int = 0  # steps of the last round (0: round_steps, as every other round)
+    # v5's order (README, "Held-out pairs and the text encoder"): the UNet learns colour from a short-trained text
+    # encoder, which binds the shape word to the colour; CLIP then trains on and the UNet is fine-tuned on it
+    clip2_steps: int = 0  # CLIP steps on both towers after the unet stage, from its text encoder (0: no clip2)
+    finetune_steps: int = 0  # the UNet fine-tuned in full on clip2's text encoder (0: no finetune stage)
+    finetune_lr: float = 2e-4
 
 
 PRESETS = {
@@ -72,7 +80,7 @@ PRESETS = {
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
                          round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32,
-                         vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99),
+                         vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99, clip2_steps=10, finetune_steps=10),
     # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
     # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
@@ -92,18 +100,18 @@ PRESETS = {
                           distill_batch=32, mixed_precision="no"),
     # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
     # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500,
-    # both CLIP towers 1800 steps (cosine), UNet 10 000 steps (constant, then annealed over the last 20%),
-    # distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps, 16 -> 8 -> 4, each annealed linearly to 0
-    # (run 2026-12-03: its teacher reads 100 / 97.0 / 83.3% but 32.7% on the held-out pairs, all colour: not bundled,
-    # bench/results/ship/README.md)
+    # both CLIP towers 600 steps, UNet 8000 steps on that text encoder, CLIP 1200 more, the UNet fine-tuned on it
+    # 2000 steps (annealed linearly), distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps,
+    # 16 -> 8 -> 4, each annealed linearly to 0.
+    # (Run 2026-12-03 and 2026-12-05 with CLIP 1800 steps before a 10 000-step UNet and no clip2/finetune: the teacher
+    # read 100 / 97.0 / 83.3% but 32.7% and 31.7% on the held-out pairs, all colour: bench/results/ship/README.md)
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
-                         vae_batch=16, clip_preset="small", clip_steps=1800, clip_batch=128,
-                         unet_preset="small", unet_steps=10_000, unet_batch=32, unet_lr=4e-4,
+                         vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
+                         unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
-                         clip_lr_schedule="cosine", unet_lr_schedule="wsd", distill_lr_schedule="linear",
-                         vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
-                         distill_guidance_max=5.0, last_round_steps=1000),
+                         distill_lr_schedule="linear", vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
+                         distill_guidance_max=5.0, last_round_steps=1000, clip2_steps=1200, finetune_steps=2000),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -283,6 +291,41 @@ def stage_unet(out, pr, args):
     return unet.main(argv)
 
 
+def _warmup(steps: int) -> int:
+    return min(100, steps // 10)
+
+
+def stage_clip2(out, pr, args):
+    """Both CLIP towers trained on from the unet stage's text encoder (v5's step 3)."""
+    if not pr.clip2_steps:
+        return {"skipped": True}
+    from train import clip
+
+    argv = _common(os.path.join(out, "clip2"), _data_dirs(out, pr), pr.clip2_steps, pr.clip_batch,
+                   args.seed, pr.mixed_precision, args.no_progress)
+    return clip.main(argv + ["--model", os.path.join(out, "unet"), "--lr", "5e-4",
+                             "--warmup-steps", str(_warmup(pr.clip2_steps))])
+
+
+def stage_finetune(out, pr, args):
+    """The unet stage's UNet fine-tuned in full on clip2's text encoder (v5's step 4): the teacher."""
+    if not pr.finetune_steps:
+        return {"skipped": True}
+    from train import finetune
+
+    argv = _common(os.path.join(out, "finetune"), _data_dirs(out, pr), pr.finetune_steps, pr.unet_batch,
+                   args.seed, pr.mixed_precision, args.no_progress)
+    argv += ["--model", os.path.join(out, "unet"), "--text-encoder", os.path.join(out, "clip2"), "--lora-rank", "0",
+             "--lr", str(pr.finetune_lr), "--warmup-steps", str(_warmup(pr.finetune_steps)),
+             "--lr-schedule", "linear", "--ema-decay", "0.999"]
+    return finetune.main(argv)
+
+
+def teacher_dir(out: str, config: dict) -> str:
+    """The recipe's teacher: the finetune stage's model where the preset (``recipe.json``'s config) has one."""
+    return os.path.join(out, "finetune" if config.get("finetune_steps") else "unet")
+
+
 def _share_cache(src: str, dst: str):
     """Hard-link the UNet stage's latent cache into the distillation's: same data, same frozen models,
     same fingerprint, so the distillation does not encode every image again (a copy if links fail)."""
@@ -297,11 +340,12 @@ def _share_cache(src: str, dst: str):
 def stage_distill(out, pr, args):
     from train import distill
 
-    _share_cache(os.path.join(out, "unet", "cache"), os.path.join(out, "distill", "cache"))
+    teacher = teacher_dir(out, asdict(pr))
+    _share_cache(os.path.join(teacher, "cache"), os.path.join(out, "distill", "cache"))
 
     argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr), pr.round_steps, pr.distill_batch,
                    args.seed, pr.mixed_precision, args.no_progress)
-    argv += ["--model", os.path.join(out, "unet"), "--teacher-steps", str(pr.teacher_steps),
+    argv += ["--model", teacher, "--teacher-steps", str(pr.teacher_steps),
              "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
              "--steps-per-round", str(pr.round_steps), "--lr-schedule", pr.distill_lr_schedule,
              "--guidance-max", str(pr.distill_guidance_max)]
@@ -311,7 +355,7 @@ def stage_distill(out, pr, args):
 
 
 RUNNERS = {"data": stage_data, "vae": stage_vae, "decoder": stage_decoder, "clip": stage_clip, "unet": stage_unet,
-           "distill": stage_distill}
+           "clip2": stage_clip2, "finetune": stage_finetune, "distill": stage_distill}
 
 
 # ---------------------------------------------------------------- driver
@@ -332,6 +376,7 @@ DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
                "clip": ("clip_steps", "clip_lr_schedule"),
                "unet": ("unet_steps", "unet_lr_schedule"),
+               "clip2": ("clip2_steps",), "finetune": ("finetune_steps", "finetune_lr"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule",
                            "distill_guidance_max", "last_round_steps")}
 
@@ -419,7 +464,7 @@ def main(argv=None) -> dict:
         if stage in state["seconds"]:
             print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min {cpu.get(stage, 0) / 60:8.1f} cpu-min")
     print(f"  {'total':8s} {sum(state['seconds'].values()) / 60:8.1f} min {sum(cpu.values()) / 60:8.1f} cpu-min")
-    print(f"  teacher: {os.path.join(args.out, 'unet')}\n  student: {os.path.join(args.out, 'distill', 'final')}")
+    print(f"  teacher: {teacher_dir(args.out, state['config'])}\n  student: {os.path.join(args.out, 'distill', 'final')}")
     return state
 
 
