@@ -327,8 +327,8 @@ def teacher_dir(out: str, config: dict) -> str:
 
 
 def _share_cache(src: str, dst: str):
-    """Hard-link the UNet stage's latent cache into the distillation's: same data, same frozen models,
-    same fingerprint, so the distillation does not encode every image again (a copy if links fail)."""
+    """Hard-link the teacher's latent cache (its unet or finetune run's) into the distillation's: same data, same
+    frozen models, same fingerprint, so the distillation does not encode every image again (a copy if links fail)."""
     if not os.path.isdir(src):
         return
     os.makedirs(dst, exist_ok=True)
