@@ -184,3 +184,44 @@ def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, 
 
     with pytest.raises(SystemExit, match="no text_encoder/config.json"):
         finetune.main(_args(base, data, tmp_path / "bad", "--text-encoder", str(tmp_path)))
+
+
+def test_context_recolouring_leaves_colour_only_in_the_colour_words_states():
+    from itertools import product
+
+    from latentgen.pipeline import encode_prompts
+    from tests.tiny_models import make_tiny_components
+    from train.common import ContextRecolourer
+
+    parts = make_tiny_components()
+    tok, te = parts["tokenizer"], parts["text_encoder"]
+    caps = ["a big red circle and a small blue square", "", "a circle"]
+    emb = encode_prompts(tok, te, caps, "cpu")  # (3, L, D)
+    assert torch.equal(ContextRecolourer(tok, te, p=0.0)(caps, emb, step=0), emb)
+    ids = tok(caps[0], padding="max_length", max_length=te.config.max_position_embeddings).input_ids
+    colour = torch.tensor([tok.convert_ids_to_tokens(i) in ("red</w>", "blue</w>") for i in ids])  # (L,)
+    rec = ContextRecolourer(tok, te, p=1.0)
+    # the tiny vocabulary spells orange, yellow and purple in letters: those swaps shift the tokens and are skipped
+    changed = [out for out in (rec(caps, emb, step=s) for s in range(40)) if not torch.equal(out[0], emb[0])]
+    assert changed
+    for out in changed:
+        assert torch.equal(out[1:], emb[1:])  # the unconditional prompt and a caption without colour stay
+        assert torch.equal(out[0][colour], emb[0][colour])  # the colour words keep their own states
+        swaps = [f"a big {a} circle and a small {b} square" for a, b in product(("red", "blue", "green"), repeat=2)
+                 if a != "red" and b != "blue"]
+        assert any(torch.allclose(out[0][~colour], s[~colour], atol=1e-6)
+                   for s in encode_prompts(tok, te, swaps, "cpu"))  # the rest: a recoloured caption's states
+
+
+def test_finetune_with_context_recolouring(base_and_data, tmp_path, capsys):
+    import json
+
+    from train import finetune
+
+    base, data = base_and_data
+    res = finetune.main(_args(base, data, tmp_path / "recol", "--lora-rank", "0", "--max-steps", "4",
+                              "--recolour-context", "1"))
+    assert res["finished"]
+    assert json.loads((tmp_path / "recol" / "finetune.json").read_text())["recolour_context"] == 1.0
+    with pytest.raises(SystemExit, match="frozen text encoder"):
+        finetune.main(_args(base, data, tmp_path / "x", "--recolour-context", "0.5", "--train-text-encoder"))

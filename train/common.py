@@ -76,3 +76,54 @@ def load_text_encoder(te_dir: str, flag: str = "--text-encoder"):
                          "and tokenizer/ (train.clip's --out, or a model folder)")
     tok = CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer"))
     return tok, CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True)
+
+
+class ContextRecolourer:
+    """Conditioning augmentation that leaves colour only in each colour word's own text state.
+
+    The causal text encoder writes a colour into every state after its colour word, so a UNet
+    can learn to read colour and shape together from the shape word's state; for a pair it never
+    saw (*green circle*) that state is new and the UNet falls back on a pair it knows. Here, with
+    probability ``p`` per caption, every state but the colour words' own is taken from the same
+    caption with its colours swapped (``recolour_caption``; never to a held-out pair), so colour
+    can only be read where it is named and the shape's state must mean the shape in any colour's
+    context.
+    """
+
+    def __init__(self, tokenizer, text_encoder, p: float, seed: int = 0):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the recolour probability must lie in [0, 1] (got {p})")
+        self.tokenizer, self.text_encoder, self.p, self.seed = tokenizer, text_encoder, p, seed
+
+    def _ids(self, texts: list[str]):
+        n = min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        return self.tokenizer(texts, padding="max_length", max_length=n, truncation=True,
+                              return_tensors="pt").input_ids  # (B, L)
+
+    def __call__(self, captions: list[str], emb, step: int):
+        """``emb`` (B, L, D), the states of ``captions``, with the swapped contexts mixed in."""
+        import random
+
+        import torch
+
+        from latentgen.data.shapes import recolour_caption
+        from latentgen.pipeline import encode_prompts
+
+        rng = random.Random(self.seed * 1_000_003 + step)
+        picked = [(i, s) for i, c in enumerate(captions)
+                  if c and rng.random() < self.p and (s := recolour_caption(c, rng)) is not None]
+        if not picked:
+            return emb
+        rows, texts = [i for i, _ in picked], [s for _, s in picked]
+        orig, swapped = self._ids([captions[i] for i in rows]), self._ids(texts)  # (b, L) each
+        keep = orig != swapped  # (b, L): the colour words' own tokens, the only ones that differ
+        aligned = (orig != self.tokenizer.pad_token_id).sum(1) == (swapped != self.tokenizer.pad_token_id).sum(1)
+        if not aligned.any():  # a colour word of another length in tokens shifts the rest: left as it was
+            return emb
+        with torch.no_grad():
+            new = encode_prompts(self.tokenizer, self.text_encoder, texts, emb.device).to(emb.dtype)  # (b, L, D)
+        mixed = torch.where(keep.to(emb.device)[..., None], emb[rows], new)  # (b, L, D)
+        out = emb.clone()
+        sel = [r for r, ok in zip(rows, aligned.tolist()) if ok]
+        out[sel] = mixed[aligned.to(emb.device)]
+        return out
