@@ -85,9 +85,9 @@ class ContextRecolourer:
     can learn to read colour and shape together from the shape word's state; for a pair it never
     saw (*green circle*) that state is new and the UNet falls back on a pair it knows. Here, with
     probability ``p`` per caption, every state but the colour words' own is taken from the same
-    caption with its colours swapped (``recolour_caption``; never to a held-out pair), so colour
-    can only be read where it is named and the shape's state must mean the shape in any colour's
-    context.
+    caption with its colours drawn again (``recolour_caption``: uniformly, never to a held-out pair),
+    so colour can only be read where it is named and the shape's state must mean the shape in any
+    colour's context. At ``p = 1`` the context says nothing of the colour.
     """
 
     def __init__(self, tokenizer, text_encoder, p: float, seed: int = 0):
@@ -116,7 +116,7 @@ class ContextRecolourer:
             return emb
         rows, texts = [i for i, _ in picked], [s for _, s in picked]
         orig, swapped = self._ids([captions[i] for i in rows]), self._ids(texts)  # (b, L) each
-        keep = orig != swapped  # (b, L): the colour words' own tokens, the only ones that differ
+        keep = orig != swapped  # (b, L): the redrawn colour words' own tokens, the only ones that differ
         aligned = (orig != self.tokenizer.pad_token_id).sum(1) == (swapped != self.tokenizer.pad_token_id).sum(1)
         if not aligned.any():  # a colour word of another length in tokens shifts the rest: left as it was
             return emb

@@ -261,10 +261,12 @@ def _names_any_heldout(text: str) -> bool:
 
 def recolour_caption(text: str, rng: random.Random, include_heldout: bool = False,
                      tries: int = 20) -> str | None:
-    """``text`` with every colour word swapped for another palette colour; None if it has none.
+    """``text`` with every colour word drawn again, uniformly from the palette (its own colour included).
 
-    A swap that would name a held-out pair is drawn again (None after ``tries``) unless
-    ``include_heldout``, so the held-out pairs stay out of the training text as well as the images.
+    None if it names no colour. A draw that would name a held-out pair is made again (None after
+    ``tries``) unless ``include_heldout``, so the held-out pairs stay out of the training text as well
+    as the images. Drawing the own colour too keeps the new colour independent of the old one: a
+    context that always changed colour would tell a model which colour the object is *not*.
     """
     spans = [m.span() for m in _COLOUR_WORD.finditer(text)]
     if not spans:
@@ -272,7 +274,7 @@ def recolour_caption(text: str, rng: random.Random, include_heldout: bool = Fals
     for _ in range(tries):
         out, last = [], 0
         for s, e in spans:
-            out += [text[last:s], rng.choice([c for c in COLORS if c != text[s:e]])]
+            out += [text[last:s], rng.choice(list(COLORS))]
             last = e
         new = "".join(out) + text[last:]
         if include_heldout or not _names_any_heldout(new):
