@@ -53,10 +53,6 @@ def parse_args(argv=None):
     p.add_argument("--val-steps", type=int, default=25)
     p.add_argument("--val-guidance", type=float, default=4.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--recolour-context", type=float, default=0.0, metavar="P",
-                   help="with probability P a caption's text states, all but its colour words' own, come from "
-                        "the caption with other colours (common.ContextRecolourer): teaches the UNet to read "
-                        "colour only where it is named, for unseen colour-shape pairs; 0 = off")
     args = p.parse_args(argv)
     if args.lora_rank < 0:
         p.error(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {args.lora_rank}")
@@ -147,7 +143,7 @@ def add_text_lora(te: nn.Module, rank: int, alpha: float | None):
 
 
 def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, captions: list[str],
-                 is_prior: torch.Tensor, prior_weight: float, train_te: bool, recolour=None):
+                 is_prior: torch.Tensor, prior_weight: float, train_te: bool):
     from latentgen.cache import sample_latents
     from latentgen.diffusion import diffusion_loss
     from latentgen.pipeline import encode_prompts
@@ -163,8 +159,6 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
             emb = encode_prompts(tokenizer, model["text_encoder"], [captions[i] for i in ids], ctx.device)
         else:
             emb = embeddings[ids].to(ctx.device)  # (B, L, D)
-        if recolour is not None:
-            emb = recolour([captions[i] for i in ids], emb, ctx.step)
         unet = model["unet"]
         prior = is_prior[batch["index"].cpu()]
         if not prior.any() or prior.all():
@@ -235,8 +229,7 @@ def main(argv=None) -> dict:
            "train_text_encoder": args.train_text_encoder, "instance_prompt": args.instance_prompt,
            "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3),
            "lr": cfg.lr, "batch_size": cfg.batch_size,
-           "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder),
-           "recolour_context": args.recolour_context}  # a resume with other settings is refused, by name
+           "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder)}  # a resume with other settings is refused, by name
 
     def validate(trainer, m, step):
         if not args.val_prompt:
@@ -251,14 +244,9 @@ def main(argv=None) -> dict:
         trainer.log_images("validation", image_grid(imgs, args.val_prompt))
         return {}
 
-    recolour = None
-    if args.recolour_context > 0:
-        if args.train_text_encoder:
-            raise SystemExit("error: --recolour-context needs a frozen text encoder; drop --train-text-encoder")
-        recolour = common.ContextRecolourer(tok, te, args.recolour_context, cfg.seed)
     trainer = Trainer(cfg, model, IndexedLatents(cache),
                       make_step_fn(cache, float(vae.config.scaling_factor), args.caption_dropout, tok, distinct,
-                                   is_prior, args.prior_loss_weight, args.train_text_encoder, recolour),
+                                   is_prior, args.prior_loss_weight, args.train_text_encoder),
                       frozen={} if args.train_text_encoder else {"text_encoder": te},
                       validate_fn=validate, run_config=run)
     model = trainer.fit()

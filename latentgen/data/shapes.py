@@ -247,41 +247,6 @@ def make_caption(objects: Iterable[ShapeObject], rng: random.Random, paraphrase_
     return canonical_caption(objects, rng)
 
 
-_COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
-
-
-def _names_any_heldout(text: str) -> bool:
-    if names_heldout_pair(text):
-        return True
-    try:  # paraphrases put the colour after the shape ("a circle in green")
-        return any((o.color, o.shape) in HELDOUT_PAIRS for o in parse_prompt(text))
-    except ValueError:  # not in the grammar (an emoji's name): the adjacency check above is the test
-        return False
-
-
-def recolour_caption(text: str, rng: random.Random, include_heldout: bool = False,
-                     tries: int = 20) -> str | None:
-    """``text`` with every colour word drawn again, uniformly from the palette (its own colour included).
-
-    None if it names no colour. A draw that would name a held-out pair is made again (None after
-    ``tries``) unless ``include_heldout``, so the held-out pairs stay out of the training text as well
-    as the images. Drawing the own colour too keeps the new colour independent of the old one: a
-    context that always changed colour would tell a model which colour the object is *not*.
-    """
-    spans = [m.span() for m in _COLOUR_WORD.finditer(text)]
-    if not spans:
-        return None
-    for _ in range(tries):
-        out, last = [], 0
-        for s, e in spans:
-            out += [text[last:s], rng.choice(list(COLORS))]
-            last = e
-        new = "".join(out) + text[last:]
-        if include_heldout or not _names_any_heldout(new):
-            return new
-    return None
-
-
 # ---------------------------------------------------------------- prompt parsing
 _WORDS: dict[str, tuple[str, str | None]] = {}
 for _c in COLORS:
