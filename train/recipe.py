@@ -104,7 +104,8 @@ PRESETS = {
     # 2000 steps (annealed linearly), distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps,
     # 16 -> 8 -> 4, each annealed linearly to 0.
     # (Run 2026-12-03 and 2026-12-05 with CLIP 1800 steps before a 10 000-step UNet and no clip2/finetune: the teacher
-    # read 100 / 97.0 / 83.3% but 32.7% and 31.7% on the held-out pairs, all colour: bench/results/ship/README.md)
+    # read 100 / 97.0 / 83.3% but 32.7% and 31.7% on the held-out pairs, all colour: bench/results/ship/README.md.
+    # This order's teacher, run 2026-12-05 on data without the held-out emoji: 99.3 / 93.7 / 65.0%, held-out 42.3%)
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
