@@ -35,3 +35,27 @@ def clip_loss(
             logits = torch.cat([logits, scale * image @ negatives.t()], dim=1)  # (B, B + K)
         image_to_text = F.cross_entropy(logits, target)
     return (image_to_text + text_to_image) / 2
+
+
+def token_identity_loss(
+    hidden: torch.Tensor,
+    token_embedding: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scale: float = 10.0,
+) -> torch.Tensor:
+    """Each token's final state must name its own token: ``CE(scale * cos(h_i, E), x_i)`` over the real tokens.
+
+    CLIP's loss trains only the end-of-text state, so a word's own state may keep little of the word (a causal
+    text tower writes it into the states after it instead). The UNet cross-attends to every state, and to take
+    colour and shape from separate words it needs each word's state to carry that word. This ties the read-out
+    to the input token embeddings ``E`` (V, D), so it adds no weights; cosine logits with a fixed ``scale``
+    keep the norms out of it. ``hidden`` (B, L, D) after the final layer norm, ``input_ids`` and
+    ``attention_mask`` (B, L); padding is left out.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        h = F.normalize(hidden.float(), dim=-1)  # (B, L, D)
+        e = F.normalize(token_embedding.float(), dim=-1)  # (V, D)
+        logits = scale * h @ e.t()  # (B, L, V)
+        keep = attention_mask.bool()  # (B, L)
+        return F.cross_entropy(logits[keep], input_ids[keep])

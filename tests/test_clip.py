@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from latentgen.contrastive import MAX_LOGIT_SCALE, clip_loss
+from latentgen.contrastive import MAX_LOGIT_SCALE, clip_loss, token_identity_loss
 from latentgen.data.shapes import canonical_caption, sample_scene, write_shapes_folder
 from latentgen.eval.clip_probe import (
     _recall,
@@ -172,6 +172,22 @@ def test_logit_scale_is_clamped_at_ln_100():
     assert small.grad.item() != 0.0
 
 
+def test_token_identity_loss_reads_each_state_against_the_token_embeddings():
+    emb = torch.eye(6)  # (V, D): six orthogonal tokens
+    ids = torch.tensor([[0, 3, 5, 1], [2, 4, 1, 1]])  # (B, L); the second row is padded after 2 tokens
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    own = 5 * emb[ids]  # (B, L, D): each state points at its own token (the norm does not matter)
+    assert token_identity_loss(own, emb, ids, mask, scale=30.0).item() < 1e-6
+    # states that all point at one token score log-likelihoods far from zero; padding positions are not scored
+    wrong = emb[torch.zeros_like(ids)]
+    assert token_identity_loss(wrong, emb, ids, mask, scale=30.0).item() > 10
+    padded_wrong = own.clone()
+    padded_wrong[1, 2:] = emb[0]
+    assert token_identity_loss(padded_wrong, emb, ids, mask, scale=30.0).item() < 1e-6
+    chance = token_identity_loss(torch.zeros(2, 4, 6), emb, ids, mask)  # zero states: uniform over V
+    assert abs(chance.item() - math.log(6)) < 1e-5
+
+
 # ---------------------------------------------------------------- probing helpers
 
 
@@ -247,7 +263,11 @@ def test_step_uses_hard_negatives_on_shapes_captions(tok_dir, captions):
     out["loss"].backward()
     assert model.text_model.embeddings.token_embedding.weight.grad.abs().sum() > 0
     plain = make_step_fn(tok, hard_negatives=0)(model, batch, ctx)
-    assert plain["negatives"] == 0.0 and math.isfinite(plain["loss"].item())
+    assert plain["negatives"] == 0.0 and math.isfinite(plain["loss"].item()) and "token_loss" not in plain
+    with_tokens = make_step_fn(tok, hard_negatives=0, token_loss=0.5)(model, batch, ctx)
+    assert with_tokens["token_loss"].item() > 1.0  # an untrained tower does not name its tokens
+    assert with_tokens["loss"].item() == pytest.approx(plain["loss"].item() + 0.5 * with_tokens["token_loss"].item(),
+                                                       rel=1e-5)
 
 
 def test_export_loads_with_transformers(trained):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import CLIPTokenizer
 
-from latentgen.contrastive import MAX_LOGIT_SCALE, clip_loss
+from latentgen.contrastive import MAX_LOGIT_SCALE, clip_loss, token_identity_loss
 from latentgen.data.folder import ImageCaptionDataset
 from latentgen.eval.clip_probe import is_shapes_caption, probe_shapes, retrieval, sample_hard_negatives
 from latentgen.models.clip import (
@@ -47,7 +47,7 @@ from latentgen.training import Trainer
 from train import common
 
 
-def make_step_fn(tokenizer, hard_negatives: int):
+def make_step_fn(tokenizer, hard_negatives: int, token_loss: float = 0.0):
     def step_fn(model: nn.Module, batch, ctx) -> dict:
         captions = list(batch["caption"])
         # Hard negatives are drawn from the step's seeded generator: a resumed run draws the same ones.
@@ -61,13 +61,20 @@ def make_step_fn(tokenizer, hard_negatives: int):
         out = model(input_ids=ids.input_ids.to(ctx.device), pixel_values=batch["pixels"])
         b = len(captions)
         text = out.text_embeds  # (B + K, D), normalised
-        logit_scale = ctx.accelerator.unwrap_model(model).logit_scale
-        loss = clip_loss(out.image_embeds, text[:b], logit_scale, text[b:] if negatives else None)
+        clip = ctx.accelerator.unwrap_model(model)
+        loss = clip_loss(out.image_embeds, text[:b], clip.logit_scale, text[b:] if negatives else None)
+        extra = {}
+        if token_loss:
+            ident = token_identity_loss(out.text_model_output.last_hidden_state,  # (B + K, L, D)
+                                        clip.text_model.embeddings.token_embedding.weight,
+                                        ids.input_ids.to(ctx.device), ids.attention_mask.to(ctx.device))
+            loss = loss + token_loss * ident
+            extra["token_loss"] = ident.detach()
         with torch.no_grad():
             sim = out.image_embeds @ text.t()  # (B, B + K)
             acc = (sim.argmax(1) == torch.arange(b, device=sim.device)).float().mean()
-        return {"loss": loss, "acc": acc, "scale": logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp(),
-                "negatives": float(len(negatives))}
+        return {"loss": loss, "acc": acc, "scale": clip.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp(),
+                "negatives": float(len(negatives)), **extra}
 
     return step_fn
 
@@ -105,6 +112,10 @@ def parse_args(argv=None):
     g.add_argument("--freeze-text", action="store_true",
                    help="train only the image tower and the projections (needs --model): text_encoder/ stays "
                         "the base model's, bit for bit, so a UNet trained on it stays valid")
+    g.add_argument("--token-loss", type=float, default=0.0, metavar="W",
+                   help="weight of a per-token objective: each token's final state must name its own token "
+                        "(latentgen.contrastive.token_identity_loss), so a word's own state carries the word "
+                        "for the UNet to read; 0: off (CLIP's loss alone)")
     g.add_argument("--val-count", type=int, default=500, help="held-out pairs used by validation")
     return p.parse_args(argv)
 
@@ -140,6 +151,8 @@ def load_or_build(args, base, captions: list[str], resuming: bool):
 def main(argv=None) -> dict:
     """Train (or continue) a CLIP and export it to ``<out>/``; returns a summary dict."""
     args = parse_args(argv)
+    if args.token_loss < 0:
+        raise ValueError(f"--token-loss must be >= 0, got {args.token_loss}")
     if args.hard_negatives < 0:
         raise ValueError(f"--hard-negatives must be >= 0, got {args.hard_negatives}")
     cfg = common.train_config(args, out=args.out, max_steps=3000, batch_size=128, lr=1e-3, warmup_steps=200,
@@ -165,10 +178,10 @@ def main(argv=None) -> dict:
         "clip_config": config_to_dict(preset), "vocab": len(tok), "max_length": tok.model_max_length,
         "data": [os.path.abspath(d) for d in args.data],
         "model": os.path.abspath(args.model) if args.model else None, "hard_negatives": args.hard_negatives,
-        "freeze_text": args.freeze_text,
+        "freeze_text": args.freeze_text, "token_loss": args.token_loss,
     }
     t0 = time.time()
-    trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives), validate_fn=validate_fn,
+    trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives, args.token_loss), validate_fn=validate_fn,
                       run_config=run_config)
     model = trainer.fit()
     seconds = time.time() - t0
