@@ -116,6 +116,8 @@ def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
 @pytest.mark.parametrize("bad,match", [
     (["--lora-rank", "-1"], "lora-rank must be >= 0"),
     (["--class-prompt", "a dog"], "num-class-images"),
+    (["--shuffle-summary", "1.5"], "probability in [0, 1]"),
+    (["--shuffle-summary", "0.5", "--train-text-encoder"], "leave out --train-text-encoder"),
 ])
 def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
     from train import finetune
@@ -184,3 +186,38 @@ def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, 
 
     with pytest.raises(SystemExit, match="no text_encoder/config.json"):
         finetune.main(_args(base, data, tmp_path / "bad", "--text-encoder", str(tmp_path)))
+
+
+def test_summary_shuffle_swaps_only_the_states_from_the_end_token_on(base_and_data):
+    from transformers import CLIPTokenizer
+
+    from train.finetune import SummaryShuffle
+
+    base, _ = base_and_data
+    tok = CLIPTokenizer.from_pretrained(os.path.join(base, "tokenizer"))
+    captions = ["", "a red circle", "a blue square", "a green triangle at top", "a face"]
+    lengths = [len(ids) for ids in tok(captions).input_ids]
+    assert lengths[1] == lengths[2] and len(set(lengths)) > 2  # two captions share a length, the rest do not
+    n, d = 8, 3
+    states = torch.arange(len(captions), dtype=torch.float)[:, None, None].expand(-1, n, d).clone()  # (N, L, D) = id
+    shuffle = SummaryShuffle(tok, captions, states, p=1.0)
+    ids = torch.tensor([1, 2, 0, 3, 4])
+    out = shuffle(ids, states[ids], step=0)
+    end = lengths[1] - 1  # the first <|endoftext|> of "a red circle"
+    assert (out[0, :end] == 1).all() and (out[0, end:] == 2).all()  # the other caption of its length
+    assert (out[1, :end] == 2).all() and (out[1, end:] == 1).all()
+    assert torch.equal(out[2:], states[ids[2:]])  # the empty caption, and captions no other shares, unchanged
+    assert torch.equal(shuffle(ids, states[ids], step=0), out)  # the same step draws the same donors
+    assert torch.equal(SummaryShuffle(tok, captions, states, p=0.0)(ids, states[ids], step=0), states[ids])
+
+
+def test_full_finetune_with_shuffled_summaries_runs_and_records_it(base_and_data, tmp_path):
+    import json
+
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "shuf"
+    res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--max-steps", "4", "--shuffle-summary", "1"))
+    assert res["finished"]
+    assert json.loads((out / "finetune.json").read_text())["shuffle_summary"] == 1.0

@@ -178,7 +178,8 @@ def main(argv=None) -> dict:
         "clip_config": config_to_dict(preset), "vocab": len(tok), "max_length": tok.model_max_length,
         "data": [os.path.abspath(d) for d in args.data],
         "model": os.path.abspath(args.model) if args.model else None, "hard_negatives": args.hard_negatives,
-        "freeze_text": args.freeze_text, "token_loss": args.token_loss,
+        "freeze_text": args.freeze_text,
+        **({"token_loss": args.token_loss} if args.token_loss else {}),  # runs from before the flag resume
     }
     t0 = time.time()
     trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives, args.token_loss), validate_fn=validate_fn,
