@@ -182,8 +182,8 @@ def main(argv=None) -> dict:
         **({"token_loss": args.token_loss} if args.token_loss else {}),  # runs from before the flag resume
     }
     t0 = time.time()
-    trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives, args.token_loss), validate_fn=validate_fn,
-                      run_config=run_config)
+    trainer = Trainer(cfg, model, data, make_step_fn(tok, args.hard_negatives, args.token_loss),
+                      validate_fn=validate_fn, run_config=run_config)
     model = trainer.fit()
     seconds = time.time() - t0
     summary = {"finished": trainer.finished, "out": args.out, "steps": trainer.step, "train_seconds": seconds,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import warnings
 
@@ -177,8 +178,6 @@ class SummaryShuffle:
 
     def __call__(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> torch.Tensor:
         """``emb`` (B, L, D), the states of caption ids ``ids`` (B,), with other captions' summaries."""
-        import random
-
         rng = random.Random(self.seed * 1_000_003 + step)  # a resumed run draws the same donors
         out = emb
         for row, i in enumerate(ids.tolist()):
@@ -288,7 +287,8 @@ def main(argv=None) -> dict:
            "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3),
            "lr": cfg.lr, "batch_size": cfg.batch_size,
            "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder),
-           **({"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {})}  # older runs resume  # a resume with other settings is refused, by name
+           # a resume with other settings is refused, by name; the key only when on, so older runs resume
+           **({"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {})}
 
     def validate(trainer, m, step):
         if not args.val_prompt:
