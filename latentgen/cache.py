@@ -38,6 +38,11 @@ def _fingerprint(items, size: int, *modules: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_captions(captions) -> list[str]:
+    """The distinct captions in the order of the cache's caption ids; "" is the unconditional prompt."""
+    return sorted(set(captions) | {""})
+
+
 @torch.no_grad()
 def build_cache(dataset, vae, tokenizer, text_encoder, batch_size: int = 32, device=None) -> dict[str, torch.Tensor]:
     """Encode every image of ``dataset`` (items ``{"pixels", "caption"}``) and every distinct caption."""
@@ -46,7 +51,7 @@ def build_cache(dataset, vae, tokenizer, text_encoder, batch_size: int = 32, dev
     device = device or next(vae.parameters()).device
     captions = [dataset[i]["caption"] for i in range(len(dataset))] if not hasattr(dataset, "items") else \
         [it.caption for it in dataset.items]
-    distinct = sorted(set(captions) | {""})  # "" is the unconditional prompt (caption dropout)
+    distinct = cache_captions(captions)
     index = {c: i for i, c in enumerate(distinct)}
     means, stds, embs = [], [], []
     for s in tqdm(range(0, len(dataset), batch_size), desc="encode images", leave=False):

@@ -191,7 +191,7 @@ def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, 
 def test_summary_shuffle_swaps_only_the_states_from_the_end_token_on(base_and_data):
     from transformers import CLIPTokenizer
 
-    from train.finetune import SummaryShuffle
+    from train.common import SummaryShuffle
 
     base, _ = base_and_data
     tok = CLIPTokenizer.from_pretrained(os.path.join(base, "tokenizer"))

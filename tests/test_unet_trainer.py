@@ -51,3 +51,19 @@ def test_missing_components_is_a_clear_error(parts, tmp_path):
     with pytest.raises(SystemExit, match="text_encoder"):
         train_unet.main(["--data", data, "--vae", vae_dir, "--text-encoder", str(tmp_path), "--out",
                          str(tmp_path / "o"), "--preset", "tiny", "--max-steps", "1"])
+
+
+def test_unet_with_shuffled_summaries_trains_and_records_it(parts, tmp_path, capsys):
+    from train import unet as train_unet
+
+    data, vae_dir, clip_dir = parts
+    out = str(tmp_path / "shuf")
+    base = ["--data", data, "--vae", vae_dir, "--text-encoder", clip_dir, "--out", out, "--preset", "tiny",
+            "--size", "16", "--batch-size", "8", "--log-every", "2", "--validate-every", "0", "--no-progress"]
+    with pytest.raises(SystemExit):
+        train_unet.main(base + ["--max-steps", "1", "--shuffle-summary", "-0.1"])
+    assert "probability in [0, 1]" in capsys.readouterr().err
+    assert train_unet.main(base + ["--max-steps", "4", "--shuffle-summary", "1"])["finished"]
+    with open(os.path.join(out, "run_config.json")) as f:
+        assert json.load(f)["shuffle_summary"] == 1.0
+    assert all(torch.isfinite(torch.tensor(_losses(out))))

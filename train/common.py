@@ -9,12 +9,16 @@ Flags: --data DIR (repeatable), --out DIR, --model DIR, --preset NAME, --max-ste
 --batch-size N, --lr X, --seed K, --resume latest, --mixed-precision {no,bf16,fp16},
 plus the loop's knobs (--checkpoint-every, --validate-every, --ema-decay, ...).
 A flag left unset takes the trainer's default (passed to ``train_config``), then the loop's.
+Also here: ``SummaryShuffle``, the text-state augmentation the UNet trainers share (``--shuffle-summary``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
+
+import torch
 
 from latentgen.training import TrainConfig
 
@@ -76,3 +80,55 @@ def load_text_encoder(te_dir: str, flag: str = "--text-encoder"):
                          "and tokenizer/ (train.clip's --out, or a model folder)")
     tok = CLIPTokenizer.from_pretrained(os.path.join(te_dir, "tokenizer"))
     return tok, CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True)
+
+
+def add_shuffle_summary(p: argparse.ArgumentParser) -> None:
+    """``--shuffle-summary P`` (``SummaryShuffle``), the same flag in every UNet trainer."""
+    p.add_argument("--shuffle-summary", type=float, default=0.0, metavar="P",
+                   help="with probability P per caption, the text states from its <|endoftext|> on are another "
+                        "caption's of the same length in tokens, so the UNet reads each word's own state rather "
+                        "than the causal encoder's whole-caption summary (for text encoders trained with "
+                        "train.clip --token-loss); 0: off")
+
+
+class SummaryShuffle:
+    """Conditioning augmentation: a caption's summary states come from another caption.
+
+    A causal text encoder's states from the first ``<|endoftext|>`` on (the end token and the padding) sum
+    up the whole caption, and a UNet trained on them reads colour and shape together from there -- for a
+    pair it never saw (*green circle*) that summary is new and it falls back on a pair it knows. With
+    probability ``p`` per caption those states are taken from another caption with as many tokens (so the
+    word states stay where they are), drawn uniformly, and the UNet has to read each word where it is
+    named. Needs a text encoder whose word states carry their words (``train.clip --token-loss``); used by
+    ``train.unet`` and ``train.finetune`` (``--shuffle-summary``).
+    The empty caption (classifier-free guidance's) is left alone.
+    """
+
+    def __init__(self, tokenizer, captions: list[str], states: torch.Tensor, p: float, seed: int = 0):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the shuffle probability must lie in [0, 1] (got {p})")
+        lengths = [len(ids) for ids in tokenizer(captions, truncation=True).input_ids]  # incl. <bos>, <eos>
+        self.end = torch.tensor(lengths) - 1  # (N,): the first <|endoftext|>'s position
+        groups: dict[int, list[int]] = {}
+        for i, (c, n) in enumerate(zip(captions, lengths)):
+            if c:
+                groups.setdefault(n, []).append(i)
+        self.donors = {i: g for g in groups.values() if len(g) > 1 for i in g}  # caption id -> same-length ids
+        self.states, self.p, self.seed = states, p, seed  # states (N, L, D), indexed like ``captions``
+
+    def __call__(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> torch.Tensor:
+        """``emb`` (B, L, D), the states of caption ids ``ids`` (B,), with other captions' summaries."""
+        rng = random.Random(self.seed * 1_000_003 + step)  # a resumed run draws the same donors
+        out = emb
+        for row, i in enumerate(ids.tolist()):
+            group = self.donors.get(i)
+            if group is None or rng.random() >= self.p:
+                continue
+            j = i
+            while j == i:
+                j = rng.choice(group)
+            if out is emb:
+                out = emb.clone()
+            e = int(self.end[i])
+            out[row, e:] = self.states[j, e:].to(emb.device, emb.dtype)  # (L - e, D)
+        return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import warnings
 
@@ -54,11 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--val-steps", type=int, default=25)
     p.add_argument("--val-guidance", type=float, default=4.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--shuffle-summary", type=float, default=0.0, metavar="P",
-                   help="with probability P per caption, the text states from its <|endoftext|> on are another "
-                        "caption's of the same length in tokens, so the UNet reads each word's own state rather "
-                        "than the causal encoder's whole-caption summary (for text encoders trained with "
-                        "train.clip --token-loss); 0: off")
+    common.add_shuffle_summary(p)
     args = p.parse_args(argv)
     if args.lora_rank < 0:
         p.error(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {args.lora_rank}")
@@ -152,50 +147,8 @@ def add_text_lora(te: nn.Module, rank: int, alpha: float | None):
                                          target_modules=TEXT_LORA_TARGETS.split(",")))
 
 
-class SummaryShuffle:
-    """Conditioning augmentation: a caption's summary states come from another caption.
-
-    A causal text encoder's states from the first ``<|endoftext|>`` on (the end token and the padding) sum
-    up the whole caption, and a UNet trained on them reads colour and shape together from there -- for a
-    pair it never saw (*green circle*) that summary is new and it falls back on a pair it knows. With
-    probability ``p`` per caption those states are taken from another caption with as many tokens (so the
-    word states stay where they are), drawn uniformly, and the UNet has to read each word where it is
-    named. Needs a text encoder whose word states carry their words (``train.clip --token-loss``).
-    The empty caption (classifier-free guidance's) is left alone.
-    """
-
-    def __init__(self, tokenizer, captions: list[str], states: torch.Tensor, p: float, seed: int = 0):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"the shuffle probability must lie in [0, 1] (got {p})")
-        lengths = [len(ids) for ids in tokenizer(captions, truncation=True).input_ids]  # incl. <bos>, <eos>
-        self.end = torch.tensor(lengths) - 1  # (N,): the first <|endoftext|>'s position
-        groups: dict[int, list[int]] = {}
-        for i, (c, n) in enumerate(zip(captions, lengths)):
-            if c:
-                groups.setdefault(n, []).append(i)
-        self.donors = {i: g for g in groups.values() if len(g) > 1 for i in g}  # caption id -> same-length ids
-        self.states, self.p, self.seed = states, p, seed  # states (N, L, D), indexed like ``captions``
-
-    def __call__(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> torch.Tensor:
-        """``emb`` (B, L, D), the states of caption ids ``ids`` (B,), with other captions' summaries."""
-        rng = random.Random(self.seed * 1_000_003 + step)  # a resumed run draws the same donors
-        out = emb
-        for row, i in enumerate(ids.tolist()):
-            group = self.donors.get(i)
-            if group is None or rng.random() >= self.p:
-                continue
-            j = i
-            while j == i:
-                j = rng.choice(group)
-            if out is emb:
-                out = emb.clone()
-            e = int(self.end[i])
-            out[row, e:] = self.states[j, e:].to(emb.device, emb.dtype)  # (L - e, D)
-        return out
-
-
 def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, captions: list[str],
-                 is_prior: torch.Tensor, prior_weight: float, train_te: bool, shuffle: SummaryShuffle | None = None):
+                 is_prior: torch.Tensor, prior_weight: float, train_te: bool, shuffle: common.SummaryShuffle | None = None):
     from latentgen.cache import sample_latents
     from latentgen.diffusion import diffusion_loss
     from latentgen.pipeline import encode_prompts
@@ -240,7 +193,7 @@ class IndexedLatents(torch.utils.data.Dataset):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from latentgen.cache import load_or_build_cache
+    from latentgen.cache import cache_captions, load_or_build_cache
     from latentgen.data.folder import ImageCaptionDataset
     from latentgen.pipeline import LatentGenPipeline
     from latentgen.training import Trainer
@@ -266,10 +219,10 @@ def main(argv=None) -> dict:
     is_prior = torch.tensor([i >= len(data) for i in range(len(dataset))])
 
     cache = load_or_build_cache(dataset, vae, tok, te, os.path.join(args.out, "cache"), size)
-    distinct = sorted(set(captions_all) | {""})  # the cache's caption ids index this list
+    distinct = cache_captions(captions_all)  # the cache's caption ids index this list
     shuffle = None
     if args.shuffle_summary:
-        shuffle = SummaryShuffle(tok, distinct, cache["embeddings"], args.shuffle_summary, args.seed or 0)
+        shuffle = common.SummaryShuffle(tok, distinct, cache["embeddings"], args.shuffle_summary, args.seed or 0)
     lora = args.lora_rank > 0
     if lora:
         add_lora(unet, args.lora_rank, args.lora_alpha, args.lora_targets)

@@ -48,7 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--val-guidance", type=float, default=4.0)
     p.add_argument("--val-adherence", type=int, default=0,
                    help="shapes prompts scored by the checker at each validation (0: off)")
-    return p.parse_args(argv)
+    common.add_shuffle_summary(p)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.shuffle_summary <= 1.0:
+        p.error(f"--shuffle-summary is a probability in [0, 1], got {args.shuffle_summary}")
+    return args
 
 
 def load_components(args):
@@ -68,7 +72,8 @@ def load_components(args):
     return vae, tok, te, te_dir
 
 
-def make_step_fn(cache, scaling_factor: float, caption_dropout: float, min_snr_gamma: float | None):
+def make_step_fn(cache, scaling_factor: float, caption_dropout: float, min_snr_gamma: float | None,
+                 shuffle: common.SummaryShuffle | None = None):
     from latentgen.cache import sample_latents
     from latentgen.diffusion import diffusion_loss
 
@@ -79,7 +84,10 @@ def make_step_fn(cache, scaling_factor: float, caption_dropout: float, min_snr_g
         latents = sample_latents(batch, scaling_factor, ctx.generator)  # (B, C, h, w)
         ids = batch["caption_id"].cpu()
         drop = torch.rand(ids.shape, generator=torch.Generator().manual_seed(ctx.step)) < caption_dropout
-        emb = embeddings[torch.where(drop, uncond, ids)].to(ctx.device)  # (B, L, D)
+        ids = torch.where(drop, uncond, ids)
+        emb = embeddings[ids].to(ctx.device)  # (B, L, D)
+        if shuffle is not None:
+            emb = shuffle(ids, emb, ctx.step)
         loss = diffusion_loss(unet, latents, emb, ctx.generator, min_snr_gamma=min_snr_gamma)
         return {"loss": loss}
 
@@ -125,7 +133,7 @@ def write_model_card(out: str, args, run: dict):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from latentgen.cache import LatentDataset, load_or_build_cache
+    from latentgen.cache import LatentDataset, cache_captions, load_or_build_cache
     from latentgen.data.folder import ImageCaptionDataset
     from latentgen.models.presets import save_config
     from latentgen.models.unet import build_unet, get_unet_config
@@ -142,9 +150,15 @@ def main(argv=None) -> dict:
                               ema_decay=0.999, checkpoint_every=1000, validate_every=2000, seed=0)
     run = {"trainer": "unet", "preset": args.preset, "unet": dataclasses.asdict(ucfg), "size": args.size,
            "caption_dropout": args.caption_dropout, "min_snr_gamma": args.min_snr_gamma,
-           "scaling_factor": scaling, "examples": len(data)}
+           "scaling_factor": scaling, "examples": len(data),
+           # the key only when on, so runs from before the flag resume
+           **({"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {})}
+    shuffle = None
+    if args.shuffle_summary:
+        shuffle = common.SummaryShuffle(tok, cache_captions(it.caption for it in data.items), cache["embeddings"],
+                                        args.shuffle_summary, args.seed or 0)
     trainer = Trainer(cfg, build_unet(ucfg), LatentDataset(cache),
-                      make_step_fn(cache, scaling, args.caption_dropout, args.min_snr_gamma),
+                      make_step_fn(cache, scaling, args.caption_dropout, args.min_snr_gamma, shuffle),
                       validate_fn=make_validate_fn(args, vae, tok, te), run_config=run)
     unet = trainer.fit()
     if not trainer.finished or not trainer.is_main:
