@@ -82,9 +82,16 @@ def load_text_encoder(te_dir: str, flag: str = "--text-encoder"):
     return tok, CLIPTextModel.from_pretrained(os.path.join(te_dir, "text_encoder"), use_safetensors=True)
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"is a probability in [0, 1], got {value}")
+    return value
+
+
 def add_shuffle_summary(p: argparse.ArgumentParser) -> None:
     """``--shuffle-summary P`` (``SummaryShuffle``), the same flag in every UNet trainer."""
-    p.add_argument("--shuffle-summary", type=float, default=0.0, metavar="P",
+    p.add_argument("--shuffle-summary", type=_probability, default=0.0, metavar="P",
                    help="with probability P per caption, the text states from its <|endoftext|> on are another "
                         "caption's of the same length in tokens, so the UNet reads each word's own state rather "
                         "than the causal encoder's whole-caption summary (for text encoders trained with "

@@ -61,8 +61,6 @@ def parse_args(argv=None):
         p.error("--class-prompt needs --num-class-images N (N >= 1)")
     if args.num_class_images and not args.class_prompt:
         p.error("--num-class-images needs --class-prompt TEXT")
-    if not 0.0 <= args.shuffle_summary <= 1.0:
-        p.error(f"--shuffle-summary is a probability in [0, 1], got {args.shuffle_summary}")
     if args.shuffle_summary and args.train_text_encoder:
         p.error("--shuffle-summary mixes the cached states of a frozen text encoder: leave out --train-text-encoder")
     return args

@@ -49,10 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--val-adherence", type=int, default=0,
                    help="shapes prompts scored by the checker at each validation (0: off)")
     common.add_shuffle_summary(p)
-    args = p.parse_args(argv)
-    if not 0.0 <= args.shuffle_summary <= 1.0:
-        p.error(f"--shuffle-summary is a probability in [0, 1], got {args.shuffle_summary}")
-    return args
+    return p.parse_args(argv)
 
 
 def load_components(args):
