@@ -69,6 +69,18 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
         assert sum(1 for _ in f) == pr.vae_shapes
     assert state["done"]["vae"]["n_val"] == len(held) and state["done"]["vae"]["val_psnr"] > 0
     assert all(state["cpu_seconds"][s] > 0 for s in recipe.STAGES)
+    # word-level text states: the extra colours feed the text-conditioned stages only, CLIP (both sittings) learns
+    # with the token loss, the UNet (both sittings) on shuffled summaries
+    extra = os.path.join(out, "data", "shapes-extra")
+    with open(os.path.join(extra, "metadata.jsonl")) as f:
+        assert sum(1 for _ in f) == pr.extra_color_shapes
+    runs = {}
+    for stage in ("vae", "decoder", "clip", "unet", "clip2", "finetune", "distill"):
+        with open(os.path.join(out, stage, "run_config.json")) as f:
+            runs[stage] = json.load(f)
+    assert [extra in r["data"] for r in runs.values()] == [False, False, True, True, True, True, True]
+    assert runs["clip"]["token_loss"] == runs["clip2"]["token_loss"] == 1.0
+    assert runs["unet"]["shuffle_summary"] == runs["finetune"]["shuffle_summary"] == 1.0
     # a second run finds every stage done and trains nothing
     capsys.readouterr()
     recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
@@ -210,7 +222,7 @@ def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tm
         (tmp_path / "data" / folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": text}))
     with pytest.raises(SystemExit, match="1 caption.*'green circle'.*delete the folder"):
         stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=False))
-    assert stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"][1].endswith("emoji")
+    assert stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"][-1].endswith("emoji")
 
 
 def test_card_says_which_held_out_pairs_the_recipe_s_data_kept_out():
@@ -298,3 +310,34 @@ def test_ship_preset_distils_as_student_v7(tmp_path, monkeypatch):
     pr = recipe.PRESETS["ship"]
     state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
     assert recipe.reopen_stages(str(tmp_path), state, replace(pr, last_round_steps=2000)) == ["distill"]
+
+
+def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path, monkeypatch):
+    """A preset with a finetune stage and no clip2 fine-tunes on the unet stage's text encoder; the word-level
+    fields reach their trainers (token loss: clip; shuffled summaries: unet and finetune), and the card says
+    what the extra colours are."""
+    from dataclasses import asdict, replace
+
+    from train import bundle, clip, finetune, recipe, unet
+
+    seen = {}
+    for mod in (clip, unet, finetune):
+        monkeypatch.setattr(mod, "main", lambda argv, name=mod.__name__: seen.setdefault(name, argv) and {})
+    pr = replace(recipe.PRESETS["tiny"], clip2_steps=0, clip_token_loss=0.5, shuffle_summary=0.25)
+    args = recipe.parse_args(["--out", str(tmp_path), "--no-progress"])
+    for stage in (recipe.stage_clip, recipe.stage_unet, recipe.stage_finetune):
+        stage(str(tmp_path), pr, args)
+    ft = seen["train.finetune"]
+    assert "--text-encoder" not in ft and ft[ft.index("--model") + 1] == os.path.join(str(tmp_path), "unet")
+    value = lambda argv, flag: argv[argv.index(flag) + 1]
+    assert value(seen["train.clip"], "--token-loss") == "0.5"
+    assert value(seen["train.unet"], "--shuffle-summary") == value(ft, "--shuffle-summary") == "0.25"
+    assert all(os.path.join(str(tmp_path), "data", "shapes-extra") in argv for argv in seen.values())
+    plain = replace(pr, extra_color_shapes=0, clip_token_loss=0.0, shuffle_summary=0.0)
+    seen.clear()
+    for stage in (recipe.stage_clip, recipe.stage_unet, recipe.stage_finetune):
+        stage(str(tmp_path), plain, args)
+    assert not any(f in argv for argv in seen.values() for f in ("--token-loss", "--shuffle-summary"))
+    assert not any("shapes-extra" in a for argv in seen.values() for a in argv)
+    card = lambda p: bundle.model_card("teacher", {}, {"config": asdict(p)}, [], [])
+    assert "16 more scenes" in card(pr) and "outside the palette" not in card(plain)

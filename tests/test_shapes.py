@@ -10,6 +10,7 @@ from PIL import Image
 
 from latentgen.data.shapes import (
     COLORS,
+    EXTRA_COLORS,
     HELDOUT_PAIRS,
     POSITIONS,
     SHAPES,
@@ -27,6 +28,7 @@ from latentgen.data.shapes import (
     render_scene,
     sample_scene,
     score_image,
+    write_extra_colors_folder,
     write_shapes_folder,
 )
 
@@ -258,3 +260,29 @@ def test_palette_argument_finds_a_colour_outside_the_palette():
         render_scene([obj], 64, random.Random(3))  # no colour and no fill
     with pytest.raises(ValueError, match="palette"):
         find_blobs(image, palette={})
+
+
+def test_write_extra_colors_folder_draws_what_it_says_in_colours_outside_the_palette(tmp_path):
+    """Each caption names one extra colour and 1-2 objects; the image holds that colour's pixels and no other's, and
+    the checker, given the extra colours but grey as its palette, finds exactly those objects (it unmixes against
+    white, so grey reads as a faint black); no palette colour (so no held-out pair) appears; seeded."""
+    assert not set(EXTRA_COLORS) & set(COLORS)
+    write_extra_colors_folder(tmp_path / "a", n=12, size=64, seed=1)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == [f"x{i:05d}.png" for i in range(12)]
+    clause = re.compile(r"a (small|large) (\w+) (circle|square|triangle) at ([a-z ]+)")
+    for r in rows:
+        parts = [clause.fullmatch(c).groups() for c in r["text"].split(" and ")]
+        assert 1 <= len(parts) <= 2 and len({p[1] for p in parts}) == 1 and parts[0][1] in EXTRA_COLORS
+        with Image.open(tmp_path / "a" / r["file_name"]) as im:
+            pixels = set(im.getdata())
+            assert {c for c, rgb in EXTRA_COLORS.items() if rgb in pixels} == {parts[0][1]}
+            if parts[0][1] != "grey":
+                palette = {c: rgb for c, rgb in EXTRA_COLORS.items() if c != "grey"}
+                found = {(b.size, b.color, b.shape, b.position) for b in find_blobs(im, palette=palette)}
+                assert found == set(parts), r
+    write_extra_colors_folder(tmp_path / "b", n=12, size=64, seed=1)
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+               for f in ["metadata.jsonl", *(r["file_name"] for r in rows)])
+    with pytest.raises(ValueError, match="positive"):
+        write_extra_colors_folder(tmp_path / "c", n=0)

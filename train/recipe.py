@@ -72,6 +72,12 @@ class RecipePreset:
     clip2_steps: int = 0  # CLIP steps on both towers after the unet stage, from its text encoder (0: no clip2)
     finetune_steps: int = 0  # the UNet fine-tuned in full on clip2's text encoder (0: no finetune stage)
     finetune_lr: float = 2e-4
+    # word-level text states (bench/results/ship/README.md, sessions 32-33): scenes in colours outside the palette,
+    # each with every shape (data/shapes-extra, for the text-conditioned stages); CLIP's token-identity loss
+    # (train.clip --token-loss); the UNet trained with shuffled summary states (--shuffle-summary, unet and finetune)
+    extra_color_shapes: int = 0
+    clip_token_loss: float = 0.0
+    shuffle_summary: float = 0.0
 
 
 PRESETS = {
@@ -80,7 +86,8 @@ PRESETS = {
                          clip_preset="tiny", clip_steps=30, clip_batch=32, unet_preset="tiny", unet_steps=40,
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
                          round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32,
-                         vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99, clip2_steps=10, finetune_steps=10),
+                         vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99, clip2_steps=10, finetune_steps=10,
+                         extra_color_shapes=16, clip_token_loss=1.0, shuffle_summary=1.0),
     # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
     # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
@@ -137,8 +144,11 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- stages
-def _data_dirs(out: str, pr: RecipePreset) -> list[str]:
+def _data_dirs(out: str, pr: RecipePreset, extra: bool = False) -> list[str]:
+    """The data stage's folders: shapes, (with ``extra``, the text-conditioned stages) the extra colours, OpenMoji."""
     dirs = [os.path.join(out, "data", "shapes")]
+    if extra and pr.extra_color_shapes:
+        dirs.append(os.path.join(out, "data", "shapes-extra"))
     if pr.emoji != 0:
         dirs.append(os.path.join(out, "data", "emoji"))
     return dirs
@@ -158,16 +168,22 @@ def _refuse_heldout_captions(folder: str) -> None:
 
 def stage_data(out, pr, args):
     from latentgen.data.emoji import split_emoji_folder, write_emoji_folder
-    from latentgen.data.shapes import write_shapes_folder
+    from latentgen.data.shapes import write_extra_colors_folder, write_shapes_folder
 
     shapes, *emoji = _data_dirs(out, pr)
     if not os.path.isfile(os.path.join(shapes, "metadata.jsonl")):
         write_shapes_folder(shapes + ".tmp", n=pr.shapes, size=pr.size, seed=args.seed,
                             include_heldout=args.include_heldout, paraphrase_prob=0.3)
         os.replace(shapes + ".tmp", shapes)
+    if pr.extra_color_shapes:
+        extra = os.path.join(out, "data", "shapes-extra")
+        if not os.path.isfile(os.path.join(extra, "metadata.jsonl")):
+            write_extra_colors_folder(extra + ".tmp", n=pr.extra_color_shapes, size=pr.size, seed=args.seed)
+            os.replace(extra + ".tmp", extra)
     # "excluded": from the shapes scenes and OpenMoji both (recipes before 2026-12-05 wrote no such key and kept
     # OpenMoji's green circle and purple square emoji); model cards say which
-    result = {"folders": [shapes, *emoji], "heldout_pairs": "included" if args.include_heldout else "excluded"}
+    result = {"folders": _data_dirs(out, pr, extra=True),
+              "heldout_pairs": "included" if args.include_heldout else "excluded"}
     if not emoji:
         return result
     train, held = emoji[0], emoji[0] + "-heldout"
@@ -277,19 +293,27 @@ def stage_decoder(out, pr, args):
 def stage_clip(out, pr, args):
     from train import clip
 
-    argv = _common(os.path.join(out, "clip"), _data_dirs(out, pr), pr.clip_steps, pr.clip_batch,
+    argv = _common(os.path.join(out, "clip"), _data_dirs(out, pr, extra=True), pr.clip_steps, pr.clip_batch,
                    args.seed, pr.mixed_precision, args.no_progress, pr.clip_preset)
-    return clip.main(argv + ["--lr-schedule", pr.clip_lr_schedule])
+    return clip.main(argv + ["--lr-schedule", pr.clip_lr_schedule] + _token_loss(pr))
+
+
+def _token_loss(pr: RecipePreset) -> list[str]:
+    return ["--token-loss", str(pr.clip_token_loss)] if pr.clip_token_loss else []
+
+
+def _shuffle(pr: RecipePreset) -> list[str]:
+    return ["--shuffle-summary", str(pr.shuffle_summary)] if pr.shuffle_summary else []
 
 
 def stage_unet(out, pr, args):
     from train import unet
 
-    argv = _common(os.path.join(out, "unet"), _data_dirs(out, pr), pr.unet_steps, pr.unet_batch, args.seed,
-                   pr.mixed_precision, args.no_progress, pr.unet_preset)
+    argv = _common(os.path.join(out, "unet"), _data_dirs(out, pr, extra=True), pr.unet_steps, pr.unet_batch,
+                   args.seed, pr.mixed_precision, args.no_progress, pr.unet_preset)
     argv += ["--vae", _codec(out, pr), "--text-encoder", os.path.join(out, "clip"),
              "--size", str(pr.size), "--lr", str(pr.unet_lr), "--lr-schedule", pr.unet_lr_schedule]
-    return unet.main(argv)
+    return unet.main(argv + _shuffle(pr))
 
 
 def _warmup(steps: int) -> int:
@@ -302,24 +326,27 @@ def stage_clip2(out, pr, args):
         return {"skipped": True}
     from train import clip
 
-    argv = _common(os.path.join(out, "clip2"), _data_dirs(out, pr), pr.clip2_steps, pr.clip_batch,
+    argv = _common(os.path.join(out, "clip2"), _data_dirs(out, pr, extra=True), pr.clip2_steps, pr.clip_batch,
                    args.seed, pr.mixed_precision, args.no_progress)
     return clip.main(argv + ["--model", os.path.join(out, "unet"), "--lr", "5e-4",
-                             "--warmup-steps", str(_warmup(pr.clip2_steps))])
+                             "--warmup-steps", str(_warmup(pr.clip2_steps))] + _token_loss(pr))
 
 
 def stage_finetune(out, pr, args):
-    """The unet stage's UNet fine-tuned in full on clip2's text encoder (v5's step 4): the teacher."""
+    """The unet stage's UNet fine-tuned in full (on clip2's text encoder where the preset has a clip2 stage, v5's
+    step 4; else on its own) with the learning rate annealed and EMA: the teacher."""
     if not pr.finetune_steps:
         return {"skipped": True}
     from train import finetune
 
-    argv = _common(os.path.join(out, "finetune"), _data_dirs(out, pr), pr.finetune_steps, pr.unet_batch,
-                   args.seed, pr.mixed_precision, args.no_progress)
-    argv += ["--model", os.path.join(out, "unet"), "--text-encoder", os.path.join(out, "clip2"), "--lora-rank", "0",
+    argv = _common(os.path.join(out, "finetune"), _data_dirs(out, pr, extra=True), pr.finetune_steps,
+                   pr.unet_batch, args.seed, pr.mixed_precision, args.no_progress)
+    argv += ["--model", os.path.join(out, "unet"), "--lora-rank", "0",
              "--lr", str(pr.finetune_lr), "--warmup-steps", str(_warmup(pr.finetune_steps)),
              "--lr-schedule", "linear", "--ema-decay", "0.999"]
-    return finetune.main(argv)
+    if pr.clip2_steps:
+        argv += ["--text-encoder", os.path.join(out, "clip2")]
+    return finetune.main(argv + _shuffle(pr))
 
 
 def teacher_dir(out: str, config: dict) -> str:
@@ -344,7 +371,7 @@ def stage_distill(out, pr, args):
     teacher = teacher_dir(out, asdict(pr))
     _share_cache(os.path.join(teacher, "cache"), os.path.join(out, "distill", "cache"))
 
-    argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr), pr.round_steps, pr.distill_batch,
+    argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr, extra=True), pr.round_steps, pr.distill_batch,
                    args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", teacher, "--teacher-steps", str(pr.teacher_steps),
              "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
@@ -372,11 +399,11 @@ def _load_state(path: str, preset: str) -> dict:
 
 
 # the preset fields that make the data (a change needs a new recipe folder)
-DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout")
+DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes")
 # which preset fields each stage trains to; raising one reopens the stage
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
-               "clip": ("clip_steps", "clip_lr_schedule"),
-               "unet": ("unet_steps", "unet_lr_schedule"),
+               "clip": ("clip_steps", "clip_lr_schedule", "clip_token_loss"),
+               "unet": ("unet_steps", "unet_lr_schedule", "shuffle_summary"),
                "clip2": ("clip2_steps",), "finetune": ("finetune_steps", "finetune_lr"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule",
                            "distill_guidance_max", "last_round_steps")}

@@ -40,6 +40,15 @@ POSITIONS: tuple[str, ...] = (
 HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
 )
+# training-only colours outside the palette (words of the tokenizer from OpenMoji's names), each drawn with every
+# shape: data in which colour and shape vary independently (bench/results/ship/README.md, sessions 32-33)
+EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
+    "pink": (240, 110, 190),
+    "brown": (130, 80, 35),
+    "black": (25, 25, 25),
+    "grey": (130, 130, 130),
+    "cyan": (30, 200, 220),
+}
 
 
 
@@ -690,4 +699,28 @@ def write_shapes_folder(out: str | os.PathLike, n: int, size: int = 64, seed: in
             row = {"file_name": name, "text": make_caption(objects, rng, paraphrase_prob),
                    "objects": [o.to_dict() for o in objects]}
             meta.write(json.dumps(row) + "\n")
+    return n
+
+
+def write_extra_colors_folder(out: str | os.PathLike, n: int, size: int = 64, seed: int = 0) -> int:
+    """Write ``n`` scenes of 1 or 2 objects in one colour of ``EXTRA_COLORS`` (any shape, size and cell) as
+    ``x00000.png ...`` plus ``metadata.jsonl`` with canonical captions; the same seed gives the same folder.
+
+    No palette colour appears, so no held-out pair does; these scenes are for training only (the checker
+    knows the palette alone).
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (got {n!r})")
+    _check_size(size)
+    os.makedirs(out, exist_ok=True)
+    rng = random.Random(seed)
+    with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
+        for i in range(n):
+            color = rng.choice(list(EXTRA_COLORS))
+            cells = rng.sample(POSITIONS, rng.choice([1, 2]))
+            objects = [ShapeObject(rng.choice(SHAPES), None, rng.choice(SIZES), cell) for cell in cells]
+            name = f"x{i:05d}.png"
+            render_scene(objects, size, rng, fill=EXTRA_COLORS[color]).save(os.path.join(out, name))
+            text = " and ".join(f"a {o.size} {color} {o.shape} at {o.position}" for o in objects)
+            meta.write(json.dumps({"file_name": name, "text": text}) + "\n")
     return n
