@@ -75,10 +75,13 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     with open(os.path.join(extra, "metadata.jsonl")) as f:
         assert sum(1 for _ in f) == pr.extra_color_shapes
     runs = {}
-    for stage in ("vae", "decoder", "clip", "unet", "clip2", "finetune", "distill"):
+    for stage in ("vae", "decoder", "clip", "unet", "clip2", "finetune"):
         with open(os.path.join(out, stage, "run_config.json")) as f:
             runs[stage] = json.load(f)
-    assert [extra in r["data"] for r in runs.values()] == [False, False, True, True, True, True, True]
+    assert [extra in runs[s]["data"] for s in ("vae", "decoder", "clip", "clip2")] == [False, False, True, True]
+    rows = lambda *p: sum(1 for _ in open(os.path.join(out, "data", *p, "metadata.jsonl"), encoding="utf-8"))
+    assert runs["unet"]["examples"] == runs["finetune"]["examples"] == rows("shapes") + rows("shapes-extra") + rows(
+        "emoji")
     assert runs["clip"]["token_loss"] == runs["clip2"]["token_loss"] == 1.0
     assert runs["unet"]["shuffle_summary"] == runs["finetune"]["shuffle_summary"] == 1.0
     # a second run finds every stage done and trains nothing

@@ -6,9 +6,11 @@
 
 Stages: data (shapes and OpenMoji, the held-out pairs excluded from both) -> vae -> decoder (the VAE's
 decoder trained on alone, its encoder and latents kept; presets with ``decoder_steps`` only) -> clip ->
-unet -> clip2 and finetune (presets with ``clip2_steps``: CLIP's two towers trained on from the UNet's text
-encoder, then the UNet fine-tuned in full on that text encoder) -> distill (guided, then progressive halving
-to 4 steps). Each stage runs its own trainer
+unet -> clip2 (presets with ``clip2_steps``: CLIP's two towers trained on from the UNet's text encoder) ->
+finetune (presets with ``finetune_steps``: the UNet fine-tuned in full, on clip2's text encoder where there is one)
+-> distill (guided, then progressive halving to 4 steps). Presets with ``extra_color_shapes`` add scenes in colours
+outside the palette (``data/shapes-extra``) to the text-conditioned stages; ``clip_token_loss`` and
+``shuffle_summary`` pass ``--token-loss`` to CLIP and ``--shuffle-summary`` to the unet and finetune stages. Each stage runs its own trainer
 (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
 killed recipe (or one stopped for the night) continues where it was with the same command.
 Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end:
@@ -105,21 +107,23 @@ PRESETS = {
                           unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
                           teacher_steps=16, student_steps=1, stage1_steps=500, round_steps=250,
                           distill_batch=32, mixed_precision="no"),
-    # the shipped preset: v5's path (bench/RESULTS.md) as one planned run within 8 h of 2 CPU cores:
-    # VAE 4000 steps on OpenMoji + 4000 shapes (mirrored, EMA: bench/results/vae.md) + decoder 1500,
-    # both CLIP towers 600 steps, UNet 8000 steps on that text encoder, CLIP 1200 more, the UNet fine-tuned on it
-    # 2000 steps (annealed linearly), distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps,
-    # 16 -> 8 -> 4, each annealed linearly to 0.
-    # (Run 2026-12-03 and 2026-12-05 with CLIP 1800 steps before a 10 000-step UNet and no clip2/finetune: the teacher
-    # read 100 / 97.0 / 83.3% but 32.7% and 31.7% on the held-out pairs, all colour: bench/results/ship/README.md.
-    # This order's teacher, run 2026-12-05 on data without the held-out emoji: 99.3 / 93.7 / 65.0%, held-out 42.3%)
+    # the shipped preset, one planned run within 8 h of 2 CPU cores: VAE 4000 steps on OpenMoji + 4000 shapes
+    # (mirrored, EMA: bench/results/vae.md) + decoder 1500; 7500 scenes in five colours outside the palette beside
+    # the shapes and OpenMoji for the text-conditioned stages; both CLIP towers 600 steps with the token-identity
+    # loss; the UNet 8000 steps on shuffled summaries, then fine-tuned 2000 more (annealed linearly, EMA 0.999, still
+    # shuffled); distillation as student v7's: guidance 1-5, 2000 + 500 + 1000 steps, 16 -> 8 -> 4, annealed to 0.
+    # Its teacher (runs/ship33, 2026-12-05): held-out pairs 100% (n 120; the unet stage 300 / 300), 1 object 100%,
+    # 2 objects 74.2% (n 120). Before it, v5's order (CLIP 600, UNet 8000, CLIP 1200 more, fine-tune, no extra
+    # colours, token loss or shuffle) read 99.3 / 93.7% but 42.3% held-out; CLIP 1800 steps before a 10 000-step
+    # UNet read 100 / 97.0% and 31.7% (bench/results/ship/README.md).
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
                          teacher_steps=16, student_steps=4, stage1_steps=2000, round_steps=500,
                          distill_batch=32, mixed_precision="no", emoji_holdout=256, decoder_steps=1500,
                          distill_lr_schedule="linear", vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
-                         distill_guidance_max=5.0, last_round_steps=1000, clip2_steps=1200, finetune_steps=2000),
+                         distill_guidance_max=5.0, last_round_steps=1000, finetune_steps=2000,
+                         extra_color_shapes=7500, clip_token_loss=1.0, shuffle_summary=1.0),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
