@@ -10,8 +10,8 @@ unet -> clip2 (presets with ``clip2_steps``: CLIP's two towers trained on from t
 finetune (presets with ``finetune_steps``: the UNet fine-tuned in full, on clip2's text encoder where there is one)
 -> distill (guided, then progressive halving to 4 steps). Presets with ``extra_color_shapes`` add scenes in colours
 outside the palette (``data/shapes-extra``) to the text-conditioned stages; ``clip_token_loss`` and
-``shuffle_summary`` pass ``--token-loss`` to CLIP and ``--shuffle-summary`` to the unet and finetune stages. Each stage runs its own trainer
-(``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
+``shuffle_summary`` pass ``--token-loss`` to CLIP and ``--shuffle-summary`` to the unet and finetune stages.
+Each stage runs its own trainer (``train/*.py``) with ``--resume latest``; a stage whose result is complete is skipped, so a
 killed recipe (or one stopped for the night) continues where it was with the same command.
 Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the end:
 wall-clock seconds, and the process's CPU seconds (user + system, all threads), which do not count the
@@ -72,7 +72,7 @@ class RecipePreset:
     # v5's order (README, "Held-out pairs and the text encoder"): the UNet learns colour from a short-trained text
     # encoder, which binds the shape word to the colour; CLIP then trains on and the UNet is fine-tuned on it
     clip2_steps: int = 0  # CLIP steps on both towers after the unet stage, from its text encoder (0: no clip2)
-    finetune_steps: int = 0  # the UNet fine-tuned in full on clip2's text encoder (0: no finetune stage)
+    finetune_steps: int = 0  # the UNet fine-tuned in full, on clip2's text encoder if any (0: no finetune stage)
     finetune_lr: float = 2e-4
     # word-level text states (bench/results/ship/README.md, sessions 32-33): scenes in colours outside the palette,
     # each with every shape (data/shapes-extra, for the text-conditioned stages); CLIP's token-identity loss
