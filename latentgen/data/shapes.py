@@ -721,6 +721,6 @@ def write_extra_colors_folder(out: str | os.PathLike, n: int, size: int = 64, se
             objects = [ShapeObject(rng.choice(SHAPES), None, rng.choice(SIZES), cell) for cell in cells]
             name = f"x{i:05d}.png"
             render_scene(objects, size, rng, fill=EXTRA_COLORS[color]).save(os.path.join(out, name))
-            text = " and ".join(f"a {o.size} {color} {o.shape} at {o.position}" for o in objects)
+            text = " and ".join(f"{_noun_phrase([o.size, color], o.shape)} at {o.position}" for o in objects)
             meta.write(json.dumps({"file_name": name, "text": text}) + "\n")
     return n
