@@ -79,7 +79,10 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
         with open(os.path.join(out, stage, "run_config.json")) as f:
             runs[stage] = json.load(f)
     assert [extra in runs[s]["data"] for s in ("vae", "decoder", "clip", "clip2")] == [False, False, True, True]
-    rows = lambda *p: sum(1 for _ in open(os.path.join(out, "data", *p, "metadata.jsonl"), encoding="utf-8"))
+    def rows(folder):
+        with open(os.path.join(out, "data", folder, "metadata.jsonl"), encoding="utf-8") as f:
+            return sum(1 for _ in f)
+
     assert runs["unet"]["examples"] == runs["finetune"]["examples"] == rows("shapes") + rows("shapes-extra") + rows(
         "emoji")
     assert runs["clip"]["token_loss"] == runs["clip2"]["token_loss"] == 1.0
