@@ -211,6 +211,28 @@ def test_summary_shuffle_swaps_only_the_states_from_the_end_token_on(base_and_da
     assert torch.equal(SummaryShuffle(tok, captions, states, p=0.0)(ids, states[ids], step=0), states[ids])
 
 
+def test_summary_shuffle_multi_sets_the_probability_for_captions_naming_two_shapes(base_and_data):
+    from transformers import CLIPTokenizer
+
+    from train.common import SummaryShuffle, shapes_named
+
+    assert [shapes_named(c) for c in ("a face", "a red circle", "a red circle and a blue square at top")] == [0, 1, 2]
+    base, _ = base_and_data
+    tok = CLIPTokenizer.from_pretrained(os.path.join(base, "tokenizer"))
+    captions = ["a red circle", "a blue square", "a red circle and a blue square", "a blue circle and a red square"]
+    lengths = [len(ids) for ids in tok(captions).input_ids]
+    assert lengths[0] == lengths[1] and lengths[2] == lengths[3]
+    states = torch.arange(len(captions), dtype=torch.float)[:, None, None].expand(-1, 12, 2).clone()  # (N, L, D) = id
+    ids = torch.arange(len(captions))
+    spared = SummaryShuffle(tok, captions, states, p=1.0, p_multi=0.0)(ids, states[ids], step=0)
+    assert (spared[0, lengths[0] - 1:] == 1).all() and (spared[1, lengths[1] - 1:] == 0).all()  # one shape: swapped
+    assert torch.equal(spared[2:], states[2:])  # two shapes: their own summary
+    only_multi = SummaryShuffle(tok, captions, states, p=0.0, p_multi=1.0)(ids, states[ids], step=0)
+    assert torch.equal(only_multi[:2], states[:2]) and (only_multi[2, lengths[2] - 1:] == 3).all()
+    with pytest.raises(ValueError, match="p_multi must lie in"):
+        SummaryShuffle(tok, captions, states, p=1.0, p_multi=2.0)
+
+
 def test_full_finetune_with_shuffled_summaries_runs_and_records_it(base_and_data, tmp_path):
     import json
 
@@ -221,3 +243,4 @@ def test_full_finetune_with_shuffled_summaries_runs_and_records_it(base_and_data
     res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--max-steps", "4", "--shuffle-summary", "1"))
     assert res["finished"]
     assert json.loads((out / "finetune.json").read_text())["shuffle_summary"] == 1.0
+    assert "shuffle_summary_multi" not in json.loads((out / "finetune.json").read_text())

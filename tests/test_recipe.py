@@ -338,6 +338,10 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     value = lambda argv, flag: argv[argv.index(flag) + 1]
     assert value(seen["train.clip"], "--token-loss") == "0.5"
     assert value(seen["train.unet"], "--shuffle-summary") == value(ft, "--shuffle-summary") == "0.25"
+    assert not any("--shuffle-summary-multi" in argv for argv in seen.values())
+    seen.clear()
+    recipe.stage_finetune(str(tmp_path), replace(pr, finetune_shuffle_multi=0.0), args)
+    assert value(seen["train.finetune"], "--shuffle-summary-multi") == "0.0"
     assert all(os.path.join(str(tmp_path), "data", "shapes-extra") in argv for argv in seen.values())
     plain = replace(pr, extra_color_shapes=0, clip_token_loss=0.0, shuffle_summary=0.0)
     seen.clear()

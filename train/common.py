@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
+import re
 
 import torch
 
@@ -96,6 +97,26 @@ def add_shuffle_summary(p: argparse.ArgumentParser) -> None:
                         "caption's of the same length in tokens, so the UNet reads each word's own state rather "
                         "than the causal encoder's whole-caption summary (for text encoders trained with "
                         "train.clip --token-loss); 0: off")
+    p.add_argument("--shuffle-summary-multi", type=_probability, default=None, metavar="P",
+                   help="the shuffle's probability for captions that name two or more shapes (the summary is "
+                        "where a causal encoder keeps which colour goes with which shape); default: "
+                        "--shuffle-summary's")
+
+
+def shuffle_settings(args) -> dict:
+    """The run-config keys of ``--shuffle-summary`` (and ``-multi``), only those that are on, so older runs resume."""
+    out = {"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {}
+    if args.shuffle_summary and args.shuffle_summary_multi is not None:
+        out["shuffle_summary_multi"] = args.shuffle_summary_multi
+    return out
+
+
+def shapes_named(caption: str) -> int:
+    """How many shape words (``circle``, ``square``, ``triangle``, ``shape``, ...) a caption holds."""
+    from latentgen.data.shapes import SHAPES
+
+    nouns = set(SHAPES) | {"shape", "object", "thing"}
+    return sum(w in nouns for w in re.findall(r"[a-z]+", caption.lower()))
 
 
 class SummaryShuffle:
@@ -108,12 +129,17 @@ class SummaryShuffle:
     word states stay where they are), drawn uniformly, and the UNet has to read each word where it is
     named. Needs a text encoder whose word states carry their words (``train.clip --token-loss``); used by
     ``train.unet`` and ``train.finetune`` (``--shuffle-summary``).
+    ``p_multi`` (default ``p``) is the probability for captions naming two or more shapes (``shapes_named``):
+    0 spares them, so the summary can still tell the UNet which colour goes with which shape.
     The empty caption (classifier-free guidance's) is left alone.
     """
 
-    def __init__(self, tokenizer, captions: list[str], states: torch.Tensor, p: float, seed: int = 0):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"the shuffle probability must lie in [0, 1] (got {p})")
+    def __init__(self, tokenizer, captions: list[str], states: torch.Tensor, p: float, seed: int = 0,
+                 p_multi: float | None = None):
+        p_multi = p if p_multi is None else p_multi
+        for name, value in (("p", p), ("p_multi", p_multi)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"the shuffle probability {name} must lie in [0, 1] (got {value})")
         lengths = [len(ids) for ids in tokenizer(captions, truncation=True).input_ids]  # incl. <bos>, <eos>
         self.end = torch.tensor(lengths) - 1  # (N,): the first <|endoftext|>'s position
         groups: dict[int, list[int]] = {}
@@ -121,7 +147,8 @@ class SummaryShuffle:
             if c:
                 groups.setdefault(n, []).append(i)
         self.donors = {i: g for g in groups.values() if len(g) > 1 for i in g}  # caption id -> same-length ids
-        self.states, self.p, self.seed = states, p, seed  # states (N, L, D), indexed like ``captions``
+        self.p = [p_multi if shapes_named(c) > 1 else p for c in captions]  # (N,): each caption's probability
+        self.states, self.seed = states, seed  # states (N, L, D), indexed like ``captions``
 
     def __call__(self, ids: torch.Tensor, emb: torch.Tensor, step: int) -> torch.Tensor:
         """``emb`` (B, L, D), the states of caption ids ``ids`` (B,), with other captions' summaries."""
@@ -129,7 +156,7 @@ class SummaryShuffle:
         out = emb
         for row, i in enumerate(ids.tolist()):
             group = self.donors.get(i)
-            if group is None or rng.random() >= self.p:
+            if group is None or rng.random() >= self.p[i]:
                 continue
             j = i
             while j == i:

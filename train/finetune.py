@@ -220,7 +220,8 @@ def main(argv=None) -> dict:
     distinct = cache_captions(captions_all)  # the cache's caption ids index this list
     shuffle = None
     if args.shuffle_summary:
-        shuffle = common.SummaryShuffle(tok, distinct, cache["embeddings"], args.shuffle_summary, args.seed or 0)
+        shuffle = common.SummaryShuffle(tok, distinct, cache["embeddings"], args.shuffle_summary, args.seed or 0,
+                                        args.shuffle_summary_multi)
     lora = args.lora_rank > 0
     if lora:
         add_lora(unet, args.lora_rank, args.lora_alpha, args.lora_targets)
@@ -239,7 +240,7 @@ def main(argv=None) -> dict:
            "lr": cfg.lr, "batch_size": cfg.batch_size,
            "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder),
            # a resume with other settings is refused, by name; the key only when on, so older runs resume
-           **({"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {})}
+           **common.shuffle_settings(args)}
 
     def validate(trainer, m, step):
         if not args.val_prompt:

@@ -80,6 +80,7 @@ class RecipePreset:
     extra_color_shapes: int = 0
     clip_token_loss: float = 0.0
     shuffle_summary: float = 0.0
+    finetune_shuffle_multi: float | None = None  # the finetune stage's --shuffle-summary-multi (None: not passed)
 
 
 PRESETS = {
@@ -350,7 +351,9 @@ def stage_finetune(out, pr, args):
              "--lr-schedule", "linear", "--ema-decay", "0.999"]
     if pr.clip2_steps:
         argv += ["--text-encoder", os.path.join(out, "clip2")]
-    return finetune.main(argv + _shuffle(pr))
+    multi = ([] if not pr.shuffle_summary or pr.finetune_shuffle_multi is None
+             else ["--shuffle-summary-multi", str(pr.finetune_shuffle_multi)])
+    return finetune.main(argv + _shuffle(pr) + multi)
 
 
 def teacher_dir(out: str, config: dict) -> str:
@@ -408,7 +411,7 @@ DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes")
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
                "clip": ("clip_steps", "clip_lr_schedule", "clip_token_loss"),
                "unet": ("unet_steps", "unet_lr_schedule", "shuffle_summary"),
-               "clip2": ("clip2_steps",), "finetune": ("finetune_steps", "finetune_lr"),
+               "clip2": ("clip2_steps",), "finetune": ("finetune_steps", "finetune_lr", "finetune_shuffle_multi"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule",
                            "distill_guidance_max", "last_round_steps")}
 

@@ -148,12 +148,11 @@ def main(argv=None) -> dict:
     run = {"trainer": "unet", "preset": args.preset, "unet": dataclasses.asdict(ucfg), "size": args.size,
            "caption_dropout": args.caption_dropout, "min_snr_gamma": args.min_snr_gamma,
            "scaling_factor": scaling, "examples": len(data),
-           # the key only when on, so runs from before the flag resume
-           **({"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {})}
+           **common.shuffle_settings(args)}  # the keys only when on, so runs from before the flag resume
     shuffle = None
     if args.shuffle_summary:
         shuffle = common.SummaryShuffle(tok, cache_captions(it.caption for it in data.items), cache["embeddings"],
-                                        args.shuffle_summary, args.seed or 0)
+                                        args.shuffle_summary, args.seed or 0, args.shuffle_summary_multi)
     trainer = Trainer(cfg, build_unet(ucfg), LatentDataset(cache),
                       make_step_fn(cache, scaling, args.caption_dropout, args.min_snr_gamma, shuffle),
                       validate_fn=make_validate_fn(args, vae, tok, te), run_config=run)
