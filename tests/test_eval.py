@@ -110,6 +110,28 @@ def test_heldout_groups_break_down_by_pair_and_show_the_shape_drawn_instead():
     json.dumps(fallback)
 
 
+class SwapPipe(RenderPipe):
+    """Draws every 2-object prompt with the two positions exchanged: binding gone wrong."""
+
+    def __call__(self, prompt, **kw):
+        swapped = []
+        for p in prompt:
+            a, b = parse_prompt(p)
+            a, b = dataclasses.replace(a, position=b.position), dataclasses.replace(b, position=a.position)
+            swapped.append(" and ".join(f"a {o.size} {o.color} {o.shape} at {o.position}" for o in (a, b)))
+        return super().__call__(swapped, **kw)
+
+
+def test_two_object_groups_report_swapped_attributes():
+    perfect = evaluate_shapes(RenderPipe(), n=12, groups=["1_object", "2_objects"])
+    assert "swapped" not in perfect["1_object"]
+    assert perfect["2_objects"]["swapped"] == {"shape": 0.0, "size": 0.0, "position": 0.0}
+    bad = evaluate_shapes(SwapPipe(), n=12, groups=["2_objects"])["2_objects"]
+    same = sum(a.position == b.position for _, (a, b) in shapes_eval_set(12, 0, 2))
+    assert bad["swapped"]["position"] == (12 - same) / 12 > 0.5 and bad["swapped"]["shape"] == 0.0
+    assert bad["full_prompt_accuracy"] == same / 12
+
+
 def test_batches_seeds_and_group_subsets():
     pipe = RenderPipe()
     a = evaluate_shapes(pipe, n=3, seed=5, batch_size=4, groups=["heldout", "2_objects"])
