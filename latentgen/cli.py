@@ -172,7 +172,9 @@ Groups: 1_object, 2_objects, 3_objects (pooled as "all"), heldout (1-object prom
 naming a held-out colour-shape pair) and heldout_2_objects; --n prompts each. Each
 group reports full_prompt_accuracy, per-attribute accuracy (color, shape, size,
 position), object, no_stray_colors and nothing_else; the held-out groups also report
-by_pair (per held-out pair: object and shape accuracy, and the shapes drawn instead);
+by_pair (per held-out pair: object and shape accuracy, and the shapes drawn instead), and
+groups of several objects report swapped (per attribute: shape, size, position, the share of
+images with an object drawn in another named object's value: binding failures);
 settings and seconds per image come with them. Defaults for --steps, --guidance and --sampler come from the model
 folder's README.md front matter, else 25, 5.0 and the model's saved scheduler."""
 
