@@ -18,15 +18,13 @@ Writes ``bench/results/clause_binding.{json,md}`` (``--results`` to write elsewh
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import random
-import sys
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import machine, write_results
+from bench.common import ROOT, add_text_model_arg, footer, text_model_meta, write_results
 from latentgen.data.shapes import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,30 +119,24 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| object | word | probe: own colour | probe: the other object's colour |", "|---:|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['object']} | {r['word']} | {100 * r['own_colour']:.1f}% | {100 * r['other_colour']:.1f}% |")
-    lines += ["", f"machine: {meta['machine']}", "", f"command: `{meta['command']}` ({meta['date']})", ""]
+    lines += footer(meta)
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=os.path.join(os.path.dirname(HERE), "latentgen", "weights", "default"),
-                   help="model folder with text_encoder/ and tokenizer/ (default: the bundled model)")
+    add_text_model_arg(p)
     p.add_argument("--n-train", type=int, default=2000, help="prompts the probe is fitted on")
     p.add_argument("--n-test", type=int, default=1000, help="other prompts it is scored on")
     p.add_argument("--results", default=RESULTS, help="path prefix of the .json and .md results")
     args = p.parse_args(argv)
-    for sub in ("text_encoder", "tokenizer"):
-        if not os.path.isdir(os.path.join(args.model, sub)):
-            raise SystemExit(f"error: {args.model} has no {sub}/ folder: give a model folder (--model)")
     if args.n_train < 10 or args.n_test < 1:
         raise SystemExit("error: --n-train must be at least 10 and --n-test at least 1")
+    meta = text_model_meta("bench.clause_binding", args.model, argv, ROOT,
+                           n_train=args.n_train, n_test=args.n_test)
     train_p, test_p = two_object_prompts(args.n_train, seed=0), two_object_prompts(args.n_test, seed=1)
     rows = probe_table(word_states(args.model, train_p), word_states(args.model, test_p),
                        [o for _, o in train_p], [o for _, o in test_p])
-    meta = {"model": os.path.relpath(args.model, os.path.dirname(HERE)), "machine": machine(),
-            "n_train": args.n_train, "n_test": args.n_test,
-            "command": " ".join(["python -m bench.clause_binding", *(sys.argv[1:] if argv is None else argv)]),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     result = {"meta": meta, "rows": rows}
     write_results(args.results, result, markdown(rows, meta))
     return result

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
+import sys
 
 import torch
 
@@ -31,3 +33,29 @@ def write_results(prefix: str, result: dict, markdown: str) -> None:
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(markdown)
     print(markdown)
+
+
+def text_model_meta(module: str, model: str, argv, root: str, **extra) -> dict:
+    """Check ``model`` holds ``text_encoder/`` and ``tokenizer/``; the results' meta: model (relative to
+    ``root``), machine, the command that reproduces them and the date, plus ``extra``."""
+    for sub in ("text_encoder", "tokenizer"):
+        if not os.path.isdir(os.path.join(model, sub)):
+            raise SystemExit(f"error: {model} has no {sub}/ folder: give a model folder (--model)")
+    return {"model": os.path.relpath(model, root), "machine": machine(), **extra,
+            "command": " ".join([f"python -m {module}", *(sys.argv[1:] if argv is None else argv)]),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
+
+def add_text_model_arg(p) -> None:
+    """``--model``: a folder with ``text_encoder/`` and ``tokenizer/``, by default the bundled model."""
+    p.add_argument("--model", default=os.path.join(ROOT, "latentgen", "weights", "default"),
+                   help="model folder with text_encoder/ and tokenizer/ (default: the bundled model)")
+
+
+def footer(meta: dict) -> list[str]:
+    """The markdown lines that end a text-encoder benchmark: machine, command and date."""
+    return ["", f"machine: {meta['machine']}", "", f"command: `{meta['command']}` ({meta['date']})", ""]
+

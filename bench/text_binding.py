@@ -19,14 +19,12 @@ Writes ``bench/results/text_binding.{json,md}`` (``--results`` to write elsewher
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import machine, write_results
+from bench.common import ROOT, add_text_model_arg, footer, text_model_meta, write_results
 from latentgen.data.shapes import COLORS, HELDOUT_PAIRS, POSITIONS, SHAPES, SIZES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,23 +98,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {name} | {r['same_colour_sim']:.3f} {r['same_colour_nearest']} | "
                      f"{r['same_shape_sim']:.3f} {r['same_shape_nearest']} | {wins} | "
                      f"{100 * r['centroid_probe']:.0f}% |")
-    lines += ["", f"machine: {meta['machine']}", "", f"command: `{meta['command']}` ({meta['date']})", ""]
+    lines += footer(meta)
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=os.path.join(os.path.dirname(HERE), "latentgen", "weights", "default"),
-                   help="model folder with text_encoder/ and tokenizer/ (default: the bundled model)")
+    add_text_model_arg(p)
     p.add_argument("--results", default=RESULTS, help="path prefix of the .json and .md results")
     args = p.parse_args(argv)
-    for sub in ("text_encoder", "tokenizer"):
-        if not os.path.isdir(os.path.join(args.model, sub)):
-            raise SystemExit(f"error: {args.model} has no {sub}/ folder: give a model folder (--model)")
+    meta = text_model_meta("bench.text_binding", args.model, argv, ROOT)
     rows = binding_table(shape_word_states(args.model))
-    meta = {"model": os.path.relpath(args.model, os.path.dirname(HERE)), "machine": machine(),
-            "command": " ".join(["python -m bench.text_binding", *(sys.argv[1:] if argv is None else argv)]),
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     result = {"meta": meta, "rows": rows}
     write_results(args.results, result, markdown(rows, meta))
     return result
