@@ -38,7 +38,7 @@ def two_object_prompts(n: int, seed: int) -> list[tuple[str, list[dict]]]:
     rng = random.Random(f"clause-binding:{seed}")
     out = []
     while len(out) < n:
-        objs = [dict(size=rng.choice(SIZES), colour=c, shape=rng.choice(SHAPES), position=p)
+        objs = [{"size": rng.choice(SIZES), "colour": c, "shape": rng.choice(SHAPES), "position": p}
                 for c, p in zip(rng.sample(COLOURS, 2), rng.sample(POSITIONS, 2))]
         if any((o["colour"], o["shape"]) in HELDOUT_PAIRS for o in objs):
             continue
