@@ -118,6 +118,7 @@ def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
     (["--class-prompt", "a dog"], "num-class-images"),
     (["--shuffle-summary", "1.5"], "probability in [0, 1]"),
     (["--shuffle-summary", "0.5", "--train-text-encoder"], "leave out --train-text-encoder"),
+    (["--shuffle-summary-multi", "0"], "give --shuffle-summary P"),
 ])
 def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
     from train import finetune

@@ -63,7 +63,12 @@ def test_unet_with_shuffled_summaries_trains_and_records_it(parts, tmp_path, cap
     with pytest.raises(SystemExit):
         train_unet.main(base + ["--max-steps", "1", "--shuffle-summary", "-0.1"])
     assert "probability in [0, 1]" in capsys.readouterr().err
-    assert train_unet.main(base + ["--max-steps", "4", "--shuffle-summary", "1"])["finished"]
+    with pytest.raises(SystemExit):
+        train_unet.main(base + ["--max-steps", "1", "--shuffle-summary-multi", "0"])
+    assert "give --shuffle-summary P" in capsys.readouterr().err
+    assert train_unet.main(base + ["--max-steps", "4", "--shuffle-summary", "1",
+                                   "--shuffle-summary-multi", "0"])["finished"]
     with open(os.path.join(out, "run_config.json")) as f:
-        assert json.load(f)["shuffle_summary"] == 1.0
+        run = json.load(f)
+    assert run["shuffle_summary"] == 1.0 and run["shuffle_summary_multi"] == 0.0
     assert all(torch.isfinite(torch.tensor(_losses(out))))

@@ -103,6 +103,13 @@ def add_shuffle_summary(p: argparse.ArgumentParser) -> None:
                         "--shuffle-summary's")
 
 
+def check_shuffle_summary(p: argparse.ArgumentParser, args) -> None:
+    """``--shuffle-summary-multi`` sets a probability of the shuffle, so it needs the shuffle on."""
+    if args.shuffle_summary_multi is not None and not args.shuffle_summary:
+        p.error("--shuffle-summary-multi sets the shuffle's probability for multi-shape captions: "
+                "give --shuffle-summary P (> 0) as well")
+
+
 def shuffle_settings(args) -> dict:
     """The run-config keys of ``--shuffle-summary`` (and ``-multi``), only those that are on, so older runs resume."""
     out = {"shuffle_summary": args.shuffle_summary} if args.shuffle_summary else {}
@@ -130,7 +137,7 @@ class SummaryShuffle:
     named. Needs a text encoder whose word states carry their words (``train.clip --token-loss``); used by
     ``train.unet`` and ``train.finetune`` (``--shuffle-summary``).
     ``p_multi`` (default ``p``) is the probability for captions naming two or more shapes (``shapes_named``):
-    0 spares them, so the summary can still tell the UNet which colour goes with which shape.
+    0 spares them: their summary stays their own.
     The empty caption (classifier-free guidance's) is left alone.
     """
 

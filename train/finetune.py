@@ -63,6 +63,7 @@ def parse_args(argv=None):
         p.error("--num-class-images needs --class-prompt TEXT")
     if args.shuffle_summary and args.train_text_encoder:
         p.error("--shuffle-summary mixes the cached states of a frozen text encoder: leave out --train-text-encoder")
+    common.check_shuffle_summary(p, args)
     return args
 
 

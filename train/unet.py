@@ -49,7 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--val-adherence", type=int, default=0,
                    help="shapes prompts scored by the checker at each validation (0: off)")
     common.add_shuffle_summary(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    common.check_shuffle_summary(p, args)
+    return args
 
 
 def load_components(args):
