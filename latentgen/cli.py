@@ -24,6 +24,10 @@ def _add_data(sub):
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--include-heldout", action="store_true",
                    help="also draw the held-out colour-shape pairs (purple square, orange triangle, green circle)")
+    s.add_argument("--objects", type=int, choices=(1, 2, 3), default=None,
+                   help="objects in every scene (default: 1 to 3, uniformly)")
+    s.add_argument("--paraphrase-prob", type=float, default=0.0, metavar="P",
+                   help="share of captions paraphrased rather than canonical (the recipes use 0.3)")
 
     e = dsub.add_parser("emoji", help="render every OpenMoji emoji as an image folder")
     e.add_argument("--out", required=True)
@@ -42,7 +46,8 @@ def _run_data(args) -> int:
         from latentgen.data.shapes import write_shapes_folder
 
         n = write_shapes_folder(args.out, n=args.n, size=args.size, seed=args.seed,
-                                include_heldout=args.include_heldout)
+                                include_heldout=args.include_heldout, paraphrase_prob=args.paraphrase_prob,
+                                n_objects=args.objects)
         print(f"wrote {n} images to {args.out}")
         return 0
     if args.data_cmd == "emoji":

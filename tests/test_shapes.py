@@ -246,6 +246,24 @@ def test_cli_data_shapes(tmp_path, capsys):
     assert main(["data", "shapes", "--out", str(tmp_path / "bad"), "--n", "0"]) == 2
 
 
+def test_write_shapes_folder_fixed_object_count(tmp_path):
+    """n_objects / --objects: every scene holds that many objects, held-out pairs still left out."""
+    from latentgen.cli import main
+
+    write_shapes_folder(tmp_path / "two", n=12, size=32, seed=3, n_objects=2, paraphrase_prob=0.3)
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metadata.jsonl").read_text().splitlines()]
+    assert [len(r["objects"]) for r in rows] == [2] * 12
+    assert not {(o["color"], o["shape"]) for r in rows for o in r["objects"]} & HELDOUT_PAIRS
+    assert all(len(parse_prompt(r["text"])) == 2 for r in rows)
+    argv = ["data", "shapes", "--out", str(tmp_path / "cli"), "--n", "12", "--size", "32", "--seed", "3",
+            "--objects", "2", "--paraphrase-prob", "0.3"]
+    assert main(argv) == 0
+    assert (tmp_path / "cli" / "metadata.jsonl").read_text() == (tmp_path / "two" / "metadata.jsonl").read_text()
+    with pytest.raises(ValueError, match="n_objects must be 1, 2 or 3"):
+        write_shapes_folder(tmp_path / "bad", n=2, n_objects=4)
+    assert main(["data", "shapes", "--out", str(tmp_path / "bad2"), "--n", "2", "--paraphrase-prob", "2"]) == 2
+
+
 def test_palette_argument_finds_a_colour_outside_the_palette():
     """render_scene(fill=) and find_blobs(palette=): the default palette calls teal "other";
     a palette with teal added names it, with the same shape, size and position."""

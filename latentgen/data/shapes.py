@@ -678,21 +678,26 @@ def attribute_accuracy(results: Iterable[CheckResult]) -> dict:
 
 # ---------------------------------------------------------------- image folder
 def write_shapes_folder(out: str | os.PathLike, n: int, size: int = 64, seed: int = 0,
-                        include_heldout: bool = False, paraphrase_prob: float = 0.0) -> int:
+                        include_heldout: bool = False, paraphrase_prob: float = 0.0,
+                        n_objects: int | None = None) -> int:
     """Write ``n`` scenes as ``00000.png ...`` plus ``metadata.jsonl``; the same seed gives the same folder.
 
     Each metadata row is ``{"file_name", "text", "objects": [{"shape", "color", "size", "position"}]}``.
+    ``n_objects`` (1, 2 or 3) gives every scene that many objects (default: 1 to 3, uniformly), e.g. a
+    folder of 2-object scenes that weighs binding more in a fine-tune.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (got {n!r})")
     if not 0.0 <= paraphrase_prob <= 1.0:
         raise ValueError(f"paraphrase_prob must lie in [0, 1] (got {paraphrase_prob})")
+    if n_objects is not None and n_objects not in (1, 2, 3):
+        raise ValueError(f"n_objects must be 1, 2 or 3, or None for 1 to 3 (got {n_objects!r})")
     _check_size(size)
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
         for i in range(n):
-            objects = sample_scene(rng, include_heldout=include_heldout)
+            objects = sample_scene(rng, include_heldout=include_heldout, n_objects=n_objects)
             image = render_scene(objects, size, rng)
             name = f"{i:05d}.png"
             image.save(os.path.join(out, name))
