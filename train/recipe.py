@@ -81,6 +81,9 @@ class RecipePreset:
     clip_token_loss: float = 0.0
     shuffle_summary: float = 0.0
     finetune_shuffle_multi: float | None = None  # the finetune stage's --shuffle-summary-multi (None: not passed)
+    # scenes of exactly 2 objects (data/shapes-2obj) added to the finetune stage's data, and so to the distillation's
+    # (bench/results/ship/README.md, session 35): binding weighs more where the teachers fail
+    two_object_shapes: int = 0
 
 
 PRESETS = {
@@ -90,7 +93,7 @@ PRESETS = {
                          unet_batch=16, unet_lr=1e-3, teacher_steps=8, student_steps=4, stage1_steps=10,
                          round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32,
                          vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99, clip2_steps=10, finetune_steps=10,
-                         extra_color_shapes=16, clip_token_loss=1.0, shuffle_summary=1.0),
+                         extra_color_shapes=16, clip_token_loss=1.0, shuffle_summary=1.0, two_object_shapes=16),
     # the bundled model's models trained longer: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores
     # (VAE 2.9, CLIP 1.0, UNet 11.6, distillation 5.3, at the quick run's step times). fp32: on CPUs without
     # AVX-512 BF16 (this project's AMD EPYC machines: AVX2 only) a bf16 matrix product is ~100x
@@ -149,13 +152,16 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- stages
-def _data_dirs(out: str, pr: RecipePreset, extra: bool = False) -> list[str]:
-    """The data stage's folders: shapes, (with ``extra``, the text-conditioned stages) the extra colours, OpenMoji."""
+def _data_dirs(out: str, pr: RecipePreset, extra: bool = False, two_objects: bool = False) -> list[str]:
+    """The data stage's folders: shapes, (with ``extra``, the text-conditioned stages) the extra colours, OpenMoji,
+    (with ``two_objects``, the finetune stage and the distillation of its teacher) the 2-object scenes."""
     dirs = [os.path.join(out, "data", "shapes")]
     if extra and pr.extra_color_shapes:
         dirs.append(os.path.join(out, "data", "shapes-extra"))
     if pr.emoji != 0:
         dirs.append(os.path.join(out, "data", "emoji"))
+    if two_objects and pr.two_object_shapes:
+        dirs.append(os.path.join(out, "data", "shapes-2obj"))
     return dirs
 
 
@@ -185,9 +191,14 @@ def stage_data(out, pr, args):
         if not os.path.isfile(os.path.join(extra, "metadata.jsonl")):
             write_extra_colors_folder(extra + ".tmp", n=pr.extra_color_shapes, size=pr.size, seed=args.seed)
             os.replace(extra + ".tmp", extra)
+    two = os.path.join(out, "data", "shapes-2obj")
+    if pr.two_object_shapes and not os.path.isfile(os.path.join(two, "metadata.jsonl")):
+        write_shapes_folder(two + ".tmp", n=pr.two_object_shapes, size=pr.size, seed=args.seed + 2,
+                            include_heldout=args.include_heldout, paraphrase_prob=0.3, n_objects=2)
+        os.replace(two + ".tmp", two)
     # "excluded": from the shapes scenes and OpenMoji both (recipes before 2026-12-05 wrote no such key and kept
     # OpenMoji's green circle and purple square emoji); model cards say which
-    result = {"folders": _data_dirs(out, pr, extra=True),
+    result = {"folders": _data_dirs(out, pr, extra=True, two_objects=True),
               "heldout_pairs": "included" if args.include_heldout else "excluded"}
     if not emoji:
         return result
@@ -201,7 +212,7 @@ def stage_data(out, pr, args):
             split_emoji_folder(every, train + ".tmp", held, pr.emoji_holdout, seed=args.seed)
             os.replace(train + ".tmp", train)
     if not args.include_heldout:
-        for folder in (shapes, train, *([held] if pr.emoji_holdout else [])):
+        for folder in (shapes, train, *([held] if pr.emoji_holdout else []), *([two] if pr.two_object_shapes else [])):
             _refuse_heldout_captions(folder)
     if pr.emoji_holdout:
         with open(os.path.join(held, "metadata.jsonl"), encoding="utf-8") as f:
@@ -344,7 +355,7 @@ def stage_finetune(out, pr, args):
         return {"skipped": True}
     from train import finetune
 
-    argv = _common(os.path.join(out, "finetune"), _data_dirs(out, pr, extra=True), pr.finetune_steps,
+    argv = _common(os.path.join(out, "finetune"), _data_dirs(out, pr, extra=True, two_objects=True), pr.finetune_steps,
                    pr.unet_batch, args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", os.path.join(out, "unet"), "--lora-rank", "0",
              "--lr", str(pr.finetune_lr), "--warmup-steps", str(_warmup(pr.finetune_steps)),
@@ -378,7 +389,8 @@ def stage_distill(out, pr, args):
     teacher = teacher_dir(out, asdict(pr))
     _share_cache(os.path.join(teacher, "cache"), os.path.join(out, "distill", "cache"))
 
-    argv = _common(os.path.join(out, "distill"), _data_dirs(out, pr, extra=True), pr.round_steps, pr.distill_batch,
+    data = _data_dirs(out, pr, extra=True, two_objects=bool(pr.finetune_steps))  # the teacher's data: its cache
+    argv = _common(os.path.join(out, "distill"), data, pr.round_steps, pr.distill_batch,
                    args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", teacher, "--teacher-steps", str(pr.teacher_steps),
              "--min-steps", str(pr.student_steps), "--stage1-steps", str(pr.stage1_steps),
@@ -406,7 +418,7 @@ def _load_state(path: str, preset: str) -> dict:
 
 
 # the preset fields that make the data (a change needs a new recipe folder)
-DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes")
+DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes", "two_object_shapes")
 # which preset fields each stage trains to; raising one reopens the stage
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
                "clip": ("clip_steps", "clip_lr_schedule", "clip_token_loss"),
