@@ -236,7 +236,8 @@ def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tm
         (tmp_path / "data" / folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": text}))
     with pytest.raises(SystemExit, match="1 caption.*'green circle'.*delete the folder"):
         stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=False))
-    assert stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"][-1].endswith("emoji")
+    folders = stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"]
+    assert [os.path.basename(f) for f in folders] == ["shapes", "shapes-extra", "emoji", "shapes-2obj"]
 
 
 def test_card_says_which_held_out_pairs_the_recipe_s_data_kept_out():
