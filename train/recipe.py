@@ -191,7 +191,7 @@ def stage_data(out, pr, args):
         if not os.path.isfile(os.path.join(extra, "metadata.jsonl")):
             write_extra_colors_folder(extra + ".tmp", n=pr.extra_color_shapes, size=pr.size, seed=args.seed)
             os.replace(extra + ".tmp", extra)
-    two = os.path.join(out, "data", "shapes-2obj")
+    two = os.path.join(out, "data", "shapes-2obj")  # at seed 0 the folder of session 35's fine-tunes (its own seed)
     if pr.two_object_shapes and not os.path.isfile(os.path.join(two, "metadata.jsonl")):
         write_shapes_folder(two + ".tmp", n=pr.two_object_shapes, size=pr.size, seed=args.seed + 2,
                             include_heldout=args.include_heldout, paraphrase_prob=0.3, n_objects=2)
