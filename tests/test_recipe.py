@@ -362,3 +362,5 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     assert "16 more scenes" in card(pr) and "outside the palette" not in card(plain)
     assert "16 more scenes of exactly 2 objects" in card(pr)
     assert "exactly 2 objects" not in card(replace(pr, two_object_shapes=0))
+    with pytest.raises(ValueError, match="set finetune_steps > 0"):
+        replace(pr, finetune_steps=0)

@@ -85,6 +85,11 @@ class RecipePreset:
     # (bench/results/ship/README.md, session 35): binding weighs more where the teachers fail
     two_object_shapes: int = 0
 
+    def __post_init__(self):
+        if self.two_object_shapes and not self.finetune_steps:
+            raise ValueError("two_object_shapes feeds the finetune stage (and the distillation of its teacher): "
+                             "set finetune_steps > 0 as well, or two_object_shapes=0")
+
 
 PRESETS = {
     # a quick look and the CI test: 16 px, tiny models, minutes
