@@ -270,6 +270,24 @@ def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(
     assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`: 150 steps on shapes")
 
 
+def test_bundle_card_lists_the_later_runs_data_and_times_only_the_stages_the_recipe_finished(tmp_path):
+    from train.bundle import extra_data_note, model_card
+
+    folder = tmp_path / "shapes-2obj"
+    folder.mkdir()
+    rows = [{"file_name": f"{i}.png", "text": f"caption {i}"} for i in range(3)]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = extra_data_note(str(folder))
+    assert line.startswith("- `shapes-2obj`: 3 more image-caption pairs") and "`caption 0`" in line
+    with pytest.raises(SystemExit, match="no metadata.jsonl"):
+        extra_data_note(str(tmp_path))
+    # distill was started and stopped by the recipe (seconds, no done entry); clip2 skipped
+    recipe = {"preset": "ship", "config": {}, "seconds": {"unet": 600.0, "clip2": 0.0, "distill": 1200.0},
+              "done": {"unet": {"finished": True}, "clip2": {"skipped": True}}}
+    card = model_card("teacher", {}, recipe, [], [], ["- a later run"], [line])
+    assert "Minutes per stage: unet 10.0 (total 10.0)." in card and line in card
+
+
 def test_bundle_names_a_student_s_guidance_range_in_its_run_note_and_card(tmp_path):
     from train.bundle import guidance_note, run_note
 

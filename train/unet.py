@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from latentgen.cache import LatentDataset, cache_captions, load_or_build_cache
     from latentgen.data.folder import ImageCaptionDataset
-    from latentgen.models.presets import save_config
+    from latentgen.models.presets import copy_config, save_config
     from latentgen.models.unet import build_unet, get_unet_config
     from latentgen.training import Trainer
 
@@ -164,6 +164,9 @@ def main(argv=None) -> dict:
     pipe = build_pipeline(unet, vae, tok, te)
     pipe.save_pretrained(args.out, safe_serialization=True)
     save_config(ucfg, os.path.join(args.out, "unet"))
+    vae_dir = args.vae or args.model  # its latentgen_config.json (the VAE preset) goes along, as train.vae wrote it
+    copy_config(os.path.join(vae_dir, "vae") if os.path.isdir(os.path.join(vae_dir, "vae")) else vae_dir,
+                os.path.join(args.out, "vae"))
     if os.path.isdir(os.path.join(te_dir, "clip")):
         shutil.copytree(os.path.join(te_dir, "clip"), os.path.join(args.out, "clip"), dirs_exist_ok=True)
     write_model_card(args.out, args, run)
