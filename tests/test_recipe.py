@@ -129,6 +129,14 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
                                                  "guidance_scale": 3.0}
     assert read_model_card_defaults(student)["num_inference_steps"] == 4
     assert os.path.isdir(os.path.join(teacher, "clip")) and not os.path.exists(os.path.join(teacher, "cache"))
+    # the teacher's scorer is the recipe's scorer stage (image tower trained on, text tower frozen), stored in fp16
+    from train.bundle import _tensors
+
+    scorer, before, shipped = (_tensors(os.path.join(d, "clip")) for d in (os.path.join(out, "scorer"),
+                                                                             os.path.join(out, "finetune"), teacher))
+    assert shipped.keys() == scorer.keys() and all(torch.equal(shipped[k], scorer[k].half()) for k in scorer)
+    assert any(not torch.equal(scorer[k], before[k]) for k in scorer if k.startswith("vision_model."))
+    assert all(torch.equal(scorer[k], before[k]) for k in scorer if k.startswith("text_model."))
     stored = load_file(os.path.join(teacher, "unet", "diffusion_pytorch_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
     g = lambda: torch.Generator().manual_seed(0)
@@ -343,6 +351,9 @@ def test_ship_preset_distils_as_student_v7(tmp_path, monkeypatch):
     pr = recipe.PRESETS["ship"]
     state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
     assert recipe.reopen_stages(str(tmp_path), state, replace(pr, last_round_steps=2000)) == ["distill"]
+    # the scorer stage trains on the teacher alone: raising it reopens it, and a reopened distill leaves it be
+    state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
+    assert recipe.reopen_stages(str(tmp_path), state, replace(pr, scorer_steps=6000)) == ["scorer"]
 
 
 def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path, monkeypatch):

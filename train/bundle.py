@@ -65,7 +65,8 @@ def parse_args(argv=None):
                                                        "section, run on the bundled teacher): VAE PSNR and CLIP "
                                                        "probing for the cards")
     p.add_argument("--clip", metavar="DIR", help="a train.clip --freeze-text run of the teacher's CLIP: its clip/ "
-                                                "replaces the scorer (the text encoder must be unchanged)")
+                                                "replaces the scorer (the text encoder must be unchanged; default: "
+                                                "the recipe's scorer stage where it ran)")
     p.add_argument("--vae", metavar="DIR", help="a train.vae --decoder-only run of the teacher's VAE: its vae/ "
                                                "replaces the VAE of both models (the encoder must be unchanged)")
     p.add_argument("--teacher-runs", nargs="+", default=[], metavar="DIR",
@@ -364,8 +365,12 @@ def main(argv=None) -> dict:
         read_model_card_defaults(teacher).get("guidance_scale", 5.0)
     student_card = read_model_card_defaults(student)
     dtype = torch.float32 if args.fp32 else torch.float16
-    swaps = {kind: (check_replacement(kind, teacher, d, dtype), run_note(d))
-             for kind, d in (("clip", args.clip), ("vae", args.vae)) if d}
+    scorer = recipe.get("done", {}).get("scorer")
+    recipe_scorer = args.clip is None and isinstance(scorer, dict) and not scorer.get("skipped")
+    clip_run = os.path.join(args.recipe, "scorer") if recipe_scorer else args.clip
+    # a recipe's own scorer stage is in its minutes, not among the later runs
+    swaps = {kind: (check_replacement(kind, teacher, d, dtype), None if kind == "clip" and recipe_scorer else run_note(d))
+             for kind, d in (("clip", clip_run), ("vae", args.vae)) if d}
     teacher_runs = [run_note(d) for d in args.teacher_runs]
     extra_data = [extra_data_note(d) for d in args.extra_data]
     runs = {"default": teacher_runs, "default-4step": teacher_runs + [run_note(d) for d in args.student_runs]}
@@ -387,7 +392,7 @@ def main(argv=None) -> dict:
             shutil.rmtree(os.path.join(tmp, part))
             shutil.copytree(folder, os.path.join(tmp, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
         drop_source_paths(tmp)
-        later = runs[name] + [note for _, note in mine.values()]
+        later = runs[name] + [note for _, note in mine.values() if note]
         if not args.fp32:
             store_fp16(tmp)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
