@@ -90,3 +90,75 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(final)))
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<folder>/.lock``, held while the run trains.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so a killed run never
+    leaves a stale lock. ``RunLock.held(folder)`` asks without taking it.
+
+        with RunLock(out):
+            ...train, checkpoint...
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = os.fspath(folder)
+        self.path = os.path.join(self.folder, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(
+                f"the run folder {os.path.basename(os.path.normpath(self.folder))} is in use by another "
+                "training process: wait for it to finish (or stop it), or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @staticmethod
+    def held(folder: str | os.PathLike) -> bool:
+        """Whether some live process holds ``folder``'s lock now."""
+        import fcntl
+
+        path = os.path.join(os.fspath(folder), LOCK_FILE)
+        if not os.path.isfile(path):
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock taken just now
+        return False

@@ -22,3 +22,6 @@ def check_prompt(text, name: str = "prompt") -> str:
             "(the text encoder reads only the first 77 tokens): shorten it"
         )
     return text
+
+
+MAX_CAPTION_CHARS = 2000  # a training caption; longer ones are skipped and reported by the data scanner
