@@ -111,6 +111,29 @@ def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
 
     keys = load_file(out / "pytorch_lora_weights.safetensors")
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert not any("base_model.model" in k for k in keys)  # the model's own names, not peft's wrapper's
+    _loads_in_both_pipelines(base, out)
+
+
+def _loads_in_both_pipelines(base, out):
+    """The LoRA in ``out`` loads through our pipeline and stock diffusers, text encoder included, and both
+    draw the same image, which differs from the base model's."""
+    from diffusers import StableDiffusionPipeline
+
+    from latentgen import LatentGenPipeline
+
+    ours = LatentGenPipeline.from_pretrained(base)
+    before = _image(ours)
+    te_before = ours.encode_prompt(["a red circle"], "cpu")
+    ours.load_lora_weights(str(out))
+    assert not torch.allclose(ours.encode_prompt(["a red circle"], "cpu"), te_before)  # the text LoRA is in
+    after = _image(ours)
+    assert abs(after - before).max() > 1e-4
+    stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    stock.load_lora_weights(str(out))
+    theirs = stock("a red circle", num_inference_steps=2, guidance_scale=5.0,
+                   generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert abs(theirs - after).max() < 1e-3
 
 
 @pytest.mark.parametrize("bad,match", [

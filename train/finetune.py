@@ -33,6 +33,7 @@ from train import common
 
 DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
 TEXT_LORA_TARGETS = "q_proj,k_proj,v_proj,out_proj"
+PEFT_PREFIX = "base_model.model."  # get_peft_model's wrapper: PeftModel.base_model (LoraModel).model
 
 
 def parse_args(argv=None):
@@ -289,8 +290,10 @@ def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
 
         unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model["unet"]))
         te_layers = None
-        if "text_encoder" in model:
-            te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model["text_encoder"]))
+        if "text_encoder" in model:  # peft's wrapper prefixes its names; the loaders want the model's own
+            te_sd = get_peft_model_state_dict(model["text_encoder"])
+            te_layers = convert_state_dict_to_diffusers(
+                {k.removeprefix(PEFT_PREFIX): v for k, v in te_sd.items()})
         LatentGenPipeline.save_lora_weights(args.out, unet_lora_layers=unet_layers,
                                             text_encoder_lora_layers=te_layers, safe_serialization=True)
         return
