@@ -55,3 +55,17 @@ def test_single_pickle_checkpoint_is_refused(tmp_path):
     ckpt.write_bytes(b"not even a pickle")
     with pytest.raises(ValueError, match="single pickle checkpoint"):
         LatentGenPipeline.from_pretrained(str(ckpt))
+
+
+def test_pyproject_requires_a_torch_without_the_weights_only_bypass():
+    """torch < 2.6 lets a crafted file run code even under torch.load(weights_only=True) (CVE-2025-32434)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    torch_req = next(r for r in deps if r.name == "torch")
+    assert torch_req.specifier, "torch must have a lower bound"
+    assert not torch_req.specifier.contains("2.5.1"), f"{torch_req} allows torch 2.5"
+    assert torch_req.specifier.contains("2.6.0")
