@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_STEPS",
     "LatentGenPipeline",
     "LatentGenPipelineOutput",
+    "check_lora_source",
     "check_model_folder",
     "read_model_card_defaults",
     "read_png_params",
@@ -144,6 +145,36 @@ def check_model_folder(path: str | os.PathLike, trust_pickle: bool = False) -> s
     if problems:
         raise FileNotFoundError(f"model folder {path!r} {'; '.join(problems)}: {FOLDER_CONTENTS}")
     return path
+
+
+LORA_HELP = "LoRA weights are a .safetensors file, or a folder holding pytorch_lora_weights.safetensors"
+
+
+def check_lora_source(path: str | os.PathLike, weight_name: str | None = None,
+                      trust_pickle: bool = False) -> str:
+    """``path`` as a str if it holds safetensors LoRA weights (a file, or a folder with one), else a clear error.
+
+    Pickle weights (.bin, .pt, .ckpt) are refused unless ``trust_pickle`` is set; nothing is downloaded.
+    """
+    path = os.fspath(path)
+    target = os.path.join(path, weight_name) if weight_name and os.path.isdir(path) else path
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"no LoRA weights at {target!r}: {LORA_HELP} (latentgen never downloads)")
+    if os.path.isdir(target):
+        files = sorted(os.listdir(target))
+        if any(f.endswith(".safetensors") for f in files):
+            return path
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickles and trust_pickle:
+            return path
+        if pickles:
+            raise ValueError(f"LoRA folder {path!r} holds only pickle weights ({', '.join(pickles)}): {PICKLE_HELP}")
+        raise FileNotFoundError(f"LoRA folder {path!r} holds no .safetensors weights: {LORA_HELP}")
+    if target.endswith(".safetensors") or trust_pickle:
+        return path
+    if target.endswith(PICKLE_SUFFIXES):
+        raise ValueError(f"LoRA weights {target!r} are a pickle file: {PICKLE_HELP}")
+    raise ValueError(f"LoRA weights {target!r} are not a .safetensors file: {LORA_HELP}")
 
 
 def resolve_model_dir(model: str | os.PathLike | None, trust_pickle: bool = False) -> str:
@@ -310,6 +341,20 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             unet=UNet2DConditionModel.from_pretrained(sub("unet"), use_safetensors=use_safetensors, **dtype),
             scheduler=sched_cls.from_config(sched_cfg),
         )
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
+                          trust_pickle: bool = False, **kwargs):
+        """diffusers' ``load_lora_weights`` from a local safetensors file or folder (or a state dict).
+
+        Pickle weights (.bin, .pt, .ckpt) are refused unless ``trust_pickle=True``.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        if not isinstance(source, dict):
+            source = check_lora_source(source, kwargs.get("weight_name"), trust_pickle)
+            kwargs.setdefault("local_files_only", True)
+            if not trust_pickle:
+                kwargs["use_safetensors"] = True
+        return super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
 
     # ------------------------------------------------------------ helpers
     @property
