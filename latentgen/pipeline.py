@@ -55,6 +55,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from latentgen.diffusion import SAMPLERS, alpha_sigma, make_scheduler, pred_x0
+from latentgen.limits import check_prompt
 from latentgen.pngmeta import read_png_params, save_png_with_params
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "LatentGenPipelineOutput",
     "check_lora_source",
     "check_model_folder",
+    "check_weight_files",
     "read_model_card_defaults",
     "read_png_params",
     "resolve_model_dir",
@@ -145,6 +147,30 @@ def check_model_folder(path: str | os.PathLike, trust_pickle: bool = False) -> s
     if problems:
         raise FileNotFoundError(f"model folder {path!r} {'; '.join(problems)}: {FOLDER_CONTENTS}")
     return path
+
+
+def check_weight_files(folder: str) -> None:
+    """Refuse a corrupt or truncated .safetensors file of unet/, vae/ or text_encoder/ (header check only).
+
+    The error names the file relative to ``folder``, as the loaders' own errors do not.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for name in ("unet", "vae", "text_encoder"):
+        sub = os.path.join(folder, name)
+        for f in sorted(os.listdir(sub)):
+            if not f.endswith(".safetensors"):
+                continue
+            try:
+                with safe_open(os.path.join(sub, f), framework="pt"):
+                    pass  # opening parses the header and checks it covers the whole file
+            except (SafetensorError, RuntimeError) as e:
+                raise ValueError(f"{folder}: could not read {name}/{f} (corrupt or truncated safetensors file: "
+                                 f"{e}): copy the model folder again, or save it again with save_pretrained"
+                                 ) from None
+            except OSError as e:
+                raise ValueError(f"{folder}: could not read {name}/{f} ({e.strerror or e}): check the file's "
+                                 "permissions") from None
 
 
 LORA_HELP = "LoRA weights are a .safetensors file, or a folder holding pytorch_lora_weights.safetensors"
@@ -309,9 +335,11 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Load a latentgen or Stable-Diffusion-format folder from disk (safetensors only).
 
         Components other than the five (safety_checker, feature_extractor, ...) are ignored.
-        Pickle weights (.bin) are refused unless ``trust_pickle=True``.
+        Pickle weights (.bin) are refused unless ``trust_pickle=True``; a corrupt or truncated
+        safetensors file is a ValueError naming it.
         """
         folder = check_model_folder(pretrained_model_name_or_path, trust_pickle)
+        check_weight_files(folder)
         kwargs.setdefault("use_safetensors", None if trust_pickle else True)
         kwargs.setdefault("local_files_only", True)
         kwargs.setdefault("torch_dtype", torch.float32)  # whatever dtype the weights are stored in
@@ -436,6 +464,10 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def check_inputs(self, prompts, negatives, num_inference_steps, guidance_scale, height, width,
                      num_images_per_prompt, image, strength, output_type, sampler, generator):
         """Every argument checked up front; a ValueError names the problem and the fix."""
+        for text in prompts:
+            check_prompt(text, "prompt")
+        for text in negatives or ():
+            check_prompt(text, "negative prompt")
         f = self.vae_scale_factor
         for name, side in (("height", height), ("width", width)):
             if not isinstance(side, numbers.Integral) or side <= 0 or side % f:
