@@ -9,7 +9,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from dataclasses import dataclass
+
+from latentgen.limits import MAX_PROMPT_CHARS, check_prompt
+
+
+# ---------------------------------------------------------------- bounds
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range of a numeric flag, checked before any model is loaded; ``why`` explains it."""
+
+    lo: int | float
+    hi: int | float
+    why: str = ""
+
+    def help(self, text: str) -> str:
+        return f"{text} ({self.lo} to {self.hi}{': ' + self.why if self.why else ''})"
+
+
+ONE_BATCH = "all are made in one batch, held in memory together"
+BOUNDS = {  # `latentgen generate`; `latentgen eval shapes` uses EVAL_BOUNDS
+    "--steps": Bound(1, 1000),
+    "--n": Bound(1, 64, ONE_BATCH),
+    "--height": Bound(8, 2048, "a multiple of the model's VAE factor"),
+    "--width": Bound(8, 2048, "a multiple of the model's VAE factor"),
+    "--guidance": Bound(0, 30),
+    "--strength": Bound(0, 1),
+    "--seed": Bound(0, 2**32 - 1),
+}
+EVAL_BOUNDS = {
+    "--n": Bound(1, 10_000),
+    "--batch-size": Bound(1, 64, ONE_BATCH),
+    **{flag: BOUNDS[flag] for flag in ("--steps", "--guidance", "--seed")},
+}
+MAX_INIT_PIXELS = 40_000_000  # an --init-image over 40 MP is refused from its header (as `data check` does)
+
+
+def check_bounds(args, bounds: dict[str, Bound]) -> None:
+    """A ValueError naming the first flag of ``args`` outside its ``bounds`` and the accepted range."""
+    for flag, b in bounds.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        finite = isinstance(value, int) or math.isfinite(value)  # (isfinite overflows on a huge int)
+        if not (finite and b.lo <= value <= b.hi):
+            kind = "a whole number" if isinstance(value, int) else "a finite number"
+            why = f" ({b.why})" if b.why else ""
+            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+            raise ValueError(f"{flag} {shown}: must be {kind} from {b.lo} to {b.hi}{why}")
 
 
 # ---------------------------------------------------------------- data
@@ -78,6 +128,8 @@ _GENERATE_HELP = """Write PNGs whose 'parameters' text chunk holds the prompt an
 (out.png -> out-0.png, out-1.png, ...); any other path is a folder (created if
 needed) that gets latentgen-<seed>.png per image. Image i uses seed --seed + i,
 so any image can be made again alone with its recorded seed and --n 1.
+Existing PNG files at those paths are overwritten. Every number (see the ranges
+below), the prompts, --out and --init-image are checked before the model loads.
 Defaults for --steps, --guidance and --sampler come from the model folder's
 README.md front matter (num_inference_steps, guidance_scale, sampler), else 25,
 5.0 and the model's saved scheduler."""
@@ -87,27 +139,32 @@ def _add_generate(sub):
     p = sub.add_parser("generate", help="make images from a prompt (and optionally an init image)",
                        description=_GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the bundled latentgen/weights/default)")
-    p.add_argument("--prompt", required=True, help='what to draw ("" for an unconditional image)')
-    p.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded in the PNG)")
+    p.add_argument("--prompt", required=True,
+                   help=f'what to draw ("" for an unconditional image; at most {MAX_PROMPT_CHARS:,} characters)')
+    p.add_argument("--negative-prompt", default=None,
+                   help=f"what to steer away from (at most {MAX_PROMPT_CHARS:,} characters)")
+    p.add_argument("--steps", type=int, default=None, help=BOUNDS["--steps"].help("denoising steps"))
+    p.add_argument("--guidance", type=float, default=None,
+                   help=BOUNDS["--guidance"].help("classifier-free guidance scale, 1 = off"))
+    p.add_argument("--seed", type=int, default=None,
+                   help=BOUNDS["--seed"].help("random seed; default: a random one, recorded in the PNG"))
     p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
-    p.add_argument("--n", type=int, default=1, help="number of images")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--n", type=int, default=1, help=BOUNDS["--n"].help("number of images"))
+    p.add_argument("--height", type=int, default=None,
+                   help=BOUNDS["--height"].help("image height in pixels; default: the model's"))
+    p.add_argument("--width", type=int, default=None,
+                   help=BOUNDS["--width"].help("image width in pixels; default: the model's"))
     p.add_argument("--init-image", default=None, help="image to edit (SDEdit image-to-image)")
     p.add_argument("--strength", type=float, default=0.8,
-                   help="with --init-image: 0 keeps the image, 1 ignores it (default 0.8)")
+                   help=BOUNDS["--strength"].help("with --init-image: 0 keeps the image, 1 ignores it; default 0.8"))
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow .bin/.ckpt pickle weights (they can run code: only for files you trust)")
-    p.add_argument("--out", required=True, help="output .png file (or prefix), or a folder; see above")
+    p.add_argument("--out", required=True,
+                   help="output .png file (or prefix), or a folder; existing PNGs are overwritten; see above")
 
 
 def _generate_paths(out: str, seeds: list[int]) -> list[str]:
-    import os
-
     if out.lower().endswith(".png"):
         if len(seeds) == 1:
             return [out]
@@ -116,8 +173,80 @@ def _generate_paths(out: str, seeds: list[int]) -> list[str]:
     return [os.path.join(out, f"latentgen-{s}.png") for s in seeds]
 
 
-def _run_generate(args) -> int:
+def check_out(out: str, paths: list[str]) -> None:
+    """A ValueError, before any work, when the PNGs ``paths`` of ``--out`` cannot be written."""
+    if not out.lower().endswith(".png") and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is an existing file, not a folder: give a folder for the images, "
+                         "or a path ending in .png")
+    for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"--out: {path!r} is an existing folder, not a .png file: give another file name, "
+                             "or a path without .png to write into a folder")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise ValueError(f"--out: {path!r} exists and is not a regular file: give another path")
+    folder = os.path.dirname(paths[0]) or "."
+    existing = folder
+    while not os.path.lexists(existing):  # the nearest folder that exists: the rest is created
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing):
+        raise ValueError(f"--out: cannot create the folder {folder!r}: {existing!r} is not a folder; "
+                         "give another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: the folder {existing!r} is not writable: give a folder you can write to")
+
+
+def open_init_image(path: str):
+    """The ``--init-image``, fully read; a ValueError for a missing, huge, unreadable or non-image file."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--init-image {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--init-image {path!r} is a folder: give an image file")
+    too_big = None  # the size, when that is why the image is refused
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only
+            if img.width * img.height > MAX_INIT_PIXELS:
+                too_big = f"{img.width} x {img.height} pixels"
+                img.close()
+            else:
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        too_big = "larger than Pillow's decompression-bomb limit"
+    except UnidentifiedImageError:
+        raise ValueError(f"--init-image {path!r} is not an image Pillow can read: give a PNG, JPEG or WebP "
+                         "file") from None
+    except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data
+        raise ValueError(f"--init-image {path!r} is not a readable image ({e}): save it again") from None
+    if too_big:
+        raise ValueError(f"--init-image {path!r} is {too_big}, over the {MAX_INIT_PIXELS:,}-pixel limit "
+                         "(it is resized to the output size anyway): scale it down first")
+    return img
+
+
+def _check_generate_args(args) -> list[int]:
+    """Every argument of `generate` that can be checked without the model; returns the seeds."""
     import secrets
+
+    check_bounds(args, BOUNDS)
+    check_prompt(args.prompt, "--prompt")
+    check_prompt(args.negative_prompt, "--negative-prompt")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    if seed + args.n - 1 > BOUNDS["--seed"].hi:
+        raise ValueError(f"--seed {seed} with --n {args.n}: image i uses seed {seed} + i, which must stay at most "
+                         f"{BOUNDS['--seed'].hi}: give a smaller --seed")
+    seeds = [seed + i for i in range(args.n)]
+    check_out(args.out, _generate_paths(args.out, seeds))
+    return seeds
+
+
+def _run_generate(args) -> int:
+    seeds = _check_generate_args(args)
+    init = None if args.init_image is None else open_init_image(args.init_image)
 
     import torch
 
@@ -131,8 +260,6 @@ def _run_generate(args) -> int:
         save_png_with_params,
     )
 
-    if args.n < 1:
-        raise ValueError(f"--n {args.n}: the number of images must be at least 1")
     model = resolve_model_dir(args.model, trust_pickle=args.trust_pickle)
     card = read_model_card_defaults(model)
     steps = args.steps if args.steps is not None else card.get("num_inference_steps", DEFAULT_STEPS)
@@ -141,21 +268,8 @@ def _run_generate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    init = None
-    if args.init_image is not None:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            init = Image.open(args.init_image)
-            init.load()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"--init-image {args.init_image!r} does not exist") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"--init-image {args.init_image!r} is not a readable image ({e})") from None
 
     pipe = LatentGenPipeline.from_pretrained(model, trust_pickle=args.trust_pickle).to(device)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    seeds = [seed + i for i in range(args.n)]
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     images = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=steps,
                   guidance_scale=guidance, generator=generators, height=args.height, width=args.width,
@@ -190,12 +304,15 @@ def _add_eval(sub):
     s = esub.add_parser("shapes", help="shapes prompt adherence (full-prompt and per-attribute accuracy)",
                         description=_EVAL_SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", default=None, help="model folder (default: the bundled model)")
-    s.add_argument("--n", type=int, default=100, help="prompts per group (default 100)")
-    s.add_argument("--steps", type=int, default=None, help="denoising steps")
+    s.add_argument("--n", type=int, default=100, help=EVAL_BOUNDS["--n"].help("prompts per group; default 100"))
+    s.add_argument("--steps", type=int, default=None, help=EVAL_BOUNDS["--steps"].help("denoising steps"))
     s.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
-    s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the prompt sets and of the images")
-    s.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call")
+    s.add_argument("--guidance", type=float, default=None,
+                   help=EVAL_BOUNDS["--guidance"].help("classifier-free guidance scale, 1 = off"))
+    s.add_argument("--seed", type=int, default=0,
+                   help=EVAL_BOUNDS["--seed"].help("seed of the prompt sets and of the images"))
+    s.add_argument("--batch-size", type=int, default=8,
+                   help=EVAL_BOUNDS["--batch-size"].help("prompts per pipeline call"))
     s.add_argument("--groups", default=None,
                    help="comma-separated: all, 1_object, 2_objects, 3_objects, heldout, heldout_2_objects")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
@@ -203,17 +320,15 @@ def _add_eval(sub):
 
 
 def _run_eval(args) -> int:
-    import os
+    if args.eval_cmd != "shapes":
+        raise AssertionError(args.eval_cmd)
+    check_bounds(args, EVAL_BOUNDS)
 
     import torch
 
     from latentgen.eval.adherence import evaluate_shapes, resolve_groups
     from latentgen.pipeline import LatentGenPipeline, read_model_card_defaults, resolve_model_dir
 
-    if args.eval_cmd != "shapes":
-        raise AssertionError(args.eval_cmd)
-    if args.n < 1:
-        raise ValueError(f"--n {args.n}: the number of prompts per group must be at least 1")
     model = resolve_model_dir(args.model)
     card = read_model_card_defaults(model)
     steps = args.steps if args.steps is not None else card.get("num_inference_steps")
@@ -225,8 +340,6 @@ def _run_eval(args) -> int:
     groups = None
     if args.groups is not None:
         groups = resolve_groups([g.strip() for g in args.groups.split(",") if g.strip()])
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     pipe = LatentGenPipeline.from_pretrained(model).to(device)
     report = evaluate_shapes(pipe, n=args.n, steps=steps, sampler=sampler, guidance=guidance, seed=args.seed,
                              batch_size=args.batch_size, groups=groups, progress=True)

@@ -55,6 +55,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from latentgen.diffusion import SAMPLERS, alpha_sigma, make_scheduler, pred_x0
+from latentgen.limits import check_prompt
 from latentgen.pngmeta import read_png_params, save_png_with_params
 
 __all__ = [
@@ -63,7 +64,9 @@ __all__ = [
     "DEFAULT_STEPS",
     "LatentGenPipeline",
     "LatentGenPipelineOutput",
+    "check_lora_source",
     "check_model_folder",
+    "check_weight_files",
     "read_model_card_defaults",
     "read_png_params",
     "resolve_model_dir",
@@ -144,6 +147,60 @@ def check_model_folder(path: str | os.PathLike, trust_pickle: bool = False) -> s
     if problems:
         raise FileNotFoundError(f"model folder {path!r} {'; '.join(problems)}: {FOLDER_CONTENTS}")
     return path
+
+
+def check_weight_files(folder: str) -> None:
+    """Refuse a corrupt or truncated .safetensors file of unet/, vae/ or text_encoder/ (header check only).
+
+    The error names the file relative to ``folder``, as the loaders' own errors do not.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for name in ("unet", "vae", "text_encoder"):
+        sub = os.path.join(folder, name)
+        for f in sorted(os.listdir(sub)):
+            if not f.endswith(".safetensors"):
+                continue
+            try:
+                with safe_open(os.path.join(sub, f), framework="pt"):
+                    pass  # opening parses the header and checks it covers the whole file
+            except (SafetensorError, RuntimeError) as e:
+                raise ValueError(f"{folder}: could not read {name}/{f} (corrupt or truncated safetensors file: "
+                                 f"{e}): copy the model folder again, or save it again with save_pretrained"
+                                 ) from None
+            except OSError as e:
+                raise ValueError(f"{folder}: could not read {name}/{f} ({e.strerror or e}): check the file's "
+                                 "permissions") from None
+
+
+LORA_HELP = "LoRA weights are a .safetensors file, or a folder holding pytorch_lora_weights.safetensors"
+
+
+def check_lora_source(path: str | os.PathLike, weight_name: str | None = None,
+                      trust_pickle: bool = False) -> str:
+    """``path`` as a str if it holds safetensors LoRA weights (a file, or a folder with one), else a clear error.
+
+    Pickle weights (.bin, .pt, .ckpt) are refused unless ``trust_pickle`` is set; nothing is downloaded.
+    """
+    path = os.fspath(path)
+    target = os.path.join(path, weight_name) if weight_name and os.path.isdir(path) else path
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"no LoRA weights at {target!r}: {LORA_HELP} (latentgen never downloads)")
+    if os.path.isdir(target):
+        files = sorted(os.listdir(target))
+        if any(f.endswith(".safetensors") for f in files):
+            return path
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickles and trust_pickle:
+            return path
+        if pickles:
+            raise ValueError(f"LoRA folder {path!r} holds only pickle weights ({', '.join(pickles)}): {PICKLE_HELP}")
+        raise FileNotFoundError(f"LoRA folder {path!r} holds no .safetensors weights: {LORA_HELP}")
+    if target.endswith(".safetensors") or trust_pickle:
+        return path
+    if target.endswith(PICKLE_SUFFIXES):
+        raise ValueError(f"LoRA weights {target!r} are a pickle file: {PICKLE_HELP}")
+    raise ValueError(f"LoRA weights {target!r} are not a .safetensors file: {LORA_HELP}")
 
 
 def resolve_model_dir(model: str | os.PathLike | None, trust_pickle: bool = False) -> str:
@@ -278,9 +335,11 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Load a latentgen or Stable-Diffusion-format folder from disk (safetensors only).
 
         Components other than the five (safety_checker, feature_extractor, ...) are ignored.
-        Pickle weights (.bin) are refused unless ``trust_pickle=True``.
+        Pickle weights (.bin) are refused unless ``trust_pickle=True``; a corrupt or truncated
+        safetensors file is a ValueError naming it.
         """
         folder = check_model_folder(pretrained_model_name_or_path, trust_pickle)
+        check_weight_files(folder)
         kwargs.setdefault("use_safetensors", None if trust_pickle else True)
         kwargs.setdefault("local_files_only", True)
         kwargs.setdefault("torch_dtype", torch.float32)  # whatever dtype the weights are stored in
@@ -310,6 +369,20 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             unet=UNet2DConditionModel.from_pretrained(sub("unet"), use_safetensors=use_safetensors, **dtype),
             scheduler=sched_cls.from_config(sched_cfg),
         )
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
+                          trust_pickle: bool = False, **kwargs):
+        """diffusers' ``load_lora_weights`` from a local safetensors file or folder (or a state dict).
+
+        Pickle weights (.bin, .pt, .ckpt) are refused unless ``trust_pickle=True``.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        if not isinstance(source, dict):
+            source = check_lora_source(source, kwargs.get("weight_name"), trust_pickle)
+            kwargs.setdefault("local_files_only", True)
+            if not trust_pickle:
+                kwargs["use_safetensors"] = True
+        return super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -391,6 +464,10 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def check_inputs(self, prompts, negatives, num_inference_steps, guidance_scale, height, width,
                      num_images_per_prompt, image, strength, output_type, sampler, generator):
         """Every argument checked up front; a ValueError names the problem and the fix."""
+        for text in prompts:
+            check_prompt(text, "prompt")
+        for text in negatives or ():
+            check_prompt(text, "negative prompt")
         f = self.vae_scale_factor
         for name, side in (("height", height), ("width", width)):
             if not isinstance(side, numbers.Integral) or side <= 0 or side % f:

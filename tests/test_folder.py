@@ -20,6 +20,7 @@ from latentgen.data.folder import (
     resize_center_crop,
     scan_folder,
 )
+from latentgen.limits import MAX_CAPTION_CHARS
 from tests.data_fixtures import BLUE, RED, make_messy_folder, solid, write_metadata_folder
 
 
@@ -89,6 +90,61 @@ def test_metadata_problems_are_skipped_not_raised(tmp_path):
     assert kinds == sorted(["bad metadata", "no caption", "empty caption", "missing file", "bad metadata",
                             "bad metadata", "duplicate entry"])
     assert any(s.path.endswith("metadata.jsonl:2") for s in report.skipped), "bad lines are named by number"
+
+
+def test_hostile_metadata_lines_are_skipped_and_the_rest_is_kept(tmp_path):
+    """A nested-list bomb, an over-long line and an over-long caption: each a reported skip, not a crash."""
+    root = tmp_path / "hostile"
+    root.mkdir()
+    for name in ("ok.png", "long_caption.png", "deep.png", "also_ok.png"):
+        solid(RED).save(root / name)
+    lines = [json.dumps({"file_name": "ok.png", "text": "fine"}),
+             "[" * 100_000,  # RecursionError in json.loads
+             json.dumps({"file_name": "long_caption.png", "text": "x" * 10_000_000}),  # over 1 MB: not parsed
+             json.dumps({"file_name": "deep.png", "text": "x" * (MAX_CAPTION_CHARS + 1)}),
+             "1" * 5000,  # an integer over Python's digit limit: ValueError, not JSONDecodeError
+             json.dumps({"file_name": "also_ok.png", "text": "also fine"})]
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    report = scan_folder(root)
+    assert sorted(it.caption for it in report.items) == ["also fine", "fine"]
+    reasons = {s.path.rsplit(":", 1)[1]: s.reason for s in report.skipped if ".jsonl:" in s.path}
+    assert reasons.keys() == {"2", "3", "5"}, report.skipped
+    assert "nested too deeply" in reasons["2"] and "one flat JSON object per line" in reasons["2"]
+    assert "line too long" in reasons["3"] and "10,000,0" in reasons["3"]
+    assert reasons["5"].startswith("bad metadata")
+    deep = next(s.reason for s in report.skipped if s.path.endswith("deep.png"))
+    assert deep.startswith("caption too long") and "metadata.jsonl:4" in deep and "2,000" in deep
+    assert "shorten" in deep
+    # the unparsed line 3 leaves long_caption.png without a caption: skipped as such, not crashed on
+    assert {os.path.basename(s.path) for s in report.skipped if s.kind == "no caption"} == {"long_caption.png"}
+
+
+def test_csv_field_over_the_csv_module_limit_is_a_skip(tmp_path):
+    root = tmp_path / "csv"
+    root.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        solid(BLUE).save(root / name)
+    (root / "captions.csv").write_text(
+        "file_name,text\na.png,first\nb.png," + "y" * 200_000 + "\nc.png,third\n", encoding="utf-8")
+    report = scan_folder(root)
+    assert sorted(it.caption for it in report.items) == ["first", "third"]
+    bad = [s for s in report.skipped if s.path.endswith("captions.csv:3")]
+    assert len(bad) == 1 and bad[0].kind == "bad metadata" and "field" in bad[0].reason, report.skipped
+
+
+def test_long_txt_captions_are_skipped_and_reported(tmp_path, capsys):
+    for name, text in (("ok", "a red square"), ("long", "word " * 1000), ("huge", "z" * 10_000_000)):
+        solid(RED).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(text)
+    report = scan_folder(tmp_path)
+    assert [it.caption for it in report.items] == ["a red square"]
+    assert {os.path.basename(s.path): s.kind for s in report.skipped} == {
+        "long.png": "caption too long", "huge.png": "caption too long"}
+    ds = ImageCaptionDataset(str(tmp_path), size=8)  # the trainers' loader: the same rules
+    assert ds.captions == ["a red square"]
+    assert cli.main(["data", "check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 usable" in out and "skipped" in out and "huge.png: caption too long" in out
 
 
 def test_caption_encodings(messy):

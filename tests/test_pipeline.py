@@ -306,6 +306,9 @@ def test_long_prompts_are_truncated_with_a_warning(pipe, caplog):
     ({"image": torch.full((1, 3, 16, 16), 255.0)}, "must hold values in \\[-1, 1\\]"),
     ({"image": PIL.Image.new("RGB", (16, 16)), "strength": 1.5}, "strength=1.5 must be a number from 0"),
     ({"generator": [torch.Generator()] * 3}, "3 generators for 1 images"),
+    ({"prompt": "red " * 29_000}, "the prompt is 116,000 characters long; at most 1,000"),
+    ({"prompt": ["a", "b" * 1001]}, "the prompt is 1,001 characters long"),
+    ({"negative_prompt": "x" * 5000}, "the negative prompt is 5,000 characters long"),
 ])
 def test_bad_input_is_a_clear_error(pipe, kwargs, message):
     kwargs = {"prompt": "a red circle", "num_inference_steps": 2, **kwargs}

@@ -55,3 +55,56 @@ def test_single_pickle_checkpoint_is_refused(tmp_path):
     ckpt.write_bytes(b"not even a pickle")
     with pytest.raises(ValueError, match="single pickle checkpoint"):
         LatentGenPipeline.from_pretrained(str(ckpt))
+
+
+def test_pyproject_requires_a_torch_without_the_weights_only_bypass():
+    """torch < 2.6 lets a crafted file run code even under torch.load(weights_only=True) (CVE-2025-32434)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        deps = [Requirement(d) for d in tomllib.load(f)["project"]["dependencies"]]
+    torch_req = next(r for r in deps if r.name == "torch")
+    assert torch_req.specifier, "torch must have a lower bound"
+    assert not torch_req.specifier.contains("2.5.1"), f"{torch_req} allows torch 2.5"
+    assert torch_req.specifier.contains("2.6.0")
+
+
+def _save_tiny_lora(folder, safe: bool) -> None:
+    """Real LoRA weights for the tiny UNet, saved as safetensors or as a pickle (.bin)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from latentgen import LatentGenPipeline
+    from tests.tiny_models import make_tiny_components
+
+    unet = make_tiny_components()["unet"]
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    LatentGenPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=safe)
+
+
+def test_lora_pickle_weights_are_refused_and_safetensors_load(tmp_path):
+    from latentgen import LatentGenPipeline
+    from tests.tiny_models import make_tiny_components
+
+    pickled, safe = tmp_path / "pickled", tmp_path / "safe"
+    _save_tiny_lora(pickled, safe=False)
+    _save_tiny_lora(safe, safe=True)
+    assert os.listdir(pickled) == ["pytorch_lora_weights.bin"]
+    pipe = LatentGenPipeline(**make_tiny_components())
+    with pytest.raises(ValueError, match=r"holds only pickle weights \(pytorch_lora_weights.bin\).*trust_pickle=True"):
+        pipe.load_lora_weights(str(pickled))
+    with pytest.raises(ValueError, match="are a pickle file"):
+        pipe.load_lora_weights(str(pickled / "pytorch_lora_weights.bin"))
+    with pytest.raises(ValueError, match="are a pickle file"):
+        pipe.load_lora_weights(str(pickled), weight_name="pytorch_lora_weights.bin")
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        pipe.load_lora_weights("someone/some-lora")
+    assert pipe.get_list_adapters() == {}, "nothing was loaded from the refused weights"
+    pipe.load_lora_weights(str(safe), adapter_name="safe")
+    pipe.load_lora_weights(str(pickled), adapter_name="trusted", trust_pickle=True)
+    assert set(pipe.get_list_adapters()["unet"]) == {"safe", "trusted"}

@@ -9,15 +9,15 @@ Three caption layouts, which may be mixed and nested in subfolders:
 
 ``scan_folder`` opens and fully decodes every image once, so a truncated JPEG, a text file
 called ``.png`` or a decompression bomb is skipped with a reason at scan time instead of
-crashing a training run hours later. ``ImageCaptionDataset`` serves the usable pairs.
+crashing a training run hours later. Caption text is bounded too (``latentgen.data.captions``):
+a hostile metadata line or an over-long caption is a reported skip. ``ImageCaptionDataset``
+serves the usable pairs.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
 import io
-import json
 import logging
 import os
 import stat
@@ -29,6 +29,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from latentgen.data.captions import (
+    caption_file_problem,
+    caption_problem,
+    clean_caption,
+    guessed,
+    metadata_rows,
+    read_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,54 +213,10 @@ def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.
 
 
 # ---------------------------------------------------------------- captions
-def read_text(path: str) -> tuple[str, str]:
-    """Read a caption/metadata file as (text, encoding): BOMs first, then utf-8, cp1252, latin-1."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16"), "utf-16"
-    if raw.startswith(b"\xef\xbb\xbf"):
-        return raw.decode("utf-8-sig"), "utf-8-sig"
-    for enc in ("utf-8", "cp1252"):
-        try:
-            return raw.decode(enc), enc
-        except UnicodeDecodeError:
-            pass
-    return raw.decode("latin-1"), "latin-1"
-
-
-def clean_caption(text: str) -> str:
-    """Collapse whitespace (newlines included) into single spaces."""
-    return " ".join(text.split())
-
-
-def _guessed(enc: str) -> bool:
-    """Whether ``read_text`` had to guess a legacy 8-bit encoding (then the report says so)."""
-    return enc in ("cp1252", "latin-1")
-
-
 class _Meta(NamedTuple):
     caption: object
     extra: dict
     where: str  # "DIR/metadata.jsonl:3"
-
-
-def _metadata_rows(meta_path: str, report: FolderReport):
-    """(line number, row dict) of a metadata.jsonl or captions.csv; bad JSON lines are reported."""
-    text, enc = read_text(meta_path)
-    if _guessed(enc):
-        report.notes.append((meta_path, f"not UTF-8, decoded as {enc}"))
-    if meta_path.lower().endswith(".jsonl"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    report.skipped.append(Skip(f"{meta_path}:{n}", f"bad metadata: invalid JSON ({e.msg})"))
-    else:
-        reader = csv.DictReader(io.StringIO(text))
-        for row in reader:
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
 
 
 # ---------------------------------------------------------------- scan
@@ -311,8 +276,14 @@ class _Scanner:
 
     def _read_metadata(self, meta_path: str) -> None:
         base = os.path.dirname(meta_path)
-        for n, row in _metadata_rows(meta_path, self.report):
+        enc, rows = metadata_rows(meta_path)
+        if guessed(enc):
+            self.report.notes.append((meta_path, f"not UTF-8, decoded as {enc}"))
+        for n, row, problem in rows:
             where = f"{meta_path}:{n}"
+            if problem:
+                self._skip(where, problem)
+                continue
             if not isinstance(row, dict) or not row.get("file_name"):
                 self._skip(where, "bad metadata: no file_name")
                 continue
@@ -355,21 +326,25 @@ class _Scanner:
                 return f"no caption: {m.where} has no 'text' field"
             if not isinstance(m.caption, (str, int, float)):
                 return f"bad caption: {m.where} has a {type(m.caption).__name__}, not a string"
-            caption, extra = clean_caption(str(m.caption)), m.extra
+            caption, extra, where = clean_caption(str(m.caption)), m.extra, m.where
         else:
             txt = _caption_file(full)
             if txt is None:
                 return "no caption: no same-name .txt file and not listed in a metadata.jsonl / captions.csv"
             try:
-                text, enc = read_text(txt)
+                too_big = caption_file_problem(txt)
+                text, enc = ("", "") if too_big else read_text(txt)
             except OSError as e:
                 return f"unreadable: caption file {txt}: {e.strerror or e}"
-            if _guessed(enc):
+            if too_big:
+                return too_big
+            if guessed(enc):
                 self.report.notes.append((txt, f"not UTF-8, decoded as {enc}: {clean_caption(text)[:60]!r}"))
             self.txt_users[txt].append(full)
-            caption, extra = clean_caption(text), {}
-        if not caption:
-            return "empty caption: the caption is blank"
+            caption, extra, where = clean_caption(text), {}, None
+        problem = caption_problem(caption, where)
+        if problem:
+            return problem
         return Item(path=full, caption=caption, extra=extra)
 
     def _leftovers(self) -> None:
