@@ -1,5 +1,7 @@
-"""A training run killed with SIGKILL at a random moment, or in the middle of writing a checkpoint,
-resumes with --resume latest and ends with the weights of an unbroken run."""
+"""A training run killed with SIGKILL at a random moment, in the middle of writing a checkpoint or of
+re-saving one, or whose disk fills up (a real EFBIG from RLIMIT_FSIZE), resumes with --resume latest
+and ends with the weights of an unbroken run; a second process training into the same folder is
+turned away at once."""
 
 import json
 import os
@@ -16,14 +18,26 @@ from latentgen.training import list_checkpoints
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _cmd(out, *extra):
+    return [sys.executable, "-m", "tests.kill_worker", str(out), *extra]
+
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _attempt(out, *extra) -> subprocess.CompletedProcess:
+    """Run the worker to its end, whatever the outcome."""
+    return subprocess.run(_cmd(out, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
 def _run(out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "tests.kill_worker", str(out), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     if wait:
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        r = _attempt(out, *extra)
         assert r.returncode == 0, r.stderr[-2000:]
         return json.loads((out / "final.json").read_text())
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(_cmd(out, *extra), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _wait_for(pred, timeout=120):
@@ -69,3 +83,45 @@ def test_sigkill_while_writing_a_checkpoint(unbroken, tmp_path):
     assert any(n.startswith(".tmp-checkpoint-9") for n in os.listdir(ckpts))
     _close(_run(out, "--resume", "latest"), unbroken)
     assert not any(n.startswith(".tmp") for n in os.listdir(ckpts))  # cleaned up by the resumed run
+
+
+def _error_line(stderr: str, name: str) -> str:
+    """The ``<module>.<name>: message`` line a worker's traceback ends with."""
+    return next(line for line in reversed(stderr.splitlines()) if f"{name}: " in line)
+
+
+@pytest.mark.parametrize("limit, cause", [
+    (512, "(SafetensorError: Error while serializing: I/O error: File too large"),  # model.safetensors
+    (2048, "(RuntimeError: "),  # optimizer.bin, torch.save
+], ids=["safetensors", "torch"])
+def test_full_disk_while_writing_a_checkpoint(unbroken, tmp_path, limit, cause):
+    """From step 9 on no file may grow past ``limit`` bytes, so checkpoint-9's write fails for real: in
+    safetensors (the model, SafetensorError) or in torch.save (the optimizer, RuntimeError)."""
+    out = tmp_path / "run"
+    r = _attempt(out, "--file-size-limit", str(limit), "--limit-from-step", "9")
+    assert r.returncode == 1, r.stderr[-2000:]
+    msg = _error_line(r.stderr, "CheckpointError")
+    assert "could not write checkpoint-9" in msg and cause in msg, msg
+    assert "Free disk space" in msg and "--resume latest" in msg, msg
+    assert msg.endswith("the last complete checkpoint is checkpoint-6."), msg
+    assert str(tmp_path) not in msg  # the folder's name, not the server's path
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-3", "checkpoint-6"]  # no .tmp-checkpoint-9
+    _close(_run(out, "--resume", "latest"), unbroken)
+
+
+def test_sigkill_while_a_resave_moves_in_keeps_that_step(unbroken, tmp_path):
+    """Re-saving a step (a run resumed from an older checkpoint reaching it again) moves the old copy
+    aside, not away: killed just before the new copy is renamed in, the next run finds the step."""
+    out = tmp_path / "run"
+    _run(out, "--max-steps", "9")
+    ckpts = out / "checkpoints"
+    r = _attempt(out, "--resume", str(ckpts / "checkpoint-6"), "--max-steps", "9", "--kill-at-publish")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    whole = [n for n in os.listdir(ckpts)
+             if n.startswith("checkpoint-9") and (ckpts / n / "trainer_state.json").is_file()]
+    assert whole, f"no complete copy of step 9 is left: {sorted(os.listdir(ckpts))}"
+    r = _attempt(out, "--resume", "latest")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "checkpoint-9 at step 9" in r.stdout, r.stdout
+    assert not any(".old-" in n or n.startswith(".tmp") for n in os.listdir(ckpts))
+    _close(json.loads((out / "final.json").read_text()), unbroken)
