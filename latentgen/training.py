@@ -22,7 +22,8 @@ checkpoint ends with the same weights as an unbroken run.
 
 Checkpoints (:mod:`latentgen.checkpoint`) are written to a temporary folder, fsynced, renamed into
 place, and only then is the oldest deleted: a kill or a full disk at any moment leaves the previous
-checkpoint whole, and a failed write raises :class:`CheckpointError` naming it.
+checkpoint whole, and a failed write raises :class:`CheckpointError` naming it. Every JSON file the
+loop writes (``run_config.json``, the checkpoint's state) is written atomically.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from latentgen import checkpoint
 from latentgen.checkpoint import CheckpointError, list_checkpoints, resolve_resume
+from latentgen.fsutil import atomic_write_json
 
 __all__ = [  # CheckpointError and list_checkpoints are latentgen.checkpoint's, here for the trainers
     "CheckpointError", "NonFiniteLossError", "ResumableBatchSampler", "StepContext", "TrainConfig", "Trainer",
@@ -285,14 +287,14 @@ class Trainer:
                 saved = json.load(f)
             if saved != current:
                 diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+                run = os.path.basename(os.path.normpath(self.cfg.out))
                 raise ValueError(
-                    f"{self.cfg.out} was started with different settings ({', '.join(diff)}: "
+                    f"{run} was started with different settings ({', '.join(diff)}: "
                     f"{ {k: saved.get(k) for k in diff} } then, { {k: current.get(k) for k in diff} } now). "
                     f"Resume with the original settings, or choose a new --out."
                 )
         if self.is_main:
-            with open(path, "w") as f:
-                json.dump(current, f, indent=2)
+            atomic_write_json(path, current)
 
     def save_checkpoint(self) -> str:
         """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_checkpoints``

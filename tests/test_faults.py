@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,16 @@ def test_full_disk_while_writing_a_checkpoint(unbroken, tmp_path, limit, cause):
     _close(_run(out, "--resume", "latest"), unbroken)
 
 
+def test_full_disk_while_writing_the_run_config_keeps_the_old_one(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "--max-steps", "3")
+    before = (out / "run_config.json").read_bytes()
+    r = _attempt(out, "--resume", "latest", "--file-size-limit", "16")  # the lock's pid fits, the config not
+    assert r.returncode == 1 and "File too large" in _error_line(r.stderr, "OSError"), r.stderr[-2000:]
+    assert (out / "run_config.json").read_bytes() == before
+    assert [n for n in os.listdir(out) if "run_config" in n] == ["run_config.json"]  # no temporary file left
+
+
 def test_sigkill_while_a_resave_moves_in_keeps_that_step(unbroken, tmp_path):
     """Re-saving a step (a run resumed from an older checkpoint reaching it again) moves the old copy
     aside, not away: killed just before the new copy is renamed in, the next run finds the step."""
@@ -125,3 +136,28 @@ def test_sigkill_while_a_resave_moves_in_keeps_that_step(unbroken, tmp_path):
     assert "checkpoint-9 at step 9" in r.stdout, r.stdout
     assert not any(".old-" in n or n.startswith(".tmp") for n in os.listdir(ckpts))
     _close(json.loads((out / "final.json").read_text()), unbroken)
+
+
+REWRITE_CONFIG = """
+import sys
+from latentgen.models.presets import save_config
+from latentgen.models.vae import get_vae_config
+from tests.kill_worker import limit_file_size
+
+limit_file_size(int(sys.argv[2]))
+save_config(get_vae_config("tiny"), sys.argv[1])
+"""
+
+
+def test_full_disk_while_rewriting_a_model_config_keeps_the_old_one(tmp_path):
+    """The trainers' JSON files (model configs, finetune.json, recipe.json, ...) are written atomically too."""
+    from latentgen.models.presets import CONFIG_NAME, save_config
+    from latentgen.models.vae import get_vae_config
+
+    path = Path(save_config(get_vae_config("tiny"), tmp_path))
+    before = path.read_bytes()
+    r = subprocess.run([sys.executable, "-c", REWRITE_CONFIG, str(tmp_path), str(len(before) // 2)], cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1 and "File too large" in _error_line(r.stderr, "OSError"), r.stderr[-2000:]
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == [CONFIG_NAME]
