@@ -15,6 +15,11 @@ linear warm-up, gradient accumulation and clipping, an EMA of the weights (diffu
 ``metrics.jsonl`` log, periodic validation, per-step seeding, atomic rotating
 checkpoints and ``resume="latest"``.
 
+Guards: a step whose loss or total gradient norm is NaN or infinite is skipped (the optimizer
+does not step, the weights stay as they were) and counted; past ``max_bad_steps`` such steps the
+run stops with :class:`NonFiniteLossError`. With fp16 the gradient scaler, not the guard, deals
+with overflowing gradients.
+
 Determinism: micro-batch ``m`` always holds the same examples (a seeded permutation per
 epoch, cut the same way on every process) and the global RNG is reseeded from
 ``(seed, m, rank)`` before each step, so a run that is killed and resumed from a
@@ -56,7 +61,7 @@ __all__ = [  # CheckpointError and list_checkpoints are latentgen.checkpoint's, 
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite more often than ``max_bad_steps`` allows."""
+    """The loss or the gradients became NaN or infinite more often than ``max_bad_steps`` allows."""
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "wsd")
@@ -85,7 +90,7 @@ class TrainConfig:
     ema_warmup: bool = True
     resume: str | None = None  # None | "latest" | path to a checkpoint folder
     num_workers: int = 0
-    max_bad_steps: int = 0  # non-finite losses skipped before the run stops
+    max_bad_steps: int = 0  # steps with a non-finite loss or gradient skipped before the run stops
     progress: bool = True
 
     def __post_init__(self):
@@ -318,8 +323,8 @@ class Trainer:
         for batch in loader:
             yield send_to_device(batch, self.device)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+    def _all_finite(self, t: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(t.detach()).all())], device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
 
     def _validate(self):
@@ -373,7 +378,7 @@ class Trainer:
 
     def _micro_step(self, batch, micro: int) -> dict | None:
         """Forward and backward on one micro-batch, and the optimizer step on a step's last one.
-        None when the loss is not finite: the step is skipped (see :meth:`_skip`)."""
+        None when the loss or the gradients are not finite: the step is skipped (see :meth:`_skip`)."""
         cfg, acc = self.cfg, self.accelerator
         seed = (cfg.seed * 1_000_003 + micro * 7919 + acc.process_index) % (2**63)
         torch.manual_seed(seed)
@@ -384,8 +389,10 @@ class Trainer:
             if not self._all_finite(loss):
                 return self._skip(f"the loss is {loss.item()}", micro)
             acc.backward(loss)
-            if acc.sync_gradients and cfg.max_grad_norm:
-                acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
+            if acc.sync_gradients:
+                norm = acc.clip_grad_norm_(self._params, cfg.max_grad_norm or math.inf)  # inf: measure only
+                if acc.scaler is None and not self._all_finite(norm):  # fp16's scaler skips overflows itself
+                    return self._skip(f"the gradient norm is {norm.item()} (the loss {loss.item():.4g})", micro)
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,6 +80,45 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
         Trainer(_cfg(tmp_path), toy_model(), ToyData(), nan_step).fit()
     with pytest.raises(NonFiniteLossError, match="3 non-finite"):  # two skipped, the third stops it
         Trainer(_cfg(tmp_path / "skip", max_bad_steps=2), toy_model(), ToyData(), nan_step).fit()
+
+
+class _InfGrad(torch.autograd.Function):
+    """The identity forward, an infinite gradient backward: an overflow in backward behind a finite loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+def _overflowing_step(weights: dict):
+    """The toy step, which notes the weights it starts from; the 5th step's gradients are infinite or NaN."""
+
+    def step(model, batch, ctx):
+        weights[ctx.step] = [p.detach().clone() for p in model.parameters()]
+        out = toy_step(model, batch, ctx)
+        return {"loss": _InfGrad.apply(out["loss"])} if ctx.step == 4 else out
+
+    return step
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None], ids=["clipped", "unclipped"])
+def test_non_finite_gradients_skip_the_step(tmp_path, max_grad_norm):
+    weights = {}
+    t = Trainer(_cfg(tmp_path, max_bad_steps=1, max_grad_norm=max_grad_norm), toy_model(), ToyData(),
+                _overflowing_step(weights))
+    model = t.fit()
+    assert t.bad_steps == 1 and t.finished
+    for before, after in zip(weights[4], weights[5]):  # the 5th step did not move the weights
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(weights[3], weights[4]))  # the 4th one did
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(NonFiniteLossError, match=r"the gradient norm is (inf|nan) .*at step 5.*1 non-finite"):
+        Trainer(_cfg(tmp_path / "stop", max_grad_norm=max_grad_norm), toy_model(), ToyData(),
+                _overflowing_step({})).fit()
 
 
 def test_stop_request_writes_a_checkpoint(tmp_path):
