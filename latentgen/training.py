@@ -18,7 +18,9 @@ checkpoints and ``resume="latest"``.
 Guards: a step whose loss or total gradient norm is NaN or infinite is skipped (the optimizer
 does not step, the weights stay as they were) and counted; past ``max_bad_steps`` such steps the
 run stops with :class:`NonFiniteLossError`. With fp16 the gradient scaler, not the guard, deals
-with overflowing gradients.
+with overflowing gradients. ``fit`` holds a lock on the run folder
+(:class:`latentgen.fsutil.RunLock`), so a second process training into the same ``out`` fails at
+once with :class:`latentgen.fsutil.RunLockedError` instead of writing beside the first.
 
 Determinism: micro-batch ``m`` always holds the same examples (a seeded permutation per
 epoch, cut the same way on every process) and the global RNG is reseeded from
@@ -52,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from latentgen import checkpoint
 from latentgen.checkpoint import CheckpointError, list_checkpoints, resolve_resume
-from latentgen.fsutil import atomic_write_json
+from latentgen.fsutil import RunLock, RunLockedError, atomic_write_json
 
 __all__ = [  # CheckpointError and list_checkpoints are latentgen.checkpoint's, here for the trainers
     "CheckpointError", "NonFiniteLossError", "ResumableBatchSampler", "StepContext", "TrainConfig", "Trainer",
@@ -323,9 +325,13 @@ class Trainer:
         for batch in loader:
             yield send_to_device(batch, self.device)
 
-    def _all_finite(self, t: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(t.detach()).all())], device=self.device)
+    def _agree(self, ok) -> bool:
+        """Whether ``ok`` (a bool or a 0-dim tensor) holds on every process; all of them get the same answer."""
+        flag = torch.as_tensor(ok, dtype=torch.float32, device=self.device).reshape(1)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
+
+    def _all_finite(self, t: torch.Tensor) -> bool:
+        return self._agree(torch.isfinite(t.detach()).all())
 
     def _validate(self):
         if self.validate_fn is None:
@@ -340,10 +346,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def fit(self) -> nn.Module:
-        """Train to ``max_steps`` (resuming if asked) and return the unwrapped model, EMA weights in."""
+        """Train to ``max_steps`` (resuming if asked) and return the unwrapped model, EMA weights in.
+
+        Raises :class:`latentgen.fsutil.RunLockedError` before touching the run folder while another
+        process trains into it; the lock is held until this returns (or raises)."""
         from tqdm.auto import tqdm
 
         acc = self.accelerator
+        lock = self._lock_run()
         old_handler = None
         try:
             self._begin()
@@ -356,9 +366,23 @@ class Trainer:
             for tracker in acc.trackers:  # not end_training(): that also tears down the process group
                 tracker.finish()
             acc.trackers = []
+            if lock is not None:
+                lock.release()
         if self.ema is not None:
             self.ema.copy_to(self._params)
         return self.unwrapped
+
+    def _lock_run(self) -> RunLock | None:
+        """The run folder's lock, taken by the main process; every process raises while another run holds it."""
+        lock, error = None, None
+        if self.is_main:
+            try:
+                lock = RunLock(self.cfg.out).acquire()
+            except RunLockedError as e:
+                error = e
+        if not self._agree(error is None):
+            raise error or RunLockedError("the run folder is in use by another training process")
+        return lock
 
     def _begin(self):
         """Tidy the checkpoints a killed run left, check the run config, start the trackers, resume."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from latentgen.fsutil import RunLock
 from latentgen.training import list_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +137,23 @@ def test_sigkill_while_a_resave_moves_in_keeps_that_step(unbroken, tmp_path):
     assert "checkpoint-9 at step 9" in r.stdout, r.stdout
     assert not any(".old-" in n or n.startswith(".tmp") for n in os.listdir(ckpts))
     _close(json.loads((out / "final.json").read_text()), unbroken)
+
+
+def test_a_second_process_training_into_the_same_folder_fails_at_once(unbroken, tmp_path):
+    out = tmp_path / "run"
+    first = _run(out, "--step-sleep", "1.0", wait=False)
+    ckpts = out / "checkpoints"
+    _wait_for(lambda: len(list_checkpoints(str(ckpts))) >= 1)
+    assert RunLock.held(out)
+    second = _attempt(out, "--resume", "latest")  # e.g. a restarted app resuming a run that still goes on
+    assert second.returncode == 1
+    msg = _error_line(second.stderr, "RunLockedError")
+    assert "the run folder run is in use by another training process" in msg, msg
+    assert first.poll() is None  # turned away while the first one trains
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not RunLock.held(out)  # the kernel dropped the killed process's lock
+    _close(_run(out, "--resume", "latest"), unbroken)
 
 
 REWRITE_CONFIG = """

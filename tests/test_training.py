@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from latentgen.fsutil import RunLock, RunLockedError
 from latentgen.training import (
     NonFiniteLossError,
     ResumableBatchSampler,
@@ -119,6 +120,17 @@ def test_non_finite_gradients_skip_the_step(tmp_path, max_grad_norm):
     with pytest.raises(NonFiniteLossError, match=r"the gradient norm is (inf|nan) .*at step 5.*1 non-finite"):
         Trainer(_cfg(tmp_path / "stop", max_grad_norm=max_grad_norm), toy_model(), ToyData(),
                 _overflowing_step({})).fit()
+
+
+def test_a_locked_run_folder_is_left_untouched(tmp_path):
+    cfg = _cfg(tmp_path, max_steps=4)
+    with RunLock(cfg.out):  # another process training into it (the lock is per open file, so this is one)
+        with pytest.raises(RunLockedError, match="in use by another training process"):
+            Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+        assert os.listdir(cfg.out) == [".lock"]
+    Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+    assert not RunLock.held(cfg.out)  # released when fit returns
+    assert list_checkpoints(os.path.join(cfg.out, "checkpoints"))[-1][0] == 4
 
 
 def test_stop_request_writes_a_checkpoint(tmp_path):
