@@ -29,8 +29,9 @@ checkpoint ends with the same weights as an unbroken run.
 
 Checkpoints (:mod:`latentgen.checkpoint`) are written to a temporary folder, fsynced, renamed into
 place, and only then is the oldest deleted: a kill or a full disk at any moment leaves the previous
-checkpoint whole, and a failed write raises :class:`CheckpointError` naming it. Every JSON file the
-loop writes (``run_config.json``, the checkpoint's state) is written atomically.
+checkpoint whole, and a failed write raises :class:`CheckpointError` naming it. The JSON files the
+loop writes (``run_config.json``, the checkpoint's state) are replaced whole, fsynced; the
+``metrics.jsonl`` log is appended to.
 """
 
 from __future__ import annotations
