@@ -5,8 +5,8 @@ fsync it, rename it over the target (atomic on POSIX) and fsync the folder, so a
 sees the old file or the new one, never a mix. ``replace_dir`` does the same for a folder
 (a checkpoint): the old one is moved aside first and deleted only after the new one is in
 place. ``WRITE_ERRORS`` are the exceptions a failed write raises: ``OSError`` from Python,
-and ``RuntimeError`` from torch and safetensors (whose Rust writer reports a full disk as
-``SafetensorError``, a ``RuntimeError`` subclass, or as a generic I/O error).
+``RuntimeError`` from torch (its zip writer reports a full disk as an "enforce fail"), and
+safetensors' ``SafetensorError`` (an ``Exception`` subclass, not an ``OSError``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import os
 import shutil
 import tempfile
 
-WRITE_ERRORS = (OSError, RuntimeError)
+from safetensors import SafetensorError
+
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -15,13 +15,23 @@ linear warm-up, gradient accumulation and clipping, an EMA of the weights (diffu
 ``metrics.jsonl`` log, periodic validation, per-step seeding, atomic rotating
 checkpoints and ``resume="latest"``.
 
+Guards: a step whose loss or total gradient norm is NaN or infinite is skipped (the optimizer
+does not step, the weights stay as they were) and counted; past ``max_bad_steps`` such steps the
+run stops with :class:`NonFiniteLossError`. With fp16 the gradient scaler, not the guard, deals
+with overflowing gradients. ``fit`` holds a lock on the run folder
+(:class:`latentgen.fsutil.RunLock`), so a second process training into the same ``out`` fails at
+once with :class:`latentgen.fsutil.RunLockedError` instead of writing beside the first.
+
 Determinism: micro-batch ``m`` always holds the same examples (a seeded permutation per
 epoch, cut the same way on every process) and the global RNG is reseeded from
 ``(seed, m, rank)`` before each step, so a run that is killed and resumed from a
 checkpoint ends with the same weights as an unbroken run.
 
-Checkpoints are written to a temporary folder, renamed into place, and only then is the
-oldest deleted: a kill at any moment leaves the previous checkpoint whole.
+Checkpoints (:mod:`latentgen.checkpoint`) are written to a temporary folder, fsynced, renamed into
+place, and only then is the oldest deleted: a kill or a full disk at any moment leaves the previous
+checkpoint whole, and a failed write raises :class:`CheckpointError` naming it. The JSON files the
+loop writes (``run_config.json``, the checkpoint's state) are replaced whole, fsynced; the
+``metrics.jsonl`` log is appended to.
 """
 
 from __future__ import annotations
@@ -32,7 +42,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -44,17 +53,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-STATE_FILE = "trainer_state.json"
-EMA_FILE = "ema.safetensors"
+from latentgen import checkpoint
+from latentgen.checkpoint import CheckpointError, list_checkpoints, resolve_resume
+from latentgen.fsutil import RunLock, RunLockedError, atomic_write_json
+
+__all__ = [  # CheckpointError and list_checkpoints are latentgen.checkpoint's, here for the trainers
+    "CheckpointError", "NonFiniteLossError", "ResumableBatchSampler", "StepContext", "TrainConfig", "Trainer",
+    "list_checkpoints", "lr_factor", "resolve_resume",
+]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite more often than ``max_bad_steps`` allows."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (disk full, permissions): the previous one is intact."""
+    """The loss or the gradients became NaN or infinite more often than ``max_bad_steps`` allows."""
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine", "wsd")
@@ -83,7 +93,7 @@ class TrainConfig:
     ema_warmup: bool = True
     resume: str | None = None  # None | "latest" | path to a checkpoint folder
     num_workers: int = 0
-    max_bad_steps: int = 0  # non-finite losses skipped before the run stops
+    max_bad_steps: int = 0  # steps with a non-finite loss or gradient skipped before the run stops
     progress: bool = True
 
     def __post_init__(self):
@@ -146,7 +156,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
             pos += global_b
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- learning rate
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
     """The learning rate's multiplier at ``step``: linear warm-up over ``warmup`` steps, then
     constant, or a linear or cosine (Loshchilov & Hutter 2017, Eq. 5) decay to 0 at ``total``, or
@@ -162,34 +172,6 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") ->
     if schedule == "wsd":
         return min(1.0, (1.0 - t) / WSD_DECAY)
     return 1.0 - t if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def list_checkpoints(folder: str) -> list[tuple[int, str]]:
-    """Completed checkpoints in ``folder`` as (step, path), oldest first."""
-    if not os.path.isdir(folder):
-        return []
-    found = []
-    for name in os.listdir(folder):
-        m = CHECKPOINT_RE.match(name)
-        path = os.path.join(folder, name)
-        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
-def resolve_resume(resume: str | None, ckpt_dir: str) -> str | None:
-    """Turn ``--resume`` into a checkpoint path (None: start fresh)."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(ckpt_dir)
-        return found[-1][1] if found else None
-    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        raise FileNotFoundError(
-            f"{resume} is not a complete checkpoint (no {STATE_FILE}); pass --resume latest "
-            f"or one of the checkpoint-N folders in {ckpt_dir}"
-        )
-    return resume
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -313,70 +295,24 @@ class Trainer:
                 saved = json.load(f)
             if saved != current:
                 diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+                run = os.path.basename(os.path.normpath(self.cfg.out))
                 raise ValueError(
-                    f"{self.cfg.out} was started with different settings ({', '.join(diff)}: "
+                    f"{run} was started with different settings ({', '.join(diff)}: "
                     f"{ {k: saved.get(k) for k in diff} } then, { {k: current.get(k) for k in diff} } now). "
                     f"Resume with the original settings, or choose a new --out."
                 )
         if self.is_main:
-            with open(path, "w") as f:
-                json.dump(current, f, indent=2)
+            atomic_write_json(path, current)
 
     def save_checkpoint(self) -> str:
-        """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_checkpoints``."""
-        from safetensors.torch import save_file
-
-        acc = self.accelerator
-        final = os.path.join(self.ckpt_dir, f"checkpoint-{self.step}")
-        tmp = os.path.join(self.ckpt_dir, f".tmp-checkpoint-{self.step}")
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        acc.wait_for_everyone()
-        try:
-            acc.save_state(tmp)
-            if self.is_main:
-                if self.ema is not None:
-                    sd = self.ema.state_dict()
-                    save_file({f"p{i}": t.detach().contiguous().cpu() for i, t in enumerate(sd.pop("shadow_params"))},
-                              os.path.join(tmp, EMA_FILE))
-                    with open(os.path.join(tmp, "ema.json"), "w") as f:
-                        json.dump({k: v for k, v in sd.items() if isinstance(v, (int, float, bool))}, f)
-                with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                    json.dump({"step": self.step, "bad_steps": self.bad_steps, "time": time.time()}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if os.path.exists(final):  # a re-save of the same step (e.g. the end of a resumed run)
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-        except OSError as e:
-            if self.is_main:
-                shutil.rmtree(tmp, ignore_errors=True)
-            kept = list_checkpoints(self.ckpt_dir)
-            raise CheckpointError(
-                f"could not write the checkpoint for step {self.step} to {self.ckpt_dir}: {e.strerror or e}. "
-                f"Free disk space (or choose another --out) and rerun with --resume latest; "
-                f"the last complete checkpoint is {kept[-1][1] if kept else 'none'}."
-            ) from e
-        acc.wait_for_everyone()
-        if self.is_main:
-            for _, old in list_checkpoints(self.ckpt_dir)[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_checkpoints``
+        (:func:`latentgen.checkpoint.save`; a failed write raises :class:`CheckpointError`)."""
+        state = {"step": self.step, "bad_steps": self.bad_steps, "time": time.time()}
+        return checkpoint.save(self.accelerator, self.ckpt_dir, self.step, state, self.ema, self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, path: str):
-        from safetensors.torch import load_file
-
-        self.accelerator.load_state(path)
-        with open(os.path.join(path, STATE_FILE)) as f:
-            state = json.load(f)
+        state = checkpoint.load(self.accelerator, path, self.ema)
         self.step, self.bad_steps = state["step"], state.get("bad_steps", 0)
-        if self.ema is not None and os.path.isfile(os.path.join(path, EMA_FILE)):
-            tensors = load_file(os.path.join(path, EMA_FILE))
-            with open(os.path.join(path, "ema.json")) as f:
-                sd = json.load(f)
-            sd["shadow_params"] = [tensors[f"p{i}"].to(self.device) for i in range(len(tensors))]
-            self.ema.load_state_dict(sd)
 
     # -- the loop
     def _batches(self, start_micro: int):
@@ -390,9 +326,13 @@ class Trainer:
         for batch in loader:
             yield send_to_device(batch, self.device)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+    def _agree(self, ok) -> bool:
+        """Whether ``ok`` (a bool or a 0-dim tensor) holds on every process; all of them get the same answer."""
+        flag = torch.as_tensor(ok, dtype=torch.float32, device=self.device).reshape(1)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() == self.accelerator.num_processes)
+
+    def _all_finite(self, t: torch.Tensor) -> bool:
+        return self._agree(torch.isfinite(t.detach()).all())
 
     def _validate(self):
         if self.validate_fn is None:
@@ -407,12 +347,51 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def fit(self) -> nn.Module:
-        """Train to ``max_steps`` (resuming if asked) and return the unwrapped model, EMA weights in."""
+        """Train to ``max_steps`` (resuming if asked) and return the unwrapped model, EMA weights in.
+
+        Raises :class:`latentgen.fsutil.RunLockedError` before touching the run folder while another
+        process trains into it; the lock is held until this returns (or raises)."""
         from tqdm.auto import tqdm
 
+        acc = self.accelerator
+        lock = self._lock_run()
+        old_handler = None
+        try:
+            self._begin()
+            if threading.current_thread() is threading.main_thread():
+                old_handler = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            self._loop(tqdm)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            for tracker in acc.trackers:  # not end_training(): that also tears down the process group
+                tracker.finish()
+            acc.trackers = []
+            if lock is not None:
+                lock.release()
+        if self.ema is not None:
+            self.ema.copy_to(self._params)
+        return self.unwrapped
+
+    def _lock_run(self) -> RunLock | None:
+        """The run folder's lock, taken by the main process; every process raises while another run holds it."""
+        lock, error = None, None
+        if self.is_main:
+            try:
+                lock = RunLock(self.cfg.out).acquire()
+            except RunLockedError as e:
+                error = e
+        if not self._agree(error is None):
+            raise error or RunLockedError("the run folder is in use by another training process")
+        return lock
+
+    def _begin(self):
+        """Tidy the checkpoints a killed run left, check the run config, start the trackers, resume."""
         cfg, acc = self.cfg, self.accelerator
         if self.is_main:
             os.makedirs(self.log_dir, exist_ok=True)
+            checkpoint.recover(self.ckpt_dir)
+        acc.wait_for_everyone()
         resume_path = resolve_resume(cfg.resume, self.ckpt_dir)
         self._check_run_config(resuming=resume_path is not None)
         acc.init_trackers("train", config={k: v for k, v in dataclasses.asdict(cfg).items()
@@ -421,20 +400,40 @@ class Trainer:
             self.load_checkpoint(resume_path)
             if self.is_main:
                 print(f"resumed from {resume_path} at step {self.step}")
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        try:
-            self._loop(tqdm)
-        finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
-            for tracker in acc.trackers:  # not end_training(): that also tears down the process group
-                tracker.finish()
-            acc.trackers = []
-        if self.ema is not None:
-            self.ema.copy_to(self._params)
-        return self.unwrapped
+
+    def _micro_step(self, batch, micro: int) -> dict | None:
+        """Forward and backward on one micro-batch, and the optimizer step on a step's last one.
+        None when the loss or the gradients are not finite: the step is skipped (see :meth:`_skip`)."""
+        cfg, acc = self.cfg, self.accelerator
+        seed = (cfg.seed * 1_000_003 + micro * 7919 + acc.process_index) % (2**63)
+        torch.manual_seed(seed)
+        ctx = StepContext(self.device, self.step, self.frozen, acc, torch.Generator(self.device).manual_seed(seed))
+        with acc.accumulate(self.model), acc.autocast():
+            out = self.step_fn(self.model, batch, ctx)
+            loss = out["loss"]
+            if not self._all_finite(loss):
+                return self._skip(f"the loss is {loss.item()}", micro)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                norm = acc.clip_grad_norm_(self._params, cfg.max_grad_norm or math.inf)  # inf: measure only
+                if acc.scaler is None and not self._all_finite(norm):  # fp16's scaler skips overflows itself
+                    return self._skip(f"the gradient norm is {norm.item()} (the loss {loss.item():.4g})", micro)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def _skip(self, what: str, micro: int) -> None:
+        """Drop a non-finite step's gradients and count it; past ``max_bad_steps`` stop the run."""
+        self.bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.bad_steps > self.cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{what} at step {self.step + 1} (micro-batch {micro}); "
+                f"{self.bad_steps} non-finite step(s), max_bad_steps={self.cfg.max_bad_steps}. "
+                f"Lower --lr, use --mixed-precision no, or check the data; "
+                f"the last good checkpoint is {checkpoint.last_name(self.ckpt_dir)} (--resume latest)."
+            )
 
     def _loop(self, tqdm):
         cfg, acc = self.cfg, self.accelerator
@@ -447,32 +446,10 @@ class Trainer:
         while self.step < cfg.max_steps:
             for _ in range(cfg.grad_accum):
                 batch = next(batches)
-                seed = (cfg.seed * 1_000_003 + micro * 7919 + acc.process_index) % (2**63)
-                torch.manual_seed(seed)
-                ctx = StepContext(self.device, self.step, self.frozen, acc,
-                                  torch.Generator(self.device).manual_seed(seed))
-                with acc.accumulate(self.model), acc.autocast():
-                    out = self.step_fn(self.model, batch, ctx)
-                    loss = out["loss"]
-                    if not self._all_finite(loss):
-                        self.bad_steps += 1
-                        self.optimizer.zero_grad(set_to_none=True)
-                        if self.bad_steps > cfg.max_bad_steps:
-                            raise NonFiniteLossError(
-                                f"the loss is {loss.item()} at step {self.step + 1} (micro-batch {micro}); "
-                                f"{self.bad_steps} non-finite step(s), max_bad_steps={cfg.max_bad_steps}. "
-                                f"Lower --lr, use --mixed-precision no, or check the data; "
-                                f"the last good checkpoint is in {self.ckpt_dir}."
-                            )
-                        micro += 1
-                        continue
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm:
-                        acc.clip_grad_norm_(self._params, cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                out = self._micro_step(batch, micro)
                 micro += 1
+                if out is None:
+                    continue
                 n_seen += _batch_len(batch)
                 for k, v in out.items():
                     if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, (int, float)):

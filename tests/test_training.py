@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sys
 import pytest
 import torch
 
+from latentgen.fsutil import RunLock, RunLockedError
 from latentgen.training import (
-    CheckpointError,
     NonFiniteLossError,
     ResumableBatchSampler,
     TrainConfig,
@@ -82,21 +83,54 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
         Trainer(_cfg(tmp_path / "skip", max_bad_steps=2), toy_model(), ToyData(), nan_step).fit()
 
 
-def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path)
-    t = Trainer(cfg, toy_model(), ToyData(), toy_step)
-    real_save = t.accelerator.save_state
+class _InfGrad(torch.autograd.Function):
+    """The identity forward, an infinite gradient backward: an overflow in backward behind a finite loss."""
 
-    def save_state(path, **kw):
-        if t.step >= 8:
-            raise OSError(28, "No space left on device")
-        return real_save(path, **kw)
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
 
-    monkeypatch.setattr(t.accelerator, "save_state", save_state)
-    with pytest.raises(CheckpointError, match="No space left.*checkpoint-4"):
-        t.fit()
-    ckpts = os.listdir(os.path.join(cfg.out, "checkpoints"))
-    assert ckpts == ["checkpoint-4"]  # the half-written one is gone, the old one intact
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+def _overflowing_step(weights: dict):
+    """The toy step, which notes the weights it starts from; the 5th step's gradients are infinite or NaN."""
+
+    def step(model, batch, ctx):
+        weights[ctx.step] = [p.detach().clone() for p in model.parameters()]
+        out = toy_step(model, batch, ctx)
+        return {"loss": _InfGrad.apply(out["loss"])} if ctx.step == 4 else out
+
+    return step
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, None], ids=["clipped", "unclipped"])
+def test_non_finite_gradients_skip_the_step(tmp_path, max_grad_norm):
+    weights = {}
+    t = Trainer(_cfg(tmp_path, max_bad_steps=1, max_grad_norm=max_grad_norm), toy_model(), ToyData(),
+                _overflowing_step(weights))
+    model = t.fit()
+    assert t.bad_steps == 1 and t.finished
+    for before, after in zip(weights[4], weights[5]):  # the 5th step did not move the weights
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(weights[3], weights[4]))  # the 4th one did
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(NonFiniteLossError, match=r"the gradient norm is (inf|nan) .*at step 5.*1 non-finite"):
+        Trainer(_cfg(tmp_path / "stop", max_grad_norm=max_grad_norm), toy_model(), ToyData(),
+                _overflowing_step({})).fit()
+
+
+def test_a_locked_run_folder_is_left_untouched(tmp_path):
+    cfg = _cfg(tmp_path, max_steps=4)
+    with RunLock(cfg.out):  # another process training into it (the lock is per open file, so this is one)
+        with pytest.raises(RunLockedError, match="in use by another training process"):
+            Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+        assert os.listdir(cfg.out) == [".lock"]
+    Trainer(cfg, toy_model(), ToyData(), toy_step).fit()
+    assert not RunLock.held(cfg.out)  # released when fit returns
+    assert list_checkpoints(os.path.join(cfg.out, "checkpoints"))[-1][0] == 4
 
 
 def test_stop_request_writes_a_checkpoint(tmp_path):

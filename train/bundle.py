@@ -37,6 +37,8 @@ import shutil
 
 import torch
 
+from latentgen.fsutil import atomic_write_json, atomic_write_text
+
 PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
 OPENMOJI = ("All emojis designed by OpenMoji, the open-source emoji and icon project "
             "(https://openmoji.org), licensed under CC BY-SA 4.0 "
@@ -186,8 +188,7 @@ def store_fp16(folder: str) -> None:
             for sub in ("text_config", "vision_config"):
                 if isinstance(cfg.get(sub), dict):
                     cfg[sub]["dtype"] = "float32"
-            with open(cfg_path, "w") as f:
-                json.dump(cfg, f, indent=2)
+            atomic_write_text(cfg_path, json.dumps(cfg, indent=2))
 
 
 def drop_source_paths(folder: str) -> None:
@@ -197,8 +198,7 @@ def drop_source_paths(folder: str) -> None:
         with open(cfg_path) as f:
             cfg = json.load(f)
         if "_class_name" in cfg and cfg.pop("_name_or_path", None) is not None:
-            with open(cfg_path, "w") as f:
-                f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(cfg_path, cfg, sort_keys=True)
 
 
 def copy_model(src: str, dst: str, extra: tuple[str, ...] = ()) -> None:

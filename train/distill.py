@@ -33,6 +33,7 @@ import warnings
 
 import torch
 
+from latentgen.fsutil import atomic_write_text
 from train import common
 
 DONE_FILE = "distill_round.json"
@@ -296,9 +297,7 @@ def run_stage(args, name: str, kind: str, teacher_unet, student_unet, teacher_st
               "seconds": round(time.time() - t0, 1)}
     if trainer.is_main:
         export(folder, ctx["pipe"], args.model, unet, ctx["scheduler"], steps, ctx["guidance"], run)
-        with open(os.path.join(folder, DONE_FILE + ".tmp"), "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(os.path.join(folder, DONE_FILE + ".tmp"), os.path.join(folder, DONE_FILE))
+        atomic_write_text(os.path.join(folder, DONE_FILE), json.dumps(record, indent=2))
     trainer.accelerator.wait_for_everyone()
     return {**record, "reused": False}
 

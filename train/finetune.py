@@ -29,6 +29,7 @@ import warnings
 import torch
 from torch import nn
 
+from latentgen.fsutil import atomic_write_text
 from train import common
 
 DEFAULT_LORA_TARGETS = "to_q,to_k,to_v,to_out.0"
@@ -266,8 +267,7 @@ def main(argv=None) -> dict:
     if not trainer.finished or not trainer.is_main:
         return {"finished": trainer.finished, "step": trainer.step}
     save_result(args, pipe, model, lora)
-    with open(os.path.join(args.out, "finetune.json"), "w") as f:
-        json.dump(run, f, indent=2)
+    atomic_write_text(os.path.join(args.out, "finetune.json"), json.dumps(run, indent=2))
     print(f"saved to {args.out}")
     return {"finished": True, "step": trainer.step, "out": args.out, "lora": lora}
 

@@ -32,6 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 
+from latentgen.fsutil import atomic_write_text
 from train.distill import GUIDANCE_MAX
 
 STAGES = ("data", "vae", "decoder", "clip", "unet", "clip2", "finetune", "distill", "scorer")
@@ -502,10 +503,8 @@ def _cpu_seconds() -> float:
 
 
 def _save_state(path: str, state: dict):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, path)
+    """Write ``recipe.json`` whole or not at all (atomically, fsynced)."""
+    atomic_write_text(path, json.dumps(state, indent=2))
 
 
 def main(argv=None) -> dict:

@@ -15,6 +15,8 @@ import shutil
 import typing
 from typing import Any, TypeVar
 
+from latentgen.fsutil import atomic_write_text
+
 T = TypeVar("T")
 
 CONFIG_NAME = "latentgen_config.json"
@@ -43,10 +45,8 @@ def config_from_dict(cls: type[T], d: dict) -> T:
 
 
 def save_config(cfg: Any, folder: str | os.PathLike, name: str = CONFIG_NAME) -> str:
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
-    with open(path, "w") as f:
-        json.dump(config_to_dict(cfg), f, indent=2)
+    atomic_write_text(path, json.dumps(config_to_dict(cfg), indent=2))  # creates the folder
     return path
 
 
