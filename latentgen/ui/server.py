@@ -1,7 +1,9 @@
 """Build the page and serve it: loopback by default, an optional password, a bounded queue.
 
 ``serve(AppConfig(...))`` is what ``python app.py`` runs; tests and the load benchmark
-call it with ``block=False`` to get the running server's URL.
+call it with ``block=False`` to get the running server's URL. ``AppConfig`` refuses to
+expose the app (``--share``, a non-loopback ``--host``) without ``--auth`` unless
+``insecure_no_auth`` is set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import gradio as gr
 from latentgen.ui.api import build_api
 from latentgen.ui.generation import Generator
 from latentgen.ui.jobs import JobManager
+from latentgen.ui.limits import check_exposure
 from latentgen.ui.page import build_edit_tab, build_generate_tab, model_defaults
 from latentgen.ui.registry import BUNDLED_DIR, ModelRegistry
 from latentgen.ui.streaming import Sessions
@@ -25,7 +28,6 @@ from latentgen.ui.training_tab import DISTILL, FINETUNE, build_training_tab
 
 log = logging.getLogger("latentgen.ui")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding latentgen/ and train/
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CSS = "#gallery {min-height: 260px} footer {display: none !important}"
 
 
@@ -42,6 +44,7 @@ class AppConfig:
     bundled_dir: str = str(BUNDLED_DIR)  # bundled models: default/ and default-4step/
     max_loaded: int = 2
     queue_size: int = 256
+    insecure_no_auth: bool = False  # allow --share / a public --host without --auth (a loud warning)
 
     def __post_init__(self):
         if self.concurrency < 1:
@@ -50,6 +53,7 @@ class AppConfig:
             raise ValueError(f"--port must be from 0 to 65535, got {self.port}")
         if self.auth is not None and (len(self.auth) != 2 or not self.auth[0] or not self.auth[1]):
             raise ValueError("--auth must be user:password, both non-empty")
+        check_exposure(self.host, self.share, self.auth, self.insecure_no_auth)
 
 
 @dataclass
@@ -117,14 +121,11 @@ def build_app(config: AppConfig) -> App:
 def serve(config: AppConfig, block: bool = True) -> App:
     """Build and launch; with ``block=False`` return at once (``app.demo.local_url`` is the address)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    warning = check_exposure(config.host, config.share, config.auth, config.insecure_no_auth)
     app = build_app(config)
     print(app.startup_message.replace("**", "").replace("`", ""), flush=True)
-    if config.host not in LOOPBACK and config.auth is None:
-        print(
-            f"warning: listening on {config.host} without --auth: anyone who can reach this machine can "
-            "generate images and start training runs",
-            flush=True,
-        )
+    if warning:
+        print(f"\n{'!' * 78}\n{warning}\n{'!' * 78}\n", flush=True)
     atexit.register(app.jobs.shutdown)
     app.demo.launch(
         server_name=config.host,
