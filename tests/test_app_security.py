@@ -9,6 +9,7 @@ own answer."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from gradio_client import Client
 from PIL import Image
 
-from latentgen.ui import AppConfig
+from latentgen.ui import AppConfig, serve
+from latentgen.ui.registry import ModelRegistry
 from tests.conftest import free_port
+from tests.tiny_models import make_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ATTACK = "--ou=/any/dir --max-step 1000000000 --mod /elsewhere --resu /elsewhere"
@@ -73,6 +77,56 @@ def png(path: Path, side: int = 16, noise: bool = False) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Models (a broken pair that sorts before ``tiny``), a data root with a link out of it, stale uploads."""
+    root = tmp_path_factory.mktemp("secure")
+    models = root / "models"
+    make_tiny_pipeline(models, name="tiny")
+    (models / "aaa-incomplete").mkdir()
+    (models / "aaa-incomplete" / "model_index.json").write_text("{}")  # fails the completeness check
+    make_tiny_pipeline(models, name="aab-corrupt")  # complete, but its weights do not load
+    (models / "aab-corrupt" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    (root / "data" / "cats").mkdir(parents=True)
+    png(root / "data" / "cats" / "a.png")
+    (root / "data" / "cats" / "a.txt").write_text("a red circle")
+    (root / "outside").mkdir()
+    os.symlink(root / "outside", root / "data" / "link")
+    uploads = models / ".uploads"
+    for name in ("ghost", "old", "kept"):
+        (uploads / name).mkdir(parents=True)
+    write_job(models, "old", ["--data", str(uploads / "old")])
+    write_job(models, "kept", ["--data", str(uploads / "kept")])
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(uploads / "old", (two_days_ago, two_days_ago))
+    (root / "no_bundle").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(site):
+    app = serve(
+        AppConfig(
+            models_dir=str(site / "models"),
+            bundled_dir=str(site / "no_bundle"),
+            port=free_port(),
+        ),
+        block=False,
+    )
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    return app.demo.local_url.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return Client(url, verbose=False)
+
+
 # ---------------------------------------------------------------- 2. exposure without --auth
 def test_exposure_without_auth_is_refused_unless_insecure():
     import app as app_module
@@ -107,3 +161,12 @@ def test_insecure_no_auth_gives_a_loud_warning():
     assert warning.startswith("WARNING") and "WITHOUT A PASSWORD" in warning and "--auth USER:PASS" in warning
 
 
+# ---------------------------------------------------------------- 9. a broken model that sorts first
+def test_broken_models_that_sort_first_are_not_the_default(app, site, client):
+    reg = ModelRegistry(site / "models", bundled_dir=site / "no_bundle")
+    assert reg.choices()[:3] == ["aaa-incomplete", "aab-corrupt", "tiny"]
+    assert reg.default_choice() == "aab-corrupt"  # complete on disk: only loading it tells
+    message = app.startup_message
+    assert "**aab-corrupt**" in message and "could not be loaded" in message and "Using **tiny** instead" in message
+    assert app.registry.default_choice() == "tiny"
+    assert client.predict(prompt="a red circle", steps=2, seed=7, api_name="/generate")[1] == 7  # no model given

@@ -11,7 +11,9 @@ check, so a link pointing outside is refused too. Only the operator's ``--model`
 point anywhere.
 
 Loaded pipelines are cached (the last ``max_loaded``), so the model loads once and
-switching back and forth needs no reload or restart.
+switching back and forth needs no reload or restart. The default model is the first one
+that passes the cheap completeness check (``check_model_folder``) and has not failed to
+load (``mark_broken``), so one broken folder never makes every request fail.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class ModelRegistry:
             student = Path(str(Path(startup_model).expanduser().absolute()) + STUDENT_SUFFIX)
             if _is_model_folder(student):
                 self._pin(student)
+        self._broken: set[str] = set()  # choices that failed to load (startup_message)
         self._loaded: OrderedDict[Path, object] = OrderedDict()
         self._lock = threading.Lock()
         self._load_locks: dict[Path, threading.Lock] = {}
@@ -136,16 +139,37 @@ class ModelRegistry:
         return pinned + [n for n in self.folder_models() if n not in self._pinned]
 
     def default_choice(self) -> str | None:
-        """The model the page starts on: ``--model``, else the bundled ``default``, else the first found."""
-        if self.startup_label:
-            return self.startup_label
+        """The model the page starts on: ``--model``, else the bundled ``default``, else the first found
+        (teachers before 4-step students); in each case only a usable one (``usable``)."""
         choices = self.choices()
-        if "default" in choices:
-            return "default"
         teachers = [c for c in choices if not c.endswith(STUDENT_SUFFIX)]
-        return (teachers or choices or [None])[0]
+        order = [c for c in (self.startup_label, "default") if c in choices] + teachers + choices
+        return next((c for c in dict.fromkeys(order) if self.usable(c)), None)
+
+    def usable(self, choice: str) -> bool:
+        """Whether ``choice`` passes the cheap completeness check and has not failed to load."""
+        if choice in self._broken:
+            return False
+        try:
+            path = self.resolve(choice)
+            if is_lora_folder(path):
+                path = self._lora_base(path)
+            from latentgen.pipeline import check_model_folder
+
+            check_model_folder(path)
+        except Exception:  # noqa: BLE001 -- any reason at all: not the default
+            return False
+        return True
+
+    def mark_broken(self, choice: str):
+        """``choice`` failed to load: it is no longer the default (it stays in the lists)."""
+        self._broken.add(choice)
 
     def no_model_message(self) -> str:
+        names = ", ".join(sorted(self._broken)) or ", ".join(self.choices())
+        if names:
+            return (f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
+                    "the app with: python app.py --model DIR (a model folder with model_index.json).")
         return NO_MODEL_HELP.format(models_dir=self.models_dir)
 
     def student_of(self, choice: str | None) -> str | None:

@@ -73,16 +73,26 @@ class App:
         shutil.rmtree(self.generator.out_dir, ignore_errors=True)
 
 
-def startup_message(registry: ModelRegistry) -> str:
-    """Said in the console and on the page: which model is in use, or how to get one."""
-    default = registry.default_choice()
+def startup_message(registry: ModelRegistry) -> tuple[str, bool]:
+    """(what the console and the page say about the model in use, whether all went well).
+
+    The default model is loaded now, so the first request does not wait for it; one that
+    fails to load is skipped (``registry.mark_broken``) for the next loadable one, and the
+    message says so."""
+    skipped = []
+    while (default := registry.default_choice()) is not None:
+        try:
+            registry.load(default)
+            break
+        except Exception as e:
+            log.warning("could not load %s: %s", default, e)
+            registry.mark_broken(default)
+            skipped.append(f"**{default}** ({str(e)[:300]})")
+    note = f"The model {', '.join(skipped)} could not be loaded. " if skipped else ""
     if default is None:
-        return registry.no_model_message()
-    try:
-        registry.load(default)  # load once at start: the first request does not wait for it
-    except Exception as e:
-        return f"The model **{default}** could not be loaded: {e}"
-    return f"Model **{default}** loaded. Models folder: `{registry.models_dir}`."
+        return note + registry.no_model_message(), False
+    loaded = f"Using **{default}** instead" if skipped else f"Model **{default}** loaded"
+    return f"{note}{loaded}. Models folder: `{registry.models_dir}`.", not skipped
 
 
 def build_app(config: AppConfig) -> App:
@@ -96,12 +106,11 @@ def build_app(config: AppConfig) -> App:
     )
     generator = Generator(registry)
     jobs = JobManager(config.repo_root, registry.models_dir)
-    message = startup_message(registry)
+    message, ok = startup_message(registry)
     sessions = Sessions()
     defaults = model_defaults(registry, registry.default_choice())
     with gr.Blocks(title="latentgen", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# latentgen")
-        ok = registry.default_choice() is not None and "could not be loaded" not in message
         gr.Markdown(message if ok else f"⚠️ {message}", elem_id="banner")
         with gr.Tabs():
             with gr.Tab("Generate"):
