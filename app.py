@@ -27,6 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models-dir", default="./models", help="model folders offered in the app; runs go here")
     p.add_argument("--model", help="model folder to start on (else latentgen/weights/default, if installed)")
     p.add_argument("--concurrency", type=int, default=1, help="generation requests run at the same time")
+    p.add_argument("--max-cost", type=float, default=400.0,
+                   help="largest request in native-image-steps: steps x batch x width x height / native area")
+    p.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a generation request still running after this is cancelled with an error")
     args = p.parse_args(argv)
     if args.auth is not None:
         user, sep, password = args.auth.partition(":")
@@ -35,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.auth = (user, password)
     if args.concurrency < 1:
         p.error(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not (args.max_cost > 0 and args.request_timeout > 0):
+        p.error("--max-cost and --request-timeout must be > 0")
     if args.model is not None and not os.path.isdir(args.model):
         p.error(f"--model {args.model}: no such folder (a model folder holds model_index.json)")
     return args
@@ -54,6 +60,8 @@ def main(argv=None, block: bool = True):
             share=args.share,
             concurrency=args.concurrency,
             insecure_no_auth=args.insecure_no_auth,
+            max_cost=args.max_cost,
+            request_timeout_s=args.request_timeout,
         )
     except ValueError as e:  # e.g. a public --host without --auth
         sys.exit(f"error: {e}")

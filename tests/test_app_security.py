@@ -161,6 +161,52 @@ def test_insecure_no_auth_gives_a_loud_warning():
     assert warning.startswith("WARNING") and "WITHOUT A PASSWORD" in warning and "--auth USER:PASS" in warning
 
 
+# ---------------------------------------------------------------- 4. generation budget and timeout
+@pytest.fixture(scope="module")
+def quick(site):
+    """A 1 s timeout and no budget: a large request runs into the timeout."""
+    app = serve(AppConfig(models_dir=str(site / "models"), bundled_dir=str(site / "no_bundle"), port=free_port(),
+                          request_timeout_s=1.0, max_cost=1e9), block=False)
+    yield app
+    app.close()
+
+
+def test_requests_over_the_budget_are_refused(client):
+    for kwargs, message in (
+        ({"steps": 150, "batch_size": 8, "width": 128, "height": 128}, "lower the steps, the batch size or the width"),
+        ({"steps": 150, "batch_size": 8}, "1,200 image-steps at the model's native 16 x 16, and at most 400"),
+        ({"steps": 10, "width": 136, "height": 16}, "width 136 is more than 8 x this model's native 16 x 16"),
+    ):
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.submit(prompt="a red circle", model="tiny", api_name="/generate", **kwargs).result(timeout=60)
+    images, _ = client.predict(prompt="a red circle", model="tiny", steps=50, batch_size=8, seed=1,
+                               api_name="/generate")
+    assert len(images) == 8  # 400: within the budget
+
+
+def test_a_request_past_the_timeout_ends_with_an_error(quick):
+    c = Client(quick.demo.local_url, verbose=False)
+    t0 = time.monotonic()
+    job = c.submit(prompt="a red circle", model="tiny", steps=150, batch_size=8, width=64, height=64,
+                   api_name="/generate")
+    with pytest.raises(Exception, match=re.escape("timed out after 1 s")):
+        job.result(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert c.predict(prompt="a red circle", model="tiny", steps=2, seed=5, api_name="/generate")[1] == 5
+
+
+# ---------------------------------------------------------------- 5. prompt cap
+def test_a_4_mb_prompt_is_refused_fast_without_flooding_the_log(client, capfd, caplog):
+    capfd.readouterr()
+    for kwargs in ({"prompt": "a red circle " * 320_000}, {"prompt": "ok", "negative_prompt": "x" * 4_000_000}):
+        t0 = time.monotonic()
+        with pytest.raises(Exception, match=r"characters long; at most 1,000 are accepted") as info:
+            client.submit(api_name="/generate", model="tiny", steps=2, **kwargs).result(timeout=60)
+        assert time.monotonic() - t0 < 10 and len(str(info.value)) < 400
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) + len(caplog.text) < 100_000
+
+
 # ---------------------------------------------------------------- 9. a broken model that sorts first
 def test_broken_models_that_sort_first_are_not_the_default(app, site, client):
     reg = ModelRegistry(site / "models", bundled_dir=site / "no_bundle")

@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from latentgen.ui.api import build_api
-from latentgen.ui.generation import Generator
+from latentgen.ui.generation import MAX_COST, REQUEST_TIMEOUT_S, Generator
 from latentgen.ui.jobs import JobManager
 from latentgen.ui.limits import check_exposure
 from latentgen.ui.page import build_edit_tab, build_generate_tab, model_defaults
@@ -45,6 +45,8 @@ class AppConfig:
     max_loaded: int = 2
     queue_size: int = 256
     insecure_no_auth: bool = False  # allow --share / a public --host without --auth (a loud warning)
+    max_cost: float = MAX_COST  # steps x batch x area / native area, per generation request
+    request_timeout_s: float = REQUEST_TIMEOUT_S  # a generation request is cancelled after this
 
     def __post_init__(self):
         if self.concurrency < 1:
@@ -54,6 +56,8 @@ class AppConfig:
         if self.auth is not None and (len(self.auth) != 2 or not self.auth[0] or not self.auth[1]):
             raise ValueError("--auth must be user:password, both non-empty")
         check_exposure(self.host, self.share, self.auth, self.insecure_no_auth)
+        if not (self.max_cost > 0 and self.request_timeout_s > 0):
+            raise ValueError("max_cost and request_timeout_s must be > 0")
 
 
 @dataclass
@@ -104,7 +108,7 @@ def build_app(config: AppConfig) -> App:
     registry = ModelRegistry(
         config.models_dir, config.model, config.bundled_dir, max_loaded=config.max_loaded
     )
-    generator = Generator(registry)
+    generator = Generator(registry, max_cost=config.max_cost, timeout_s=config.request_timeout_s)
     jobs = JobManager(config.repo_root, registry.models_dir)
     message, ok = startup_message(registry)
     sessions = Sessions()
