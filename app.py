@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="allow --share or a non-loopback --host without --auth (anyone reaching it can train)")
     p.add_argument("--models-dir", default="./models", help="model folders offered in the app; runs go here")
+    p.add_argument("--data-dir", default="./data",
+                   help="the only folder whose subfolders the training tabs may read as 'Image folder on the server'")
+    p.add_argument("--no-training", action="store_true", help="no Fine-tune / Distill tabs; training refused")
     p.add_argument("--model", help="model folder to start on (else latentgen/weights/default, if installed)")
     p.add_argument("--concurrency", type=int, default=1, help="generation requests run at the same time")
     p.add_argument("--max-cost", type=float, default=400.0,
@@ -60,6 +63,8 @@ def main(argv=None, block: bool = True):
             share=args.share,
             concurrency=args.concurrency,
             insecure_no_auth=args.insecure_no_auth,
+            data_dir=args.data_dir,
+            training=not args.no_training,
             max_cost=args.max_cost,
             request_timeout_s=args.request_timeout,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -22,7 +23,10 @@ import requests
 from gradio_client import Client
 from PIL import Image
 
+from latentgen.fsutil import RunLock
 from latentgen.ui import AppConfig, serve
+from latentgen.ui.flags import ALLOWED, parse_extra_flags
+from latentgen.ui.jobs import JobManager
 from latentgen.ui.registry import ModelRegistry
 from tests.conftest import free_port
 from tests.tiny_models import make_tiny_pipeline
@@ -109,7 +113,10 @@ def app(site):
         AppConfig(
             models_dir=str(site / "models"),
             bundled_dir=str(site / "no_bundle"),
+            data_dir=str(site / "data"),
             port=free_port(),
+            max_upload_files=3,
+            max_upload_bytes=50_000,
         ),
         block=False,
     )
@@ -125,6 +132,64 @@ def url(app):
 @pytest.fixture(scope="module")
 def client(url):
     return Client(url, verbose=False)
+
+
+# ---------------------------------------------------------------- 1. extra trainer flags
+def test_the_attack_string_is_refused_over_http(app, url, site):
+    message = error_of(call(url, "finetune_start", *start_values(name="attack", flags=ATTACK)))
+    assert "'--ou' is not allowed in the extra flags" in message and "--lr, --warmup-steps" in message
+    assert not (site / "models" / "attack").exists() and not app.jobs.jobs()
+
+
+@pytest.mark.parametrize("text, message", [
+    (ATTACK, "'--ou' is not allowed"),
+    ("--out /tmp/x", "'--out' is not allowed"),
+    ("--data=/etc", "'--data' is not allowed"),
+    ("--max-steps 10", "'--max-steps' is not allowed"),
+    ("--batch-size 4096", "'--batch-size' is not allowed"),
+    ("--text-encoder /elsewhere", "'--text-encoder' is not allowed"),
+    ("--lr 1e-4 /etc/passwd", "'/etc/passwd' is not allowed"),
+    ("--lr", "--lr needs a value"),
+    ("--lr 5", "--lr must be a number from 1e-08 to 1"),
+    ("--lr nan", "--lr must be a number"),
+    ("--seed -1", "--seed must be a whole number from 0"),
+    ("--validate-every 1", "--validate-every must be a whole number from 10 to 20,000"),
+    ("--lr-schedule sawtooth", "--lr-schedule must be one of constant, linear, cosine, wsd"),
+    ("--train-text-encoder=1", "--train-text-encoder takes no value"),
+    ("--lr '1e-4", "could not read the extra flags"),
+])
+def test_extra_flags_outside_the_allow_list_are_refused(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_extra_flags(text, "train.finetune")
+
+
+def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
+    from train import distill, finetune
+
+    got = parse_extra_flags("--lr 1e-4 --ema-decay=0.999 --train-text-encoder --instance-prompt '--out=/x'",
+                            "train.finetune")
+    assert got == ["--lr=0.0001", "--ema-decay=0.999", "--train-text-encoder", "--instance-prompt=--out=/x"]
+    base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    args = finetune.parse_args([*base, *got])
+    assert args.instance_prompt == "--out=/x" and args.out == str(tmp_path / "o")  # a value stays a value
+    samples = {"int": "10", "float": "0.5", "switch": None, "text": "a cat"}
+    for module, parser in (("train.finetune", finetune.parse_args), ("train.distill", distill.parse_args)):
+        tokens = []
+        for name, flag in ALLOWED[module].items():
+            if name != "--train-text-encoder":  # it excludes --shuffle-summary
+                tokens += [name] if flag.kind == "switch" else [name, (flag.choices or [samples[flag.kind]])[0]]
+        text = shlex.join(tokens)
+        parser([*base, *parse_extra_flags(text, module)])  # every allowed flag is a real flag
+
+
+def test_the_trainers_refuse_abbreviated_flags(tmp_path, capsys):
+    from train import finetune
+
+    base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    for abbreviated in (["--max-step", "5"], ["--ou=/any/dir"], ["--resu", "latest"]):
+        with pytest.raises(SystemExit):
+            finetune.parse_args([*base, *abbreviated])
+        assert "unrecognized arguments" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 2. exposure without --auth
@@ -161,14 +226,113 @@ def test_insecure_no_auth_gives_a_loud_warning():
     assert warning.startswith("WARNING") and "WITHOUT A PASSWORD" in warning and "--auth USER:PASS" in warning
 
 
+# ---------------------------------------------------------------- 3. training endpoints
+def test_private_events_are_hidden_but_reachable_so_the_server_checks(url, client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert "/finetune_start" not in api["named_endpoints"]
+    with pytest.raises(ValueError, match="Cannot find a function"):
+        client.predict("x", api_name="/finetune_start")
+    assert call(url, "finetune_status", "nope")[0] == "complete"  # any HTTP client reaches it
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"steps": 20001}, "max steps must be a whole number from 1 to 20,000"),
+    ({"steps": 1e12}, "max steps must be a whole number from 1 to 20,000"),
+    ({"batch": 65}, "batch size must be a whole number from 1 to 64"),
+    ({"every": 1}, "checkpoint every must be a whole number from 10 to 20"),
+    ({"every": 21}, "checkpoint every must be a whole number from 10 to 20"),
+])
+def test_training_caps_are_enforced_by_the_server(app, url, values, message):
+    assert message in error_of(call(url, "finetune_start", *start_values(**values)))
+    assert not app.jobs.jobs()
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("/", "is outside the data folder"),
+    ("../outside", "contains '..'"),
+    ("link", "is outside the data folder"),  # a symlink out of it
+    ("cats/../../outside", "contains '..'"),
+    ("missing", "does not exist in the data folder"),
+])
+def test_image_folders_stay_inside_the_data_root(app, url, site, folder, message):
+    text = error_of(call(url, "finetune_start", *start_values(folder=folder)))
+    assert message in text and "--data-dir" in text and "data/" in text
+    assert str(site) not in text  # 8. no absolute server path
+    text = error_of(call(url, "finetune_start", *start_values(folder=str(site / "outside"))))
+    assert "outside the data folder" in text and not app.jobs.jobs()
+
+
+def _upload(url: str, paths: list[Path]) -> list[dict]:
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    r = requests.post(f"{url}/gradio_api/upload", files=files, timeout=60)
+    if r.status_code != 200:
+        return r.status_code
+    return [{"path": p, "orig_name": Path(p).name, "meta": {"_type": "gradio.FileData"}} for p in r.json()]
+
+
+def test_upload_caps(app, url, site, tmp_path):
+    small = [png(tmp_path / f"s{i}.png") for i in range(4)]
+    message = error_of(call(url, "finetune_start", *start_values(folder="", files=_upload(url, small))))
+    assert "4 files uploaded; at most 3 per run" in message
+    big = [png(tmp_path / f"b{i}.png", side=80, noise=True) for i in range(3)]  # ~19 KB each
+    assert 16_000 < big[0].stat().st_size < 25_000
+    message = error_of(call(url, "finetune_start", *start_values(folder="", files=_upload(url, big))))
+    assert "at most 50 KB per run" in message
+    assert _upload(url, [png(tmp_path / "huge.png", side=160, noise=True)]) == 413  # Gradio's max_file_size
+    # a refused upload (no caption) leaves nothing staged
+    message = error_of(call(url, "finetune_start", *start_values(name="nocap", folder="", files=_upload(url, small[:2]))))
+    assert "have no caption" in message
+    assert not (site / "models" / ".uploads" / "nocap").exists() and not app.jobs.jobs()
+
+
+def test_stale_uploads_are_removed_at_startup(app, site):
+    uploads = site / "models" / ".uploads"
+    assert sorted(p.name for p in uploads.iterdir()) == ["kept"]  # ghost: no run; old: two days old
+
+
+def staged_gone(staged: Path):
+    return lambda: not staged.exists()
+
+
+def test_staged_uploads_go_when_the_run_finishes_or_fails(tmp_path):
+    jobs = JobManager(REPO, tmp_path / "models")
+    for name, argv in (("done", ["--no-progress"]), ("broken", ["--no-such-flag"])):
+        staged = jobs.uploads_dir(name)
+        staged.mkdir(parents=True)
+        png(staged / "a.png")
+        job = jobs.start(TOY, name, 3, argv)
+        job.proc.wait(120)
+        wait_for(staged_gone(staged), 10, f"the staged uploads of {name} to go")
+    assert jobs.status("done").state == "finished" and jobs.status("broken").state == "failed"
+
+
+def test_no_training_hides_the_tabs_and_refuses_the_handlers(tmp_path):
+    jobs = JobManager(REPO, tmp_path / "models", enabled=False)
+    with pytest.raises(ValueError, match="training is turned off"):
+        jobs.start(TOY, "x", 3, [])
+    write_job(tmp_path / "models", "old", [])
+    with pytest.raises(ValueError, match="training is turned off"):
+        jobs.resume("old")
+
+
 # ---------------------------------------------------------------- 4. generation budget and timeout
 @pytest.fixture(scope="module")
 def quick(site):
-    """A 1 s timeout and no budget: a large request runs into the timeout."""
+    """No training; a 1 s timeout and no budget: a large request runs into the timeout."""
     app = serve(AppConfig(models_dir=str(site / "models"), bundled_dir=str(site / "no_bundle"), port=free_port(),
-                          request_timeout_s=1.0, max_cost=1e9), block=False)
+                          training=False, request_timeout_s=1.0, max_cost=1e9), block=False)
     yield app
     app.close()
+
+
+def test_no_training_app_has_no_training_events(quick):
+    quick_url = quick.demo.local_url.rstrip("/")
+    config = requests.get(quick_url + "/config", timeout=10).json()
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert "generate" in names and not any(str(n).startswith(("finetune", "distill")) for n in names)
+    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    assert "Generate" in labels and "Fine-tune" not in labels and "Distill" not in labels
+    assert call(quick_url, "finetune_start", *start_values())[0] != "complete"
 
 
 def test_requests_over_the_budget_are_refused(client):
@@ -205,6 +369,23 @@ def test_a_4_mb_prompt_is_refused_fast_without_flooding_the_log(client, capfd, c
         assert time.monotonic() - t0 < 10 and len(str(info.value)) < 400
     out, err = capfd.readouterr()
     assert len(out) + len(err) + len(caplog.text) < 100_000
+
+
+# ---------------------------------------------------------------- 7. a second writer
+def test_a_run_another_process_trains_is_not_resumed_or_restarted(app, url, site):
+    out = write_job(site / "models", "locked", [])
+    code = ("import sys, time\nfrom latentgen.fsutil import RunLock\n"
+            "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked" and RunLock.held(out)
+        for result in (call(url, "finetune_resume", "locked"),
+                       call(url, "finetune_start", *start_values(name="locked"))):
+            assert "still being trained by another process" in error_of(result)
+        assert not app.jobs.jobs()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------- 9. a broken model that sorts first

@@ -11,6 +11,11 @@ The app never imports the trainers: a job is a child process at lower CPU priori
 generation keeps running while it trains. Stop sends SIGTERM (the loop writes a
 checkpoint and exits); resume reruns the same command with ``--resume latest``. The
 command is kept in ``<out>/job.json``, so a run can be resumed after the app restarts.
+
+One writer per run folder: a run whose lock (``latentgen.fsutil.RunLock``) is held by another
+process (a trainer left running by an earlier app) is neither started nor resumed. Uploaded
+images are staged in ``<models>/.uploads/<name>`` and removed when the run finishes or fails
+(a stopped run keeps them to resume); stale ones are removed at startup (``clean_uploads``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +31,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from latentgen.fsutil import RunLock, atomic_write_json
+from latentgen.ui.limits import UPLOAD_MAX_AGE_S
+from latentgen.ui.uploads import clean_stale, staged_dir
 
 JOB_FILE = "job.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -86,7 +96,7 @@ class Job:
     def save(self):
         self.out.mkdir(parents=True, exist_ok=True)
         data = {"module": self.module, "argv": self.argv, "max_steps": self.max_steps}
-        (self.out / JOB_FILE).write_text(json.dumps(data, indent=2))
+        atomic_write_json(self.out / JOB_FILE, data)
 
     @classmethod
     def load(cls, name: str, out: Path) -> Job:
@@ -100,16 +110,7 @@ class Job:
 
     # -- process
     def command(self, python: str, resume: bool) -> list[str]:
-        cmd = [
-            python,
-            "-m",
-            self.module,
-            "--out",
-            str(self.out),
-            "--max-steps",
-            str(self.max_steps),
-            *self.argv,
-        ]
+        cmd = [python, "-m", self.module, "--out", str(self.out), "--max-steps", str(self.max_steps), *self.argv]
         return cmd + (["--resume", "latest"] if resume else [])
 
     @property
@@ -195,20 +196,19 @@ class Job:
         elif code == 0 and not self.stop_requested:
             state, message = "finished", f"the model is in {self.out} and in the model lists"
         elif self.stop_requested:
-            state, message = (
-                "stopped",
-                f"at step {step}{where} (checkpoint written); press Resume to continue",
-            )
+            state, message = "stopped", f"at step {step}{where} (checkpoint written); press Resume to continue"
         else:
             state = "failed"
             message = f"exit code {code} at step {step}{where}; see the log below, then fix and press Resume"
-        return JobStatus(
-            self.name, state, step, self.max_steps, list(losses), self._newest_sample(), message, self._tail()
-        )
+        return JobStatus(self.name, state, step, self.max_steps, list(losses), self._newest_sample(), message,
+                         self._tail())
 
 
 class JobManager:
-    """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once."""
+    """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once.
+
+    ``enabled=False`` (the app's ``--no-training``) refuses every start and resume.
+    """
 
     def __init__(
         self,
@@ -217,20 +217,28 @@ class JobManager:
         python: str = sys.executable,
         max_running: int = 1,
         niceness: int = 10,
+        enabled: bool = True,
     ):
         self.repo_root = Path(repo_root).resolve()
         self.models_dir = Path(models_dir)
         self.python, self.max_running, self.niceness = python, max_running, niceness
+        self.enabled = enabled
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
     def available(self, module: str) -> bool:
-        return module_available(self.repo_root, module)
+        return self.enabled and module_available(self.repo_root, module)
 
     def out_dir(self, name: str) -> Path:
         return self.models_dir / check_run_name(name)
 
+    def uploads_dir(self, name: str) -> Path:
+        """Where the uploaded images of run ``name`` are staged."""
+        return staged_dir(self.models_dir, check_run_name(name))
+
     def _check_can_start(self, module: str):
+        if not self.enabled:
+            raise ValueError("training is turned off on this server (--no-training): generate images only")
         if not MODULE_RE.match(module) or not self.available(module):
             raise ValueError(
                 f"{module} is not available in this version ({self.repo_root} has no such trainer)"
@@ -241,6 +249,26 @@ class JobManager:
                 f"a training run is already going ({', '.join(running)}): stop it first, "
                 f"or wait until it finishes"
             )
+
+    @staticmethod
+    def _check_unlocked(name: str, out: Path):
+        if RunLock.held(out):
+            raise ValueError(
+                f"the run {name} is still being trained by another process (an earlier app, or a trainer "
+                "started by hand): wait until it finishes or stop that process, then press Resume"
+            )
+
+    def check_new(self, module: str, name: str) -> Path:
+        """The run folder for a fresh run ``name``, or a ValueError saying why it cannot start now."""
+        out = self.out_dir(name)
+        self._check_can_start(module)
+        self._check_unlocked(name, out)
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(
+                f"a run or model named {name} already exists: choose another name, or press Resume to "
+                "continue that run"
+            )
+        return out
 
     def _spawn(self, job: Job, resume: bool):
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -267,18 +295,21 @@ class JobManager:
             except OSError:
                 pass
         job.stop_requested = False
+        threading.Thread(target=self._watch, args=(job, job.proc), daemon=True, name="latentgen-job").start()
+
+    def _watch(self, job: Job, proc: subprocess.Popen):
+        """Once the process ends: a run that finished or failed gives up its staged uploads."""
+        proc.wait()
+        with self._lock:
+            if job.proc is proc and not job.stop_requested:
+                shutil.rmtree(self.uploads_dir(job.name), ignore_errors=True)
 
     def start(self, module: str, name: str, max_steps: int, argv: list[str]) -> Job:
         """Start a fresh run ``<models>/<name>``; refuses a name that already holds a run or a model."""
-        out = self.out_dir(name)
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max steps must be a whole number >= 1, got {max_steps!r}")
         with self._lock:
-            self._check_can_start(module)
-            if out.exists() and any(out.iterdir()):
-                raise ValueError(
-                    f"{out} already exists: choose another name, or press Resume to continue that run"
-                )
+            out = self.check_new(module, name)
             job = Job(check_run_name(name), out, module, [str(a) for a in argv], max_steps)
             job.save()
             self._spawn(job, resume=False)
@@ -293,9 +324,19 @@ class JobManager:
             if job.running:
                 raise ValueError(f"{name} is already running")
             self._check_can_start(job.module)
+            self._check_unlocked(name, out)
+            self._check_data(job)
             self._spawn(job, resume=True)
             self._jobs[job.name] = job
         return job
+
+    def _check_data(self, job: Job):
+        staged = self.uploads_dir(job.name)
+        if any(a in (str(staged), f"--data={staged}") for a in job.argv) and not staged.is_dir():
+            raise ValueError(
+                f"the uploaded images of {job.name} are gone (they are removed when a run finishes or fails, "
+                "and after a day): start a new run and upload them again"
+            )
 
     def stop(self, name: str, wait: float = 0.0) -> Job:
         """SIGTERM: the loop finishes its step, writes a checkpoint and exits (``wait`` seconds at most)."""
@@ -329,6 +370,11 @@ class JobManager:
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
+
+    def clean_uploads(self, max_age_s: float = UPLOAD_MAX_AGE_S) -> list[str]:
+        """Remove stale staged uploads (``uploads.clean_stale``); the names removed."""
+        return clean_stale(self.models_dir, lambda run: is_finished_model(run) or is_finished_model(run / "final"),
+                           max_age_s)
 
     def shutdown(self, timeout: float = 30.0):
         """Stop every running job (each writes a checkpoint) and wait for them."""

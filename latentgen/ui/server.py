@@ -20,11 +20,11 @@ import gradio as gr
 from latentgen.ui.api import build_api
 from latentgen.ui.generation import MAX_COST, REQUEST_TIMEOUT_S, Generator
 from latentgen.ui.jobs import JobManager
-from latentgen.ui.limits import check_exposure
+from latentgen.ui.limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, check_data_root, check_exposure
 from latentgen.ui.page import build_edit_tab, build_generate_tab, model_defaults
 from latentgen.ui.registry import BUNDLED_DIR, ModelRegistry
 from latentgen.ui.streaming import Sessions
-from latentgen.ui.training_tab import DISTILL, FINETUNE, build_training_tab
+from latentgen.ui.training_tab import DISTILL, FINETUNE, TabLimits, build_training_tab
 
 log = logging.getLogger("latentgen.ui")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding latentgen/ and train/
@@ -45,6 +45,10 @@ class AppConfig:
     max_loaded: int = 2
     queue_size: int = 256
     insecure_no_auth: bool = False  # allow --share / a public --host without --auth (a loud warning)
+    data_dir: str = "./data"  # the only place "Image folder on the server" may point into
+    training: bool = True  # False (--no-training): no training tabs, training handlers refused
+    max_upload_files: int = MAX_UPLOAD_FILES  # per training run
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # per training run (and per file, Gradio's max_file_size)
     max_cost: float = MAX_COST  # steps x batch x area / native area, per generation request
     request_timeout_s: float = REQUEST_TIMEOUT_S  # a generation request is cancelled after this
 
@@ -56,8 +60,11 @@ class AppConfig:
         if self.auth is not None and (len(self.auth) != 2 or not self.auth[0] or not self.auth[1]):
             raise ValueError("--auth must be user:password, both non-empty")
         check_exposure(self.host, self.share, self.auth, self.insecure_no_auth)
+        check_data_root(self.data_dir)
         if not (self.max_cost > 0 and self.request_timeout_s > 0):
             raise ValueError("max_cost and request_timeout_s must be > 0")
+        if self.max_upload_files < 1 or self.max_upload_bytes < 1:
+            raise ValueError("max_upload_files and max_upload_bytes must be >= 1")
 
 
 @dataclass
@@ -109,7 +116,11 @@ def build_app(config: AppConfig) -> App:
         config.models_dir, config.model, config.bundled_dir, max_loaded=config.max_loaded
     )
     generator = Generator(registry, max_cost=config.max_cost, timeout_s=config.request_timeout_s)
-    jobs = JobManager(config.repo_root, registry.models_dir)
+    data_root = check_data_root(config.data_dir)
+    jobs = JobManager(config.repo_root, registry.models_dir, enabled=config.training)
+    removed = jobs.clean_uploads()
+    if removed:
+        log.info("removed stale uploads of %s", ", ".join(removed))
     message, ok = startup_message(registry)
     sessions = Sessions()
     defaults = model_defaults(registry, registry.default_choice())
@@ -121,14 +132,18 @@ def build_app(config: AppConfig) -> App:
                 gen_tab = build_generate_tab(registry, generator, sessions, defaults)
             with gr.Tab("Edit"):
                 edit_tab = build_edit_tab(registry, generator, sessions, defaults)
-            model_lists = [gen_tab["model"], edit_tab["model"]]
-            with gr.Tab("Fine-tune"):
-                build_training_tab(FINETUNE, registry, jobs, model_lists)
-            with gr.Tab("Distill"):
-                build_training_tab(DISTILL, registry, jobs, model_lists)
+            if config.training:
+                build_training_tabs(config, registry, jobs, [gen_tab["model"], edit_tab["model"]], data_root)
         build_api(registry, generator, defaults, registry.default_choice())
     demo.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     return App(config, registry, generator, jobs, demo, message)
+
+
+def build_training_tabs(config: AppConfig, registry, jobs, model_lists, data_root: Path):
+    limits = TabLimits(data_root, config.max_upload_files, config.max_upload_bytes)
+    for spec in (FINETUNE, DISTILL):
+        with gr.Tab(spec.title):
+            build_training_tab(spec, registry, jobs, model_lists, limits)
 
 
 def serve(config: AppConfig, block: bool = True) -> App:
@@ -152,6 +167,7 @@ def serve(config: AppConfig, block: bool = True) -> App:
         css=CSS,
         footer_links=["api"],
         auth_message="latentgen: sign in with the --auth user and password",
+        max_file_size=config.max_upload_bytes,
     )
     print(
         f"latentgen is running on {app.demo.local_url}"
