@@ -4,7 +4,8 @@ Generate (text to image), Edit (image to image), Fine-tune and Distill (backgrou
 training runs) on one page, and the same generation as an API (``/generate``, ``/edit``,
 ``/models``, ``/png_params``; see the README). Loopback only unless ``--host`` says
 otherwise; no public share link unless ``--share``; either one needs ``--auth`` (or the
-explicit ``--insecure-no-auth``).
+explicit ``--insecure-no-auth``). SIGTERM stops the training runs (each writes a
+checkpoint), then the app.
 """
 
 from __future__ import annotations

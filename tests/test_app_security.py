@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -369,6 +370,46 @@ def test_a_4_mb_prompt_is_refused_fast_without_flooding_the_log(client, capfd, c
         assert time.monotonic() - t0 < 10 and len(str(info.value)) < 400
     out, err = capfd.readouterr()
     assert len(out) + len(err) + len(caplog.text) < 100_000
+
+
+# ---------------------------------------------------------------- 6. SIGTERM
+def test_sigterm_stops_the_training_children_then_the_app(tmp_path):
+    import psutil
+
+    models = tmp_path / "models"
+    tiny = make_tiny_pipeline(tmp_path, name="tiny")
+    out = write_job(models, "toy", ["--step-sleep", "0.2", "--no-progress"], max_steps=10_000)
+    port = free_port()
+    command = [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models), "--model", tiny,
+               "--data-dir", str(tmp_path)]
+    with open(tmp_path / "app.log", "w") as log:  # the app keeps its own handle
+        app = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    children = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(url), 120, "the app to listen")
+        assert call(url, "finetune_resume", "toy")[0] == "complete"
+        wait_for(lambda: (out / "logs" / "metrics.jsonl").is_file(), 120, "the trainer's first step")
+        children = [p for p in psutil.Process(app.pid).children() if TOY in " ".join(p.cmdline())]
+        assert len(children) == 1
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(90) == 0, (tmp_path / "app.log").read_text()[-2000:]
+        assert not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE
+        assert list((out / "checkpoints").glob("checkpoint-*")), "the child wrote no checkpoint"
+        assert "stopped at step" in (out / "logs" / "job.log").read_text()
+    finally:
+        for proc in children:
+            if proc.is_running():
+                proc.kill()
+        if app.poll() is None:
+            app.kill()
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url + "/config", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 # ---------------------------------------------------------------- 7. a second writer

@@ -285,7 +285,7 @@ class JobManager:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # a signal to the app (Ctrl-C, SIGTERM) is not the child's: shutdown()
             )
         if self.niceness and hasattr(os, "setpriority"):  # training yields the CPU to generation
             try:

@@ -3,7 +3,7 @@
 ``serve(AppConfig(...))`` is what ``python app.py`` runs; tests and the load benchmark
 call it with ``block=False`` to get the running server's URL. ``AppConfig`` refuses to
 expose the app (``--share``, a non-loopback ``--host``) without ``--auth`` unless
-``insecure_no_auth`` is set.
+``insecure_no_auth`` is set; a blocking ``serve`` stops its training runs on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import atexit
 import logging
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +148,20 @@ def build_training_tabs(config: AppConfig, registry, jobs, model_lists, data_roo
             build_training_tab(spec, registry, jobs, model_lists, limits)
 
 
+def stop_on_sigterm(app: App):
+    """SIGTERM (``kill``, a service manager) stops the training runs (each writes a checkpoint),
+    then the server, and exits with status 0; only from the main thread, where signals land."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not cut the shutdown short
+        print("SIGTERM: stopping the training runs (each writes a checkpoint), then the server", flush=True)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def serve(config: AppConfig, block: bool = True) -> App:
     """Build and launch; with ``block=False`` return at once (``app.demo.local_url`` is the address)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -175,8 +191,10 @@ def serve(config: AppConfig, block: bool = True) -> App:
         flush=True,
     )
     if block:
+        stop_on_sigterm(app)
         try:
             app.demo.block_thread()
         finally:
             app.jobs.shutdown()
+            app.demo.close()
     return app
