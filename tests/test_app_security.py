@@ -429,6 +429,25 @@ def test_a_run_another_process_trains_is_not_resumed_or_restarted(app, url, site
         holder.wait()
 
 
+# ---------------------------------------------------------------- 8. no absolute paths in messages
+def test_messages_name_folders_without_absolute_paths(app, url, site, client):
+    assert str(site) not in app.startup_message
+    with pytest.raises(Exception) as info:
+        client.predict(prompt="x", model="nope", api_name="/generate")
+    assert "no model named 'nope' in the models folder models/" in str(info.value)
+    assert str(site) not in str(info.value)
+    with pytest.raises(Exception) as info:
+        client.predict(prompt="x", model="aaa-incomplete", api_name="/generate")
+    assert "aaa-incomplete" in str(info.value) and str(site) not in str(info.value)
+    jobs = JobManager(REPO, site / "models")
+    jobs.start(TOY, "toydone", 3, ["--no-progress"]).proc.wait(120)
+    kind, outputs = call(url, "finetune_status", "toydone")
+    assert kind == "complete", outputs
+    status, log_tail = outputs[1], outputs[4]
+    assert status == "**finished**: the model is in the models folder as toydone"
+    assert "--out models/toydone" in log_tail and str(site) not in log_tail
+
+
 # ---------------------------------------------------------------- 9. a broken model that sorts first
 def test_broken_models_that_sort_first_are_not_the_default(app, site, client):
     reg = ModelRegistry(site / "models", bundled_dir=site / "no_bundle")

@@ -16,6 +16,7 @@ One writer per run folder: a run whose lock (``latentgen.fsutil.RunLock``) is he
 process (a trainer left running by an earlier app) is neither started nor resumed. Uploaded
 images are staged in ``<models>/.uploads/<name>`` and removed when the run finishes or fails
 (a stopped run keeps them to resume); stale ones are removed at startup (``clean_uploads``).
+Messages name folders relative to the models folder, never by their absolute path.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentgen.fsutil import RunLock, atomic_write_json
-from latentgen.ui.limits import UPLOAD_MAX_AGE_S
+from latentgen.ui.limits import UPLOAD_MAX_AGE_S, hide_paths
 from latentgen.ui.uploads import clean_stale, staged_dir
 
 JOB_FILE = "job.json"
@@ -103,7 +104,7 @@ class Job:
         path = out / JOB_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"no run named {name!r} to resume: {path} is missing; start a new run instead"
+                f"no run named {name!r} to resume: its {JOB_FILE} is missing; start a new run instead"
             )
         data = json.loads(path.read_text())
         return cls(name, out, data["module"], list(data["argv"]), int(data["max_steps"]))
@@ -189,12 +190,12 @@ class Job:
         elif self.proc is None:
             state = "finished" if done else ("stopped" if step else "not started")
             message = {
-                "finished": f"the model is in {self.out}",
+                "finished": f"the model is in the models folder as {self.name}",
                 "stopped": f"at step {step}{where}; press Resume to continue",
                 "not started": "press Start",
             }[state]
         elif code == 0 and not self.stop_requested:
-            state, message = "finished", f"the model is in {self.out} and in the model lists"
+            state, message = "finished", f"the model is in the models folder as {self.name} and in the model lists"
         elif self.stop_requested:
             state, message = "stopped", f"at step {step}{where} (checkpoint written); press Resume to continue"
         else:
@@ -207,7 +208,8 @@ class Job:
 class JobManager:
     """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once.
 
-    ``enabled=False`` (the app's ``--no-training``) refuses every start and resume.
+    ``enabled=False`` (the app's ``--no-training``) refuses every start and resume. ``roots``
+    (label -> folder) name folders in messages; the models folder is always one of them.
     """
 
     def __init__(
@@ -218,11 +220,13 @@ class JobManager:
         max_running: int = 1,
         niceness: int = 10,
         enabled: bool = True,
+        roots: dict[str, os.PathLike] | None = None,
     ):
         self.repo_root = Path(repo_root).resolve()
         self.models_dir = Path(models_dir)
         self.python, self.max_running, self.niceness = python, max_running, niceness
         self.enabled = enabled
+        self.roots = {self.models_dir.absolute().name: self.models_dir.absolute(), **(roots or {})}
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
@@ -240,9 +244,7 @@ class JobManager:
         if not self.enabled:
             raise ValueError("training is turned off on this server (--no-training): generate images only")
         if not MODULE_RE.match(module) or not self.available(module):
-            raise ValueError(
-                f"{module} is not available in this version ({self.repo_root} has no such trainer)"
-            )
+            raise ValueError(f"{module} is not available in this version (this installation has no such trainer)")
         running = [j.name for j in self._jobs.values() if j.running]
         if len(running) >= self.max_running:
             raise ValueError(
@@ -363,10 +365,13 @@ class JobManager:
             return None
 
     def status(self, name: str) -> JobStatus:
+        """The job's state for the page; its message and log name no absolute server path."""
         job = self.get(name)
         if job is None:
             return JobStatus(name, "not started", 0, 0, message="no run with this name yet")
-        return job.status()
+        st = job.status()
+        st.message, st.log_tail = hide_paths(st.message, self.roots), hide_paths(st.log_tail, self.roots)
+        return st
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())

@@ -1,4 +1,4 @@
-"""What the server enforces whatever a client sends: exposure, training caps, uploads, data folders.
+"""What the server enforces whatever a client sends: exposure, training caps, uploads, data folders, paths.
 
 Gradio's ``api_visibility="private"`` only hides an event from the API docs and from
 ``gradio_client``; anyone who can load the page can still call it over HTTP (the page does),
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 MAX_JOB_STEPS = 20_000  # training steps of one run (of one stage, for distillation)
@@ -125,3 +126,17 @@ def data_folder(value: str, root: Path) -> Path:
     if not real.is_dir():
         raise ValueError(f"the image folder {text!r} does not exist in the data folder: {hint}")
     return real
+
+
+# ---------------------------------------------------------------- messages
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;:()\[\]{}<>|*?]*[^\s'\"`,;:()\[\]{}<>|*?.]")
+
+
+def hide_paths(text: str, roots: dict[str, os.PathLike] | None = None) -> str:
+    """``text`` without absolute server paths: below a root of ``roots`` (label -> folder) a path is
+    named from the label (``models/my-run``), elsewhere by its last part (``model_index.json``)."""
+    for label, root in sorted((roots or {}).items(), key=lambda kv: -len(os.fspath(kv[1]))):
+        for form in {os.fspath(root), os.fspath(Path(root).resolve())}:
+            if len(form) > 1:
+                text = re.sub(re.escape(form.rstrip("/")) + r"(?=/|\b|$)", label, text)
+    return _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)

@@ -13,7 +13,8 @@ point anywhere.
 Loaded pipelines are cached (the last ``max_loaded``), so the model loads once and
 switching back and forth needs no reload or restart. The default model is the first one
 that passes the cheap completeness check (``check_model_folder``) and has not failed to
-load (``mark_broken``), so one broken folder never makes every request fail.
+load (``mark_broken``), so one broken folder never makes every request fail. Messages name
+the models folder by its name, never by its absolute path.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SKIP_DIRS = {"checkpoints", "logs", "samples", "cache", "class_images"}  # parts
 NO_MODEL_HELP = (
     "No model is installed. Train one with the recipe in the README (the last stage writes "
     "latentgen/weights/default), or start the app with: python app.py --model DIR "
-    "(a model folder with model_index.json), or put model folders in the models folder ({models_dir})."
+    "(a model folder with model_index.json), or put model folders in the models folder ({models_dir}/)."
 )
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_INFO = "finetune.json"  # train/finetune.py: {"base": <base model folder>, ...}
@@ -170,7 +171,7 @@ class ModelRegistry:
         if names:
             return (f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
                     "the app with: python app.py --model DIR (a model folder with model_index.json).")
-        return NO_MODEL_HELP.format(models_dir=self.models_dir)
+        return NO_MODEL_HELP.format(models_dir=self.models_dir.name)
 
     def student_of(self, choice: str | None) -> str | None:
         """The 4-step student for ``choice``: ``<name>-4step``, else the bundled ``default-4step``."""
@@ -198,25 +199,28 @@ class ModelRegistry:
         if ".." in p.parts:
             raise ValueError(
                 f"model path {value!r} contains '..': give a folder inside the models folder "
-                f"({self.models_dir}), e.g. a name from the Model list"
+                f"({self.models_dir.name}/), e.g. a name from the Model list"
             )
         candidate = p if p.is_absolute() else self.models_dir / p
         real = candidate.resolve()  # follows symlinks: a link that leaves the folder is caught below
         roots = [r.resolve() for r in (self.models_dir, self.bundled_dir)]
         if not any(real.is_relative_to(r) and real != r for r in roots):
             raise ValueError(
-                f"model path {value!r} is outside the models folder {self.models_dir}: the app only loads "
+                f"model path {value!r} is outside the models folder {self.models_dir.name}/: the app only loads "
                 "models from there (move or copy the folder into it, or start the app with --model DIR)"
             )
         if not real.exists():
             raise FileNotFoundError(
-                f"no model named {value!r} in the models folder {self.models_dir}: "
+                f"no model named {value!r} in the models folder {self.models_dir.name}/: "
                 f"choose one of {', '.join(self.choices()) or '(none installed)'}"
             )
         if not is_lora_folder(real):
             from latentgen.pipeline import check_model_folder
 
-            check_model_folder(real)
+            try:
+                check_model_folder(real)
+            except (ValueError, OSError) as e:  # its message names the folder by its absolute path
+                raise type(e)(str(e).replace(repr(str(real)), repr(value)).replace(str(real), value)) from None
         return real
 
     def _lora_base(self, folder: Path) -> Path:
@@ -225,7 +229,7 @@ class ModelRegistry:
 
         base = json.loads((folder / LORA_INFO).read_text()).get("base")
         if not base:
-            raise ValueError(f"{folder / LORA_INFO} does not name its base model ('base'): fine-tune again")
+            raise ValueError(f"{folder.name}/{LORA_INFO} does not name its base model ('base'): fine-tune again")
         for p in self._pinned.values():
             if p.resolve() == Path(base).resolve():
                 return p

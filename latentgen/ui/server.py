@@ -22,7 +22,13 @@ import gradio as gr
 from latentgen.ui.api import build_api
 from latentgen.ui.generation import MAX_COST, REQUEST_TIMEOUT_S, Generator
 from latentgen.ui.jobs import JobManager
-from latentgen.ui.limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, check_data_root, check_exposure
+from latentgen.ui.limits import (
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_FILES,
+    check_data_root,
+    check_exposure,
+    hide_paths,
+)
 from latentgen.ui.page import build_edit_tab, build_generate_tab, model_defaults
 from latentgen.ui.registry import BUNDLED_DIR, ModelRegistry
 from latentgen.ui.streaming import Sessions
@@ -100,12 +106,12 @@ def startup_message(registry: ModelRegistry) -> tuple[str, bool]:
         except Exception as e:
             log.warning("could not load %s: %s", default, e)
             registry.mark_broken(default)
-            skipped.append(f"**{default}** ({str(e)[:300]})")
+            skipped.append(f"**{default}** ({hide_paths(str(e))[:300]})")
     note = f"The model {', '.join(skipped)} could not be loaded. " if skipped else ""
     if default is None:
         return note + registry.no_model_message(), False
     loaded = f"Using **{default}** instead" if skipped else f"Model **{default}** loaded"
-    return f"{note}{loaded}. Models folder: `{registry.models_dir}`.", not skipped
+    return f"{note}{loaded}. Models folder: `{registry.models_dir.name}`.", not skipped
 
 
 def build_app(config: AppConfig) -> App:
@@ -119,7 +125,8 @@ def build_app(config: AppConfig) -> App:
     )
     generator = Generator(registry, max_cost=config.max_cost, timeout_s=config.request_timeout_s)
     data_root = check_data_root(config.data_dir)
-    jobs = JobManager(config.repo_root, registry.models_dir, enabled=config.training)
+    jobs = JobManager(config.repo_root, registry.models_dir, enabled=config.training,
+                      roots={data_root.name: data_root})
     removed = jobs.clean_uploads()
     if removed:
         log.info("removed stale uploads of %s", ", ".join(removed))

@@ -101,8 +101,7 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
     gr.Markdown(f"### {spec.title}\n{spec.intro}")
     if not jobs.available(spec.module):
         gr.Markdown(
-            f"**{spec.title} is not available in this version**: the trainer `{spec.module}` "
-            f"is not installed in {jobs.repo_root}."
+            f"**{spec.title} is not available in this version**: the trainer `{spec.module}` is not installed."
         )
         return
     finetune = spec.module == "train.finetune"
@@ -117,7 +116,7 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
                 label="New model name",
                 placeholder="my-model",
                 **ids("name"),
-                info=f"the result is saved as {registry.models_dir}/<name>",
+                info=f"the result is saved as {registry.models_dir.name}/<name> in the models folder",
             )
             base = gr.Dropdown(
                 registry.choices(),
