@@ -39,8 +39,11 @@ class Flag:
         except ValueError:
             number = math.nan
         if not (math.isfinite(number) and self.lo <= number <= self.hi):
-            what, lo, hi = (("a whole number", f"{int(self.lo):,}", f"{int(self.hi):,}") if self.kind == "int"
-                            else ("a number", f"{self.lo:g}", f"{self.hi:g}"))
+            what, lo, hi = (
+                ("a whole number", f"{int(self.lo):,}", f"{int(self.hi):,}")
+                if self.kind == "int"
+                else ("a number", f"{self.lo:g}", f"{self.hi:g}")
+            )
             raise ValueError(f"{name} must be {what} from {lo} to {hi}, got {_short(value)}")
         return str(number)
 

@@ -12,11 +12,9 @@ generation keeps running while it trains. Stop sends SIGTERM (the loop writes a
 checkpoint and exits); resume reruns the same command with ``--resume latest``. The
 command is kept in ``<out>/job.json``, so a run can be resumed after the app restarts.
 
-One writer per run folder: a run whose lock (``latentgen.fsutil.RunLock``) is held by another
-process (a trainer left running by an earlier app) is neither started nor resumed. Uploaded
-images are staged in ``<models>/.uploads/<name>`` and removed when the run finishes or fails
-(a stopped run keeps them to resume); stale ones are removed at startup (``clean_uploads``).
-Messages name folders relative to the models folder, never by their absolute path.
+A run whose lock (``RunLock``) another process holds (a trainer left running by an earlier app)
+is neither started nor resumed. Staged uploads (``<models>/.uploads/<name>``) are removed when
+the run finishes or fails, stale ones at startup. Messages never show absolute server paths.
 """
 
 from __future__ import annotations
@@ -58,6 +56,11 @@ def check_run_name(name: str) -> str:
 def is_finished_model(folder: Path) -> bool:
     """A full model folder (``model_index.json``) or fine-tuned LoRA weights are the finished result."""
     return (folder / "model_index.json").is_file() or (folder / LORA_FILE).is_file()
+
+
+def run_finished(out: Path) -> bool:
+    """Whether run folder ``out`` holds its finished model (in ``out`` or, for distillation, ``out/final``)."""
+    return is_finished_model(out) or is_finished_model(out / "final")
 
 
 def module_available(repo_root: str | os.PathLike, module: str) -> bool:
@@ -111,8 +114,8 @@ class Job:
 
     # -- process
     def command(self, python: str, resume: bool) -> list[str]:
-        cmd = [python, "-m", self.module, "--out", str(self.out), "--max-steps", str(self.max_steps), *self.argv]
-        return cmd + (["--resume", "latest"] if resume else [])
+        cmd = [python, "-m", self.module, "--out", str(self.out), "--max-steps", str(self.max_steps)]
+        return cmd + self.argv + (["--resume", "latest"] if resume else [])
 
     @property
     def running(self) -> bool:
@@ -182,7 +185,7 @@ class Job:
             step, losses = self._read_metrics(stages[-1])
             step = max(step, self._checkpoint_step(stages[-1]))
             where = f" ({stages[-1].name})" if stages[-1] != self.out else ""
-        done = is_finished_model(self.out) or is_finished_model(self.out / "final")
+        done = run_finished(self.out)
         code = self.proc.poll() if self.proc is not None else None
         if self.running:
             state = "stopping" if self.stop_requested else "running"
@@ -195,14 +198,15 @@ class Job:
                 "not started": "press Start",
             }[state]
         elif code == 0 and not self.stop_requested:
-            state, message = "finished", f"the model is in the models folder as {self.name} and in the model lists"
+            state, message = "finished", f"the model is in the models folder as {self.name}, and in the lists"
         elif self.stop_requested:
-            state, message = "stopped", f"at step {step}{where} (checkpoint written); press Resume to continue"
+            state, message = "stopped", f"at step {step}{where} (checkpoint written); press Resume"
         else:
             state = "failed"
             message = f"exit code {code} at step {step}{where}; see the log below, then fix and press Resume"
-        return JobStatus(self.name, state, step, self.max_steps, list(losses), self._newest_sample(), message,
-                         self._tail())
+        return JobStatus(
+            self.name, state, step, self.max_steps, list(losses), self._newest_sample(), message, self._tail()
+        )
 
 
 class JobManager:
@@ -244,7 +248,7 @@ class JobManager:
         if not self.enabled:
             raise ValueError("training is turned off on this server (--no-training): generate images only")
         if not MODULE_RE.match(module) or not self.available(module):
-            raise ValueError(f"{module} is not available in this version (this installation has no such trainer)")
+            raise ValueError(f"{module} is not available in this version (no such trainer here)")
         running = [j.name for j in self._jobs.values() if j.running]
         if len(running) >= self.max_running:
             raise ValueError(
@@ -378,8 +382,7 @@ class JobManager:
 
     def clean_uploads(self, max_age_s: float = UPLOAD_MAX_AGE_S) -> list[str]:
         """Remove stale staged uploads (``uploads.clean_stale``); the names removed."""
-        return clean_stale(self.models_dir, lambda run: is_finished_model(run) or is_finished_model(run / "final"),
-                           max_age_s)
+        return clean_stale(self.models_dir, run_finished, max_age_s)
 
     def shutdown(self, timeout: float = 30.0):
         """Stop every running job (each writes a checkpoint) and wait for them."""

@@ -169,8 +169,10 @@ class ModelRegistry:
     def no_model_message(self) -> str:
         names = ", ".join(sorted(self._broken)) or ", ".join(self.choices())
         if names:
-            return (f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
-                    "the app with: python app.py --model DIR (a model folder with model_index.json).")
+            return (
+                f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
+                "the app with: python app.py --model DIR (a model folder with model_index.json)."
+            )
         return NO_MODEL_HELP.format(models_dir=self.models_dir.name)
 
     def student_of(self, choice: str | None) -> str | None:
@@ -220,7 +222,9 @@ class ModelRegistry:
             try:
                 check_model_folder(real)
             except (ValueError, OSError) as e:  # its message names the folder by its absolute path
-                raise type(e)(str(e).replace(repr(str(real)), repr(value)).replace(str(real), value)) from None
+                raise type(e)(
+                    str(e).replace(repr(str(real)), repr(value)).replace(str(real), value)
+                ) from None
         return real
 
     def _lora_base(self, folder: Path) -> Path:
@@ -229,7 +233,9 @@ class ModelRegistry:
 
         base = json.loads((folder / LORA_INFO).read_text()).get("base")
         if not base:
-            raise ValueError(f"{folder.name}/{LORA_INFO} does not name its base model ('base'): fine-tune again")
+            raise ValueError(
+                f"{folder.name}/{LORA_INFO} does not name its base model ('base'): fine-tune again"
+            )
         for p in self._pinned.values():
             if p.resolve() == Path(base).resolve():
                 return p

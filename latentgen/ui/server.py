@@ -125,8 +125,9 @@ def build_app(config: AppConfig) -> App:
     )
     generator = Generator(registry, max_cost=config.max_cost, timeout_s=config.request_timeout_s)
     data_root = check_data_root(config.data_dir)
-    jobs = JobManager(config.repo_root, registry.models_dir, enabled=config.training,
-                      roots={data_root.name: data_root})
+    jobs = JobManager(
+        config.repo_root, registry.models_dir, enabled=config.training, roots={data_root.name: data_root}
+    )
     removed = jobs.clean_uploads()
     if removed:
         log.info("removed stale uploads of %s", ", ".join(removed))
