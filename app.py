@@ -3,7 +3,9 @@
 Generate (text to image), Edit (image to image), Fine-tune and Distill (background
 training runs) on one page, and the same generation as an API (``/generate``, ``/edit``,
 ``/models``, ``/png_params``; see the README). Loopback only unless ``--host`` says
-otherwise; no public share link unless ``--share``.
+otherwise; no public share link unless ``--share``; either one needs ``--auth`` (or the
+explicit ``--insecure-no-auth``). SIGTERM stops the training runs (each writes a
+checkpoint), then the app.
 """
 
 from __future__ import annotations
@@ -14,15 +16,25 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface; needs --auth)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--auth", metavar="USER:PASS", help="require this user and password for the page and API")
-    p.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (needs --auth)")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow --share or a non-loopback --host without --auth (anyone reaching it can train)")
     p.add_argument("--models-dir", default="./models", help="model folders offered in the app; runs go here")
+    p.add_argument("--data-dir", default="./data",
+                   help="the only folder whose subfolders the training tabs may read as 'Image folder on the server'")
+    p.add_argument("--no-training", action="store_true", help="no Fine-tune / Distill tabs; training refused")
     p.add_argument("--model", help="model folder to start on (else latentgen/weights/default, if installed)")
     p.add_argument("--concurrency", type=int, default=1, help="generation requests run at the same time")
+    p.add_argument("--max-cost", type=float, default=400.0,
+                   help="largest request in native-image-steps: steps x batch x width x height / native area")
+    p.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a generation request still running after this is cancelled with an error")
     args = p.parse_args(argv)
     if args.auth is not None:
         user, sep, password = args.auth.partition(":")
@@ -31,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.auth = (user, password)
     if args.concurrency < 1:
         p.error(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not (args.max_cost > 0 and args.request_timeout > 0):
+        p.error("--max-cost and --request-timeout must be > 0")
     if args.model is not None and not os.path.isdir(args.model):
         p.error(f"--model {args.model}: no such folder (a model folder holds model_index.json)")
     return args
@@ -40,15 +54,23 @@ def main(argv=None, block: bool = True):
     args = parse_args(argv)
     from latentgen.ui import AppConfig, serve
 
-    config = AppConfig(
-        models_dir=args.models_dir,
-        model=args.model,
-        host=args.host,
-        port=args.port,
-        auth=args.auth,
-        share=args.share,
-        concurrency=args.concurrency,
-    )
+    try:
+        config = AppConfig(
+            models_dir=args.models_dir,
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            auth=args.auth,
+            share=args.share,
+            concurrency=args.concurrency,
+            insecure_no_auth=args.insecure_no_auth,
+            data_dir=args.data_dir,
+            training=not args.no_training,
+            max_cost=args.max_cost,
+            request_timeout_s=args.request_timeout,
+        )
+    except ValueError as e:  # e.g. a public --host without --auth
+        sys.exit(f"error: {e}")
     try:
         return serve(config, block=block)
     except OSError as e:  # e.g. the port is taken

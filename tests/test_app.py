@@ -309,7 +309,10 @@ def test_app_command_line_defaults_and_errors():
     args = app_module.parse_args([])
     assert (args.host, args.port, args.share, args.auth, args.models_dir) == (
         "127.0.0.1", 7860, False, None, "./models")
+    assert (args.data_dir, args.no_training, args.insecure_no_auth) == ("./data", False, False)
+    assert (args.max_cost, args.request_timeout) == (400.0, 300.0)
     assert app_module.parse_args(["--auth", "bob:pa:ss"]).auth == ("bob", "pa:ss")
-    for bad in (["--auth", "bob"], ["--auth", ":pw"], ["--concurrency", "0"], ["--model", "/no/such/dir"]):
+    for bad in (["--auth", "bob"], ["--auth", ":pw"], ["--concurrency", "0"], ["--model", "/no/such/dir"],
+                ["--max-cost", "0"], ["--request-timeout", "-1"], ["--mod", "x"]):
         with pytest.raises(SystemExit):
             app_module.parse_args(bad)

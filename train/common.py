@@ -26,7 +26,8 @@ from latentgen.training import TrainConfig
 
 def base_parser(description: str, presets=None, default_preset: str | None = None,
                 needs_model: bool = False, needs_data: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
+    # allow_abbrev=False: a prefix such as --ou or --max-step is an error, never another flag
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", action="append", required=needs_data, metavar="DIR",
                    help="image folder (repeat for several)")

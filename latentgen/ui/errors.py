@@ -2,7 +2,8 @@
 
 ``ValueError``/``OSError`` from our code and the pipeline already read as "what is wrong,
 how to fix it" and are shown as they are; anything else is logged with its traceback and
-shown as a short internal error.
+shown as a short internal error. Absolute server paths in either are cut to their last
+part (``hide_paths``): the page never shows where the server keeps its files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 
 import gradio as gr
 
+from latentgen.ui.limits import hide_paths
+
 log = logging.getLogger("latentgen.ui")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
@@ -21,10 +24,11 @@ def to_gr_error(e: BaseException) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
     if isinstance(e, USER_ERRORS):
-        return gr.Error(str(e), print_exception=False)
+        return gr.Error(hide_paths(str(e)), print_exception=False)
     log.exception("unexpected error in a request", exc_info=e)
     return gr.Error(
-        f"internal error ({type(e).__name__}: {e}); the server log has the details", print_exception=False
+        f"internal error ({type(e).__name__}: {hide_paths(str(e))[:500]}); the server log has the details",
+        print_exception=False,
     )
 
 

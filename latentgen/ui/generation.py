@@ -5,6 +5,12 @@
 ``Generator.run`` loads the model (cached), checks the size against its VAE factor, runs
 the pipeline with a step callback for progress, previews and cancelling, and writes each
 image as a PNG whose ``parameters`` chunk reproduces it (one seed per image: seed + i).
+
+Bounds, whatever the client sends: prompts of at most ``MAX_PROMPT_CHARS`` (checked before
+anything touches the tokenizer); sides of at most ``MAX_SIDE_FACTOR`` x the model's native
+side; a compute budget, ``steps x batch x (width x height) / native area`` at most
+``max_cost`` (in native-image-steps); and a timeout, after which the request's cancel flag
+is set and it ends with an error (API requests cannot be cancelled by their clients).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from latentgen.diffusion import SAMPLERS
+from latentgen.limits import check_prompt
 
 AUTO_SAMPLER = "auto"  # the model's own (saved) scheduler
 MAX_STEPS = 150
@@ -31,6 +38,9 @@ MAX_SIDE = 1024
 MAX_GUIDANCE = 30.0
 MAX_SEED = 2**32 - 1
 MAX_UPLOAD_PIXELS = 40_000_000
+MAX_SIDE_FACTOR = 8  # a side at most 8 x the model's native side
+MAX_COST = 400  # native-image-steps per request: e.g. 50 steps x batch 2 at 4 x the native area
+REQUEST_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -120,9 +130,8 @@ def open_image(path_or_image) -> Image.Image:
 def check_request(prompt, negative_prompt, model, sampler, steps, guidance, seed, width, height, batch_size=1,
                   image=None, strength=None) -> Request:
     """Validate raw control values (anything the page or the API may send); None sizes: native."""
-    prompt = "" if prompt is None else prompt
-    if not isinstance(prompt, str) or not isinstance(negative_prompt or "", str):
-        raise ValueError("prompt and negative prompt must be text")
+    prompt = check_prompt(prompt, "prompt")  # first: a huge prompt never reaches the tokenizer
+    negative_prompt = check_prompt(negative_prompt, "negative prompt")
     sampler = (sampler or AUTO_SAMPLER).strip()
     if sampler not in (AUTO_SAMPLER, *SAMPLERS):
         raise ValueError(f"unknown sampler {sampler!r}: choose {AUTO_SAMPLER} (the model's own) or one of "
@@ -149,16 +158,44 @@ def check_edit_request(image, prompt, negative_prompt, strength, steps, guidance
                          image=open_image(image), strength=strength)
 
 
+def request_cost(steps: int, batch: int, width: int, height: int, native_w: int, native_h: int) -> float:
+    """Native-image-steps: the work of one step on one image at the model's native size is 1."""
+    return steps * batch * (width * height) / (native_w * native_h)
+
+
+def check_budget(steps: int, batch: int, width: int, height: int, native: tuple[int, int], max_cost: float):
+    """A ValueError that says what to lower when a request is above the sides' cap or the budget."""
+    nh, nw = native
+    for name, side, limit in (("width", width, nw * MAX_SIDE_FACTOR), ("height", height, nh * MAX_SIDE_FACTOR)):
+        if side > limit:
+            raise ValueError(f"{name} {side} is more than {MAX_SIDE_FACTOR} x this model's native {nw} x {nh}: "
+                             f"use at most {limit}")
+    cost = request_cost(steps, batch, width, height, nw, nh)
+    if cost > max_cost:
+        fit = int(max_cost // (batch * width * height / (nw * nh)))
+        hint = f" (at this size and batch, at most {fit} steps)" if fit >= 1 else ""
+        raise ValueError(
+            f"this request is too large for the server: {steps} steps x batch {batch} at {width} x {height} is "
+            f"{cost:,.0f} image-steps at the model's native {nw} x {nh}, and at most {max_cost:,.0f} are allowed: "
+            f"lower the steps, the batch size or the width/height{hint}"
+        )
+
+
 class Cancelled(Exception):
     """The request was cancelled before it finished."""
+
+
+class TimedOut(ValueError):
+    """The request ran past the server's timeout (a ValueError: the page shows it as it is)."""
 
 
 class Generator:
     """Runs requests against the registry's cached pipelines; writes PNGs under ``out_dir``."""
 
     def __init__(self, registry, out_dir: str | None = None, preview_every_s: float = 0.5,
-                 keep_s: float = 3600.0):
+                 keep_s: float = 3600.0, max_cost: float = MAX_COST, timeout_s: float = REQUEST_TIMEOUT_S):
         self.registry = registry
+        self.max_cost, self.timeout_s = max_cost, timeout_s
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="latentgen-app-"))
         self.preview_every_s, self.keep_s = preview_every_s, keep_s
         self._last_prune = time.monotonic()
@@ -177,7 +214,8 @@ class Generator:
                 pass
 
     def check(self, req: Request):
-        """Load the model (cached) and check the size against its VAE factor: errors before any work."""
+        """Load the model (cached), check the size against its VAE factor and the request against the
+        budget: errors before any work."""
         pipe = self.registry.for_call(req.model)
         f = pipe.vae_scale_factor
         nh, nw = pipe.default_size()
@@ -187,7 +225,13 @@ class Generator:
                 near = max(f, round(side / f) * f)
                 raise ValueError(f"{name} {side} is not a multiple of this model's VAE factor {f}: "
                                  f"use {near}")
+        check_budget(self.total_steps(req), req.batch_size, width, height, (nh, nw), self.max_cost)
         return pipe, height, width
+
+    @staticmethod
+    def total_steps(req: Request) -> int:
+        """Denoising steps the request runs (image to image runs ``steps x strength`` of them)."""
+        return req.steps if req.image is None else min(req.steps, int(req.steps * req.strength))
 
     def run(
         self,
@@ -195,15 +239,34 @@ class Generator:
         on_step: Callable[[int, int, Image.Image | None], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Result:
-        """Generate; ``on_step(done, total, preview_or_None)`` after every step (previews throttled)."""
+        """Generate; ``on_step(done, total, preview_or_None)`` after every step (previews throttled).
+
+        After ``timeout_s`` the cancel flag is set and the request ends with ``TimedOut``."""
+        pipe, height, width = self.check(req)
+        cancel = cancel if cancel is not None else threading.Event()
+        timed_out = threading.Event()
+
+        def expire():
+            timed_out.set()
+            cancel.set()
+
+        timer = threading.Timer(self.timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._run(req, pipe, height, width, on_step, cancel, timed_out)
+        finally:
+            timer.cancel()
+
+    def _run(self, req: Request, pipe, height: int, width: int, on_step, cancel: threading.Event,
+             timed_out: threading.Event) -> Result:
         import torch
 
-        pipe, height, width = self.check(req)
-        total = req.steps if req.image is None else min(req.steps, int(req.steps * req.strength))
+        total = self.total_steps(req)
         last_preview = [0.0]
 
         def callback(p, i, t, kw):
-            if cancel is not None and cancel.is_set():
+            if cancel.is_set():
                 p._interrupt = True
             if on_step is not None:
                 preview = None
@@ -232,7 +295,10 @@ class Generator:
             sampler=None if req.sampler == AUTO_SAMPLER else req.sampler,
         )
         seconds = time.perf_counter() - t0
-        if out.interrupted or (cancel is not None and cancel.is_set()):
+        if timed_out.is_set():
+            raise TimedOut(f"the request timed out after {self.timeout_s:g} s (at step {out.steps_done} of "
+                           f"{total}): lower the steps, the batch size or the width/height")
+        if out.interrupted or cancel.is_set():
             raise Cancelled(f"cancelled after {out.steps_done} of {total} steps")
         paths = self.save(req, out.images, width, height)
         return Result(paths, req.seed, out.interrupted, out.steps_done, seconds)

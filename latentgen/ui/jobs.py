@@ -11,6 +11,10 @@ The app never imports the trainers: a job is a child process at lower CPU priori
 generation keeps running while it trains. Stop sends SIGTERM (the loop writes a
 checkpoint and exits); resume reruns the same command with ``--resume latest``. The
 command is kept in ``<out>/job.json``, so a run can be resumed after the app restarts.
+
+A run whose lock (``RunLock``) another process holds (a trainer left running by an earlier app)
+is neither started nor resumed. Staged uploads (``<models>/.uploads/<name>``) are removed when
+the run finishes or fails, stale ones at startup. Messages never show absolute server paths.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +30,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from latentgen.fsutil import RunLock, atomic_write_json
+from latentgen.ui.limits import UPLOAD_MAX_AGE_S, hide_paths
+from latentgen.ui.uploads import clean_stale, staged_dir
 
 JOB_FILE = "job.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -47,6 +56,11 @@ def check_run_name(name: str) -> str:
 def is_finished_model(folder: Path) -> bool:
     """A full model folder (``model_index.json``) or fine-tuned LoRA weights are the finished result."""
     return (folder / "model_index.json").is_file() or (folder / LORA_FILE).is_file()
+
+
+def run_finished(out: Path) -> bool:
+    """Whether run folder ``out`` holds its finished model (in ``out`` or, for distillation, ``out/final``)."""
+    return is_finished_model(out) or is_finished_model(out / "final")
 
 
 def module_available(repo_root: str | os.PathLike, module: str) -> bool:
@@ -86,31 +100,22 @@ class Job:
     def save(self):
         self.out.mkdir(parents=True, exist_ok=True)
         data = {"module": self.module, "argv": self.argv, "max_steps": self.max_steps}
-        (self.out / JOB_FILE).write_text(json.dumps(data, indent=2))
+        atomic_write_json(self.out / JOB_FILE, data)
 
     @classmethod
     def load(cls, name: str, out: Path) -> Job:
         path = out / JOB_FILE
         if not path.is_file():
             raise FileNotFoundError(
-                f"no run named {name!r} to resume: {path} is missing; start a new run instead"
+                f"no run named {name!r} to resume: its {JOB_FILE} is missing; start a new run instead"
             )
         data = json.loads(path.read_text())
         return cls(name, out, data["module"], list(data["argv"]), int(data["max_steps"]))
 
     # -- process
     def command(self, python: str, resume: bool) -> list[str]:
-        cmd = [
-            python,
-            "-m",
-            self.module,
-            "--out",
-            str(self.out),
-            "--max-steps",
-            str(self.max_steps),
-            *self.argv,
-        ]
-        return cmd + (["--resume", "latest"] if resume else [])
+        cmd = [python, "-m", self.module, "--out", str(self.out), "--max-steps", str(self.max_steps)]
+        return cmd + self.argv + (["--resume", "latest"] if resume else [])
 
     @property
     def running(self) -> bool:
@@ -180,7 +185,7 @@ class Job:
             step, losses = self._read_metrics(stages[-1])
             step = max(step, self._checkpoint_step(stages[-1]))
             where = f" ({stages[-1].name})" if stages[-1] != self.out else ""
-        done = is_finished_model(self.out) or is_finished_model(self.out / "final")
+        done = run_finished(self.out)
         code = self.proc.poll() if self.proc is not None else None
         if self.running:
             state = "stopping" if self.stop_requested else "running"
@@ -188,17 +193,14 @@ class Job:
         elif self.proc is None:
             state = "finished" if done else ("stopped" if step else "not started")
             message = {
-                "finished": f"the model is in {self.out}",
+                "finished": f"the model is in the models folder as {self.name}",
                 "stopped": f"at step {step}{where}; press Resume to continue",
                 "not started": "press Start",
             }[state]
         elif code == 0 and not self.stop_requested:
-            state, message = "finished", f"the model is in {self.out} and in the model lists"
+            state, message = "finished", f"the model is in the models folder as {self.name}, and in the lists"
         elif self.stop_requested:
-            state, message = (
-                "stopped",
-                f"at step {step}{where} (checkpoint written); press Resume to continue",
-            )
+            state, message = "stopped", f"at step {step}{where} (checkpoint written); press Resume"
         else:
             state = "failed"
             message = f"exit code {code} at step {step}{where}; see the log below, then fix and press Resume"
@@ -208,7 +210,11 @@ class Job:
 
 
 class JobManager:
-    """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once."""
+    """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once.
+
+    ``enabled=False`` (the app's ``--no-training``) refuses every start and resume. ``roots``
+    (label -> folder) name folders in messages; the models folder is always one of them.
+    """
 
     def __init__(
         self,
@@ -217,30 +223,58 @@ class JobManager:
         python: str = sys.executable,
         max_running: int = 1,
         niceness: int = 10,
+        enabled: bool = True,
+        roots: dict[str, os.PathLike] | None = None,
     ):
         self.repo_root = Path(repo_root).resolve()
         self.models_dir = Path(models_dir)
         self.python, self.max_running, self.niceness = python, max_running, niceness
+        self.enabled = enabled
+        self.roots = {self.models_dir.absolute().name: self.models_dir.absolute(), **(roots or {})}
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
     def available(self, module: str) -> bool:
-        return module_available(self.repo_root, module)
+        return self.enabled and module_available(self.repo_root, module)
 
     def out_dir(self, name: str) -> Path:
         return self.models_dir / check_run_name(name)
 
+    def uploads_dir(self, name: str) -> Path:
+        """Where the uploaded images of run ``name`` are staged."""
+        return staged_dir(self.models_dir, check_run_name(name))
+
     def _check_can_start(self, module: str):
+        if not self.enabled:
+            raise ValueError("training is turned off on this server (--no-training): generate images only")
         if not MODULE_RE.match(module) or not self.available(module):
-            raise ValueError(
-                f"{module} is not available in this version ({self.repo_root} has no such trainer)"
-            )
+            raise ValueError(f"{module} is not available in this version (no such trainer here)")
         running = [j.name for j in self._jobs.values() if j.running]
         if len(running) >= self.max_running:
             raise ValueError(
                 f"a training run is already going ({', '.join(running)}): stop it first, "
                 f"or wait until it finishes"
             )
+
+    @staticmethod
+    def _check_unlocked(name: str, out: Path):
+        if RunLock.held(out):
+            raise ValueError(
+                f"the run {name} is still being trained by another process (an earlier app, or a trainer "
+                "started by hand): wait until it finishes or stop that process, then press Resume"
+            )
+
+    def check_new(self, module: str, name: str) -> Path:
+        """The run folder for a fresh run ``name``, or a ValueError saying why it cannot start now."""
+        out = self.out_dir(name)
+        self._check_can_start(module)
+        self._check_unlocked(name, out)
+        if out.exists() and any(out.iterdir()):
+            raise ValueError(
+                f"a run or model named {name} already exists: choose another name, or press Resume to "
+                "continue that run"
+            )
+        return out
 
     def _spawn(self, job: Job, resume: bool):
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +291,7 @@ class JobManager:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # a signal to the app (Ctrl-C, SIGTERM) is not the child's: shutdown()
             )
         if self.niceness and hasattr(os, "setpriority"):  # training yields the CPU to generation
             try:
@@ -267,18 +301,21 @@ class JobManager:
             except OSError:
                 pass
         job.stop_requested = False
+        threading.Thread(target=self._watch, args=(job, job.proc), daemon=True, name="latentgen-job").start()
+
+    def _watch(self, job: Job, proc: subprocess.Popen):
+        """Once the process ends: a run that finished or failed gives up its staged uploads."""
+        proc.wait()
+        with self._lock:
+            if job.proc is proc and not job.stop_requested:
+                shutil.rmtree(self.uploads_dir(job.name), ignore_errors=True)
 
     def start(self, module: str, name: str, max_steps: int, argv: list[str]) -> Job:
         """Start a fresh run ``<models>/<name>``; refuses a name that already holds a run or a model."""
-        out = self.out_dir(name)
         if not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max steps must be a whole number >= 1, got {max_steps!r}")
         with self._lock:
-            self._check_can_start(module)
-            if out.exists() and any(out.iterdir()):
-                raise ValueError(
-                    f"{out} already exists: choose another name, or press Resume to continue that run"
-                )
+            out = self.check_new(module, name)
             job = Job(check_run_name(name), out, module, [str(a) for a in argv], max_steps)
             job.save()
             self._spawn(job, resume=False)
@@ -293,9 +330,19 @@ class JobManager:
             if job.running:
                 raise ValueError(f"{name} is already running")
             self._check_can_start(job.module)
+            self._check_unlocked(name, out)
+            self._check_data(job)
             self._spawn(job, resume=True)
             self._jobs[job.name] = job
         return job
+
+    def _check_data(self, job: Job):
+        staged = self.uploads_dir(job.name)
+        if any(a in (str(staged), f"--data={staged}") for a in job.argv) and not staged.is_dir():
+            raise ValueError(
+                f"the uploaded images of {job.name} are gone (they are removed when a run finishes or fails, "
+                "and after a day): start a new run and upload them again"
+            )
 
     def stop(self, name: str, wait: float = 0.0) -> Job:
         """SIGTERM: the loop finishes its step, writes a checkpoint and exits (``wait`` seconds at most)."""
@@ -322,13 +369,20 @@ class JobManager:
             return None
 
     def status(self, name: str) -> JobStatus:
+        """The job's state for the page; its message and log name no absolute server path."""
         job = self.get(name)
         if job is None:
             return JobStatus(name, "not started", 0, 0, message="no run with this name yet")
-        return job.status()
+        st = job.status()
+        st.message, st.log_tail = hide_paths(st.message, self.roots), hide_paths(st.log_tail, self.roots)
+        return st
 
     def jobs(self) -> list[Job]:
         return list(self._jobs.values())
+
+    def clean_uploads(self, max_age_s: float = UPLOAD_MAX_AGE_S) -> list[str]:
+        """Remove stale staged uploads (``uploads.clean_stale``); the names removed."""
+        return clean_stale(self.models_dir, run_finished, max_age_s)
 
     def shutdown(self, timeout: float = 30.0):
         """Stop every running job (each writes a checkpoint) and wait for them."""

@@ -1,7 +1,8 @@
 """The Generate and Edit tabs: controls, a streaming gallery, cancel, and settings read from PNGs.
 
-Every event here is private (not in the API page, not callable by clients); the public
-API is in ``latentgen.ui.api``. Generation events share the ``gpu`` concurrency group, so
+Every event here is private: not in the API page and not callable through ``gradio_client``,
+though any HTTP client that loads the page can still call it, so the handlers check every
+value (``check_request``). The public API is in ``latentgen.ui.api``. Generation events share the ``gpu`` concurrency group, so
 ``--concurrency`` bounds the page and the API together.
 """
 

@@ -11,7 +11,10 @@ check, so a link pointing outside is refused too. Only the operator's ``--model`
 point anywhere.
 
 Loaded pipelines are cached (the last ``max_loaded``), so the model loads once and
-switching back and forth needs no reload or restart.
+switching back and forth needs no reload or restart. The default model is the first one
+that passes the cheap completeness check (``check_model_folder``) and has not failed to
+load (``mark_broken``), so one broken folder never makes every request fail. Messages name
+the models folder by its name, never by its absolute path.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ SKIP_DIRS = {"checkpoints", "logs", "samples", "cache", "class_images"}  # parts
 NO_MODEL_HELP = (
     "No model is installed. Train one with the recipe in the README (the last stage writes "
     "latentgen/weights/default), or start the app with: python app.py --model DIR "
-    "(a model folder with model_index.json), or put model folders in the models folder ({models_dir})."
+    "(a model folder with model_index.json), or put model folders in the models folder ({models_dir}/)."
 )
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_INFO = "finetune.json"  # train/finetune.py: {"base": <base model folder>, ...}
@@ -91,6 +94,7 @@ class ModelRegistry:
             student = Path(str(Path(startup_model).expanduser().absolute()) + STUDENT_SUFFIX)
             if _is_model_folder(student):
                 self._pin(student)
+        self._broken: set[str] = set()  # choices that failed to load (startup_message)
         self._loaded: OrderedDict[Path, object] = OrderedDict()
         self._lock = threading.Lock()
         self._load_locks: dict[Path, threading.Lock] = {}
@@ -136,17 +140,40 @@ class ModelRegistry:
         return pinned + [n for n in self.folder_models() if n not in self._pinned]
 
     def default_choice(self) -> str | None:
-        """The model the page starts on: ``--model``, else the bundled ``default``, else the first found."""
-        if self.startup_label:
-            return self.startup_label
+        """The model the page starts on: ``--model``, else the bundled ``default``, else the first found
+        (teachers before 4-step students); in each case only a usable one (``usable``)."""
         choices = self.choices()
-        if "default" in choices:
-            return "default"
         teachers = [c for c in choices if not c.endswith(STUDENT_SUFFIX)]
-        return (teachers or choices or [None])[0]
+        order = [c for c in (self.startup_label, "default") if c in choices] + teachers + choices
+        return next((c for c in dict.fromkeys(order) if self.usable(c)), None)
+
+    def usable(self, choice: str) -> bool:
+        """Whether ``choice`` passes the cheap completeness check and has not failed to load."""
+        if choice in self._broken:
+            return False
+        try:
+            path = self.resolve(choice)
+            if is_lora_folder(path):
+                path = self._lora_base(path)
+            from latentgen.pipeline import check_model_folder
+
+            check_model_folder(path)
+        except Exception:  # noqa: BLE001 -- any reason at all: not the default
+            return False
+        return True
+
+    def mark_broken(self, choice: str):
+        """``choice`` failed to load: it is no longer the default (it stays in the lists)."""
+        self._broken.add(choice)
 
     def no_model_message(self) -> str:
-        return NO_MODEL_HELP.format(models_dir=self.models_dir)
+        names = ", ".join(sorted(self._broken)) or ", ".join(self.choices())
+        if names:
+            return (
+                f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
+                "the app with: python app.py --model DIR (a model folder with model_index.json)."
+            )
+        return NO_MODEL_HELP.format(models_dir=self.models_dir.name)
 
     def student_of(self, choice: str | None) -> str | None:
         """The 4-step student for ``choice``: ``<name>-4step``, else the bundled ``default-4step``."""
@@ -174,25 +201,30 @@ class ModelRegistry:
         if ".." in p.parts:
             raise ValueError(
                 f"model path {value!r} contains '..': give a folder inside the models folder "
-                f"({self.models_dir}), e.g. a name from the Model list"
+                f"({self.models_dir.name}/), e.g. a name from the Model list"
             )
         candidate = p if p.is_absolute() else self.models_dir / p
         real = candidate.resolve()  # follows symlinks: a link that leaves the folder is caught below
         roots = [r.resolve() for r in (self.models_dir, self.bundled_dir)]
         if not any(real.is_relative_to(r) and real != r for r in roots):
             raise ValueError(
-                f"model path {value!r} is outside the models folder {self.models_dir}: the app only loads "
+                f"model path {value!r} is outside the models folder {self.models_dir.name}/: the app only loads "
                 "models from there (move or copy the folder into it, or start the app with --model DIR)"
             )
         if not real.exists():
             raise FileNotFoundError(
-                f"no model named {value!r} in the models folder {self.models_dir}: "
+                f"no model named {value!r} in the models folder {self.models_dir.name}/: "
                 f"choose one of {', '.join(self.choices()) or '(none installed)'}"
             )
         if not is_lora_folder(real):
             from latentgen.pipeline import check_model_folder
 
-            check_model_folder(real)
+            try:
+                check_model_folder(real)
+            except (ValueError, OSError) as e:  # its message names the folder by its absolute path
+                raise type(e)(
+                    str(e).replace(repr(str(real)), repr(value)).replace(str(real), value)
+                ) from None
         return real
 
     def _lora_base(self, folder: Path) -> Path:
@@ -201,7 +233,9 @@ class ModelRegistry:
 
         base = json.loads((folder / LORA_INFO).read_text()).get("base")
         if not base:
-            raise ValueError(f"{folder / LORA_INFO} does not name its base model ('base'): fine-tune again")
+            raise ValueError(
+                f"{folder.name}/{LORA_INFO} does not name its base model ('base'): fine-tune again"
+            )
         for p in self._pinned.values():
             if p.resolve() == Path(base).resolve():
                 return p

@@ -5,25 +5,47 @@ shared flags of ``train/common.py``) and hands it to the :class:`JobManager`. A 
 polls the run folder once a second while a run is going: progress bar, loss curve, the
 newest sample image and the end of the log. The finished model is written to
 ``<models>/<name>/`` and shows up in the model lists (press ↻ there).
+
+The events are private (hidden from the API docs and ``gradio_client``) but, like every
+Gradio event, callable over HTTP by anyone who can load the page; so ``start_run`` checks
+every value itself: the caps of ``latentgen.ui.limits``, an image folder inside the data
+root, the upload caps, and the extra flags against the trainer's allow-list (``flags``).
 """
 
 from __future__ import annotations
 
-import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from latentgen.limits import check_prompt
 from latentgen.ui.errors import readable_errors
+from latentgen.ui.flags import parse_extra_flags
 from latentgen.ui.jobs import JobManager, JobStatus, check_run_name
+from latentgen.ui.limits import (
+    MAX_JOB_STEPS,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_FILES,
+    check_job_settings,
+    check_uploads,
+    data_folder,
+    whole,
+)
 from latentgen.ui.registry import ModelRegistry, is_lora_folder
+from latentgen.ui.uploads import stage_uploads
 
 PRIVATE = {"api_visibility": "private"}
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CAPTION_FILES = ("metadata.jsonl", "captions.jsonl", "metadata.csv", "captions.csv")
-RESERVED_FLAGS = ("--out", "--resume", "--model", "--max-steps")
+
+
+@dataclass(frozen=True)
+class TabLimits:
+    """Where server-side image folders may be (``--data-dir``) and how much may be uploaded per run."""
+
+    data_root: Path
+    max_upload_files: int = MAX_UPLOAD_FILES
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -72,45 +94,14 @@ def loss_frame(st: JobStatus):
     return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
 
 
-def stage_uploads(files, caption: str, dest: Path) -> Path:
-    """Copy uploaded images (and their .txt / metadata files) into ``dest``; caption the rest."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    names = set()
-    for f in files:
-        src = Path(f)
-        name = src.name
-        if (
-            name.lower().endswith(IMAGE_EXTS)
-            or name.lower().endswith(".txt")
-            or name.lower() in CAPTION_FILES
-        ):
-            shutil.copy(src, dest / name)
-            names.add(name)
-    images = [n for n in names if n.lower().endswith(IMAGE_EXTS)]
-    if not images:
-        raise ValueError(f"none of the uploaded files is an image ({', '.join(IMAGE_EXTS)})")
-    has_meta = any(n.lower() in CAPTION_FILES for n in names)
-    missing = [n for n in images if f"{Path(n).stem}.txt" not in names]
-    if missing and not has_meta:
-        if not (caption or "").strip():
-            raise ValueError(
-                f"{len(missing)} uploaded image(s) have no caption (e.g. {missing[0]}): upload "
-                f"{Path(missing[0]).stem}.txt with them, or fill in 'Caption for uploaded images'"
-            )
-        for n in missing:
-            (dest / f"{Path(n).stem}.txt").write_text(caption.strip())
-    return dest
-
-
-def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, model_lists=()):
+def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, model_lists=(),
+                       limits: TabLimits | None = None):
     """The tab for ``spec``; ``model_lists`` (other tabs' model dropdowns) learn of a finished model."""
+    limits = limits or TabLimits(Path("data").absolute())
     gr.Markdown(f"### {spec.title}\n{spec.intro}")
     if not jobs.available(spec.module):
         gr.Markdown(
-            f"**{spec.title} is not available in this version**: the trainer `{spec.module}` "
-            f"is not installed in {jobs.repo_root}."
+            f"**{spec.title} is not available in this version**: the trainer `{spec.module}` is not installed."
         )
         return
     finetune = spec.module == "train.finetune"
@@ -125,7 +116,7 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
                 label="New model name",
                 placeholder="my-model",
                 **ids("name"),
-                info=f"the result is saved as {registry.models_dir}/<name>",
+                info=f"the result is saved as {registry.models_dir.name}/<name> in the models folder",
             )
             base = gr.Dropdown(
                 registry.choices(),
@@ -137,18 +128,16 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
             data_dir = gr.Textbox(
                 label="Image folder on the server",
                 **ids("data"),
-                info="images with .txt captions, or a metadata.jsonl / captions.csv",
+                info=f"a folder in the data folder {limits.data_root.name}/ (--data-dir): images with .txt "
+                "captions, or a metadata.jsonl / captions.csv",
             )
             uploads = gr.File(label="...or upload images (+ same-name .txt captions)", file_count="multiple")
             caption = gr.Textbox(label="Caption for uploaded images without one")
             with gr.Row():
-                steps = gr.Number(
-                    spec.default_steps, precision=0, label=spec.steps_label, minimum=1, **ids("steps")
-                )
+                steps = gr.Number(spec.default_steps, precision=0, label=spec.steps_label, minimum=1,
+                                  info=f"at most {MAX_JOB_STEPS:,}", **ids("steps"))
                 batch = gr.Number(8, precision=0, label="Batch size", minimum=1, **ids("batch"))
-                every = gr.Number(
-                    100, precision=0, label="Checkpoint + sample every", minimum=1, **ids("every")
-                )
+                every = gr.Number(100, precision=0, label="Checkpoint + sample every", minimum=1, **ids("every"))
             if finetune:
                 own = [
                     gr.Radio(["LoRA", "Full"], value="LoRA", label="Method", **ids("method")),
@@ -185,7 +174,8 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
     timer = gr.Timer(1.0, active=False)
 
     def view(job_name: str):
-        st = jobs.status(job_name.strip()) if job_name and job_name.strip() else JobStatus("", "", 0, 0)
+        job_name = job_name.strip() if isinstance(job_name, str) else ""
+        st = jobs.status(job_name) if job_name else JobStatus("", "", 0, 0)
         live = st.state in ("running", "stopping")
         text = f"**{st.state}**: {st.message}" if st.name else "No run yet."
         lists = [
@@ -205,74 +195,72 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
     outputs = [bar, status, plot, sample, log, timer, *model_lists]
 
     @readable_errors
-    def on_start(job_name, base_model, folder, files, cap, max_steps, batch_size, ckpt_every, *rest):
-        job_name = check_run_name(job_name)
-        max_steps = int(_whole("max steps", max_steps))
-        base_dir = registry.resolve(base_model)  # refuses paths outside the models folder
-        if is_lora_folder(base_dir):
-            raise ValueError(f"{base_model} holds LoRA weights, not a full model: choose a full model")
-        argv = ["--model", str(base_dir), "--batch-size", _whole("batch size", batch_size),
-                "--checkpoint-every", _whole("checkpoint every", ckpt_every), "--no-progress",
-                "--log-every", str(max(1, max_steps // 200))]
-        if folder and folder.strip():
-            path = Path(folder.strip()).expanduser()
-            if not path.is_dir():
-                raise ValueError(f"the image folder {folder!r} does not exist on the server")
-            argv += ["--data", str(path.resolve())]
-        elif files:
-            argv += ["--data", str(stage_uploads(files, cap, jobs.models_dir / ".uploads" / job_name))]
-        else:
-            raise ValueError("give an image folder on the server, or upload images")
-        if finetune:
-            method, sample_prompt, flags = rest
-            argv += ["--lora-rank", "8" if method == "LoRA" else "0"]
-            if sample_prompt and sample_prompt.strip():
-                every_n = _whole("every", ckpt_every)
-                argv += ["--val-prompt", sample_prompt.strip(), "--validate-every", every_n]
-        else:
-            student_steps, flags = rest
-            argv += ["--min-steps", str(int(student_steps))]
-        argv += _extra_flags(flags)
-        jobs.start(spec.module, job_name, max_steps, argv)
-        return view(job_name)
+    def on_start(*values):
+        start_run(spec, registry, jobs, limits, *values)
+        return view(values[0].strip())
 
     inputs = [name, base, data_dir, uploads, caption, steps, batch, every]
     inputs += [*own, extra]
-    start.click(on_start, inputs, outputs, concurrency_id="jobs", **PRIVATE)
-    stop.click(
-        readable_errors(lambda n: (jobs.stop(check_run_name(n)), view(n))[1]),
-        name,
-        outputs,
-        concurrency_id="jobs",
-        **PRIVATE,
-    )
-    resume.click(
-        readable_errors(lambda n: (jobs.resume(check_run_name(n)), view(n))[1]),
-        name,
-        outputs,
-        concurrency_id="jobs",
-        **PRIVATE,
-    )
-    name.blur(view, name, outputs, queue=False, **PRIVATE)
-    timer.tick(view, name, outputs, queue=False, **PRIVATE)
+    start.click(on_start, inputs, outputs, concurrency_id="jobs", api_name=f"{key}_start", **PRIVATE)
+    for verb, button, action in (("stop", stop, jobs.stop), ("resume", resume, jobs.resume)):
+        button.click(_then(action, view), name, outputs, concurrency_id="jobs", api_name=f"{key}_{verb}",
+                     **PRIVATE)
+    name.blur(view, name, outputs, queue=False, api_name=f"{key}_status", **PRIVATE)
+    timer.tick(view, name, outputs, queue=False, api_name=f"{key}_poll", **PRIVATE)
 
 
-def _whole(label: str, value) -> str:
+def _then(action, view):
+    """The Stop / Resume handler: ``action(name)``, then the run's status."""
+
+    @readable_errors
+    def handler(name):
+        action(check_run_name(name))
+        return view(name)
+
+    return handler
+
+
+def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: TabLimits, job_name, base_model,
+              folder, files, caption, max_steps, batch_size, ckpt_every, *rest):
+    """Check every value the Start button sent (the server's caps, whatever the page allowed) and start."""
+    job_name = check_run_name(job_name)
+    max_steps, batch_size, ckpt_every = check_job_settings(max_steps, batch_size, ckpt_every)
+    base_dir = registry.resolve(base_model)  # refuses paths outside the models folder
+    if is_lora_folder(base_dir):
+        raise ValueError(f"{base_model} holds LoRA weights, not a full model: choose a full model")
+    argv = [f"--model={base_dir}", f"--batch-size={batch_size}", f"--checkpoint-every={ckpt_every}",
+            "--no-progress", f"--log-every={max(1, max_steps // 200)}", *trainer_flags(spec, ckpt_every, rest)]
+    jobs.check_new(spec.module, job_name)  # before anything is staged
+    staged = None
+    if folder and folder.strip():
+        argv.insert(0, f"--data={data_folder(folder, limits.data_root)}")
+    elif files:
+        uploads = check_uploads(files, limits.max_upload_files, limits.max_upload_bytes)
+        staged = stage_uploads(uploads, caption, jobs.uploads_dir(job_name))
+        argv.insert(0, f"--data={staged}")
+    else:
+        raise ValueError("give an image folder on the server, or upload images")
     try:
-        ok = value is not None and float(value) >= 1 and float(value) == int(value)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{label} must be a whole number >= 1, got {value!r}")
-    return str(int(value))
+        return jobs.start(spec.module, job_name, max_steps, argv)
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
-def _extra_flags(text: str | None) -> list[str]:
-    try:
-        flags = shlex.split(text or "")
-    except ValueError as e:
-        raise ValueError(f"could not read the extra flags ({e}): check the quotes") from None
-    for f in flags:
-        if f.split("=", 1)[0] in RESERVED_FLAGS:
-            raise ValueError(f"{f} is set by the app; remove it from the extra flags")
-    return flags
+def trainer_flags(spec: TrainerSpec, ckpt_every: int, rest) -> list[str]:
+    """The trainer's own controls (method, sample prompt / student steps) and the extra flags."""
+    if spec.module == "train.finetune":
+        method, sample_prompt, flags = rest
+        argv = [f"--lora-rank={8 if method == 'LoRA' else 0}"]
+        sample_prompt = check_prompt(sample_prompt, "sample prompt").strip()
+        if sample_prompt:
+            argv += [f"--val-prompt={sample_prompt}", f"--validate-every={ckpt_every}"]
+    else:
+        student_steps, flags = rest
+        student_steps = whole("student steps", student_steps, 1, 4)
+        if student_steps not in (1, 2, 4):
+            raise ValueError(f"student steps must be 4, 2 or 1, got {student_steps}")
+        argv = [f"--min-steps={student_steps}"]
+    return argv + parse_extra_flags(flags, spec.module)
+
