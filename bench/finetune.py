@@ -1,24 +1,27 @@
-"""Benchmark of fine-tuning on custom images: a colour the model never saw (teal), and OpenMoji.
+"""Benchmark of fine-tuning on custom images: a new colour, a new shape, and OpenMoji.
 
-    nice -n 10 python -m bench.finetune                                  # the bundled model, both cases
-    python -m bench.finetune --model runs/recipe/unet --case teal --steps 300 --lora-rank 8 --n 50
+    python -m bench.finetune                                   # the bundled model, the trainer's defaults
+    python -m bench.finetune --case teal --case star --n 100 --flags "--caption-dropout 0"
 
-*teal*: 40 one-object shapes scenes drawn in teal (RGB 0, 150, 150), which is not in the shapes
-palette, captioned ``a {size} teal {shape} at {position}``. Before and after fine-tuning, ``--n``
-seeded prompts of that form are drawn and judged: a sample is right when it holds one object, of
-the right shape, size and position, and closer to teal than to every palette colour: the
-checker's own blob finder (``latentgen.data.shapes.find_blobs``) with teal added to its palette
-(white mixed in at the rim does not count, and a colour off all of them by more than
-``OFF_PALETTE`` is none). The model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object
-groups, same n and seeds) shows what the fine-tune cost.
+*teal* (a new colour) and *star* (a new shape word): 40 one-object shapes scenes, in teal (RGB 0, 150,
+150, outside the shapes palette) drawn as the spec's shapes, or as a five-pointed star
+(``latentgen.data.shapes.EXTRA_SHAPES``) in the palette's colours, captioned canonically
+(``a large teal circle at center``, ``a small red star at top``). Before and after fine-tuning, ``--n``
+seeded prompts of that form are drawn and judged with the checker's blob finder
+(``latentgen.data.shapes.find_blobs``), the new colour added to its palette or the new shape to its
+shapes: a sample is right when it holds one object of the right colour, shape, size and position. The
+model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object groups, same n
+and seeds) shows what the fine-tune cost.
 *emoji*: fine-tune on the OpenMoji training split (``bench.vae.emoji_split``, by emoji group) and
 compare the Fréchet distance (``latentgen.eval.fid``) between images generated for ``--n``
 held-out emoji names and the images of those emoji, before and after; a sample sheet shows a few.
 
-Both cases run ``train.finetune.main`` in this process with ``--resume latest`` (a killed benchmark
-continues with the same command) and time it: wall and process CPU seconds, summed over sittings.
+The fine-tune is the documented command, ``train.finetune.main`` run in this process with only the
+flags given here (``--lora-rank``, ``--seed``, and ``--steps``, ``--lr``, ``--flags`` when set), so the
+trainer's defaults are what is measured; its wall and CPU seconds include the codec check, decoder
+tuning and prior images. A killed benchmark resumes with the same command (``--resume latest``).
 Writes ``bench/results/finetune.{json,md}`` and ``finetune_emoji.png`` (``--results`` to write
-elsewhere); a case run alone keeps the other case's earlier results.
+elsewhere); a case run alone keeps the other cases' earlier results.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -49,59 +54,72 @@ from latentgen.pipeline import (
 )
 from train import finetune as train_finetune
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "finetune")
 WORK = os.path.join(HERE, "_work", "finetune")
-TEAL = (0, 150, 150)
-REFERENCE = {**shapes.COLORS, "teal": TEAL}  # the palette plus teal, for the colour verdict only
-N_TEAL_IMAGES = 40
+N_NEW_WORD_IMAGES = 40
 ADHERENCE_GROUPS = ("1_object", "2_objects")
 SHEET_NAMES = 8
 
 
-# ---------------------------------------------------------------- teal data
-def teal_objects(n: int, rng: random.Random) -> list[shapes.ShapeObject]:
-    """``n`` one-object scenes, shape, size and position drawn by ``sample_scene``; colour None."""
-    return [dataclasses.replace(shapes.sample_scene(rng, include_heldout=True, n_objects=1)[0], color=None)
-            for _ in range(n)]
+# ---------------------------------------------------------------- new-word data
+@dataclass(frozen=True)
+class NewWord:
+    """A word the base model never drew: a new colour (``fill``, named ``word``) in the spec's shapes, or a
+    new shape (one of ``shapes.EXTRA_SHAPES``, named ``word``) in the spec's colours."""
+
+    word: str
+    fill: tuple[int, int, int] | None = None  # a new colour's RGB; None: ``word`` is a new shape
+
+    @property
+    def palette(self) -> dict:
+        return {**shapes.COLORS, self.word: self.fill} if self.fill else dict(shapes.COLORS)
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return shapes.SHAPES if self.fill else (*shapes.SHAPES, self.word)
+
+    def objects(self, n: int, rng: random.Random) -> list[shapes.ShapeObject]:
+        """``n`` one-object scenes (size, position and the known attribute drawn by ``sample_scene``)."""
+        objs = [shapes.sample_scene(rng, include_heldout=True, n_objects=1)[0] for _ in range(n)]
+        new = {"color": None} if self.fill else {"shape": self.word}
+        return [dataclasses.replace(o, **new) for o in objs]
+
+    def prompt(self, obj: shapes.ShapeObject) -> str:
+        """The canonical caption with the new word: ``a large teal circle at center``, ``a small red star at top``."""
+        return f"a {obj.size} {obj.color or self.word} {obj.shape} at {obj.position}"
+
+    def render(self, obj: shapes.ShapeObject, size: int, rng: random.Random) -> Image.Image:
+        return shapes.render_scene([obj], size, rng, fill=self.fill)
+
+    def verdict(self, image, obj: shapes.ShapeObject) -> dict:
+        """Per attribute, and ``correct`` (all of them): one object, of the right colour (nearer the new colour
+        than every palette colour), shape (best fit among the spec's and the new one), size and position."""
+        blobs = shapes.find_blobs(image, palette=self.palette, shapes=self.shapes)
+        big = blobs[0] if blobs else None
+        v = {"one_object": len(blobs) == 1,
+             **{a: big is not None and getattr(big, a) == (getattr(obj, a) or self.word)
+                for a in ("color", "shape", "size", "position")}}
+        return {**v, "correct": all(v.values())}
 
 
-def teal_prompt(obj: shapes.ShapeObject) -> str:
-    """The canonical caption with teal as the colour: ``a large teal circle at center``."""
-    return f"a {obj.size} teal {obj.shape} at {obj.position}"
+NEW_WORDS = {"teal": NewWord("teal", fill=(0, 150, 150)), "star": NewWord("star")}
 
 
-def write_teal_folder(out: str, size: int, seed: int) -> str:
-    """``N_TEAL_IMAGES`` teal renders and their captions as an image folder (``metadata.jsonl``)."""
+def write_new_word_folder(word: NewWord, out: str, size: int, seed: int) -> str:
+    """``N_NEW_WORD_IMAGES`` renders of ``word`` and their captions as an image folder (``metadata.jsonl``)."""
     if os.path.isfile(os.path.join(out, "metadata.jsonl")):
         return out
     os.makedirs(out, exist_ok=True)
-    rng = random.Random(f"bench-finetune-teal-train:{seed}")
+    rng = random.Random(f"bench-finetune-{word.word}-train:{seed}")
     with open(os.path.join(out, "metadata.jsonl.tmp"), "w") as meta:
-        for i, obj in enumerate(teal_objects(N_TEAL_IMAGES, rng)):
-            shapes.render_scene([obj], size, rng, fill=TEAL).save(os.path.join(out, f"{i:05d}.png"))
-            meta.write(json.dumps({"file_name": f"{i:05d}.png", "text": teal_prompt(obj)}) + "\n")
+        for i, obj in enumerate(word.objects(N_NEW_WORD_IMAGES, rng)):
+            word.render(obj, size, rng).save(os.path.join(out, f"{i:05d}.png"))
+            meta.write(json.dumps({"file_name": f"{i:05d}.png", "text": word.prompt(obj)}) + "\n")
     os.replace(os.path.join(out, "metadata.jsonl.tmp"), os.path.join(out, "metadata.jsonl"))
     return out
-
-
-# ---------------------------------------------------------------- teal checker
-def measure_object(image) -> dict:
-    """The checker's blobs over ``REFERENCE`` (the palette plus teal): how many, and the largest one's
-    colour, shape, size and position."""
-    blobs = shapes.find_blobs(image, palette=REFERENCE)
-    found = {"n_objects": len(blobs), "color": None, "shape": None, "size": None, "position": None}
-    if blobs:
-        big = blobs[0]
-        found.update(color=big.color, shape=big.shape, size=big.size, position=big.position)
-    return found
-
-
-def teal_verdict(found: dict, obj: shapes.ShapeObject) -> dict:
-    """Per attribute, and ``correct`` (all of them): one object, teal, right shape, size and position."""
-    v = {"one_object": found["n_objects"] == 1, "teal": found["color"] == "teal",
-         **{a: found[a] == getattr(obj, a) for a in ("shape", "size", "position")}}
-    return {**v, "correct": all(v.values())}
 
 
 # ---------------------------------------------------------------- generation and evaluation
@@ -124,11 +142,11 @@ def generate(pipe, prompts: list[str], seed: int, s: dict, batch_size: int = 8) 
     return images
 
 
-def evaluate_teal(pipe, n: int, seed: int, s: dict) -> dict:
-    """Share of ``n`` seeded teal prompts drawn right (``correct``) and per attribute."""
-    objects = teal_objects(n, random.Random(f"bench-finetune-teal-eval:{seed}"))
-    images = generate(pipe, [teal_prompt(o) for o in objects], seed, s)
-    verdicts = [teal_verdict(measure_object(img), o) for img, o in zip(images, objects)]
+def evaluate_new_word(pipe, word: NewWord, n: int, seed: int, s: dict) -> dict:
+    """Share of ``n`` seeded prompts naming ``word`` drawn right (``correct``) and per attribute."""
+    objects = word.objects(n, random.Random(f"bench-finetune-{word.word}-eval:{seed}"))
+    images = generate(pipe, [word.prompt(o) for o in objects], seed, s)
+    verdicts = [word.verdict(img, o) for img, o in zip(images, objects)]
     return {k: sum(v[k] for v in verdicts) / n for k in verdicts[0]} | {"n": n}
 
 
@@ -139,64 +157,86 @@ def evaluate_adherence(pipe, args, s: dict) -> dict:
     return {**{g: report[g]["full_prompt_accuracy"] for g in ADHERENCE_GROUPS}, "report": report}
 
 
-def evaluate(pipe, args, s: dict) -> dict:
-    """The teal prompts and the original shapes prompts."""
-    return {"teal": evaluate_teal(pipe, args.n, args.seed, s), "adherence": evaluate_adherence(pipe, args, s)}
+def evaluate(pipe, word: NewWord, args, s: dict) -> dict:
+    """The prompts naming the new word, and the original shapes prompts."""
+    return {"new_word": evaluate_new_word(pipe, word, args.n, args.seed, s),
+            "adherence": evaluate_adherence(pipe, args, s)}
 
 
 # ---------------------------------------------------------------- fine-tuning
+def trainer_flags(args) -> list[str]:
+    """The flags given to ``train.finetune`` besides model, data and out: only those set here, so the
+    trainer's own defaults are what is measured unless a flag says otherwise."""
+    flags = ["--lora-rank", str(args.lora_rank), "--seed", str(args.seed)]
+    flags += ["--max-steps", str(args.steps)] if args.steps else []
+    flags += ["--lr", str(args.lr)] if args.lr else []
+    flags += ["--train-text-encoder"] if args.train_text_encoder else []
+    return flags + shlex.split(args.flags or "")
+
+
 def run_dir(case: str, args) -> str:
-    """The case's run folder, one per base model, rank and seed (more ``--steps`` later resume it)."""
-    digest = hashlib.sha1(os.path.abspath(args.model).encode()).hexdigest()[:8]
-    te = "_te" if args.train_text_encoder else ""
-    return os.path.join(args.work, f"{case}_{os.path.basename(os.path.normpath(args.model))}_{digest}_"
-                                   f"r{args.lora_rank}{te}_seed{args.seed}")
+    """The case's run folder, one per base model and trainer flags (a killed run resumes there)."""
+    key = json.dumps([os.path.abspath(args.model), trainer_flags(args)])
+    return os.path.join(args.work, f"{case}_{hashlib.sha1(key.encode()).hexdigest()[:10]}")
 
 
 def finetune(data: str, out: str, args) -> dict:
-    """``train.finetune.main`` in process with ``--resume latest``; the steps done, and wall and CPU seconds
-    summed over sittings (a sitting killed before its end is lost; a run at ``--steps`` is not rerun)."""
+    """``train.finetune.main`` in process with ``--resume latest``: steps, and wall and CPU seconds summed over
+    sittings (a sitting killed before its end is lost; a finished run is not rerun)."""
     path = os.path.join(out, "bench_time.json")
-    spent = read_json(path, {"steps": 0, "wall_s": 0.0, "cpu_s": 0.0})
-    if spent["steps"] >= args.steps:
+    spent = read_json(path, None)
+    if spent is not None:
         return spent
-    argv = ["--model", args.model, "--data", data, "--out", out, "--lora-rank", str(args.lora_rank),
-            "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-            "--checkpoint-every", str(args.checkpoint_every), "--resume", "latest"]
-    argv += (["--lr", str(args.lr)] if args.lr else []) + (["--no-progress"] if not args.progress else [])
-    argv += ["--train-text-encoder"] if args.train_text_encoder else []
+    argv = ["--model", args.model, "--data", data, "--out", out, "--resume", "latest", *trainer_flags(args)]
+    argv += [] if args.progress else ["--no-progress"]
     wall, cpu = time.perf_counter(), time.process_time()
     res = train_finetune.main(argv)
     if not res["finished"]:
         raise SystemExit(f"the fine-tune stopped at step {res['step']}: run the same command again to resume")
-    spent = {"steps": res["step"], "wall_s": spent["wall_s"] + time.perf_counter() - wall,
-             "cpu_s": spent["cpu_s"] + time.process_time() - cpu}
+    spent = {"steps": res["step"], "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+             "flags": trainer_flags(args)}
     with open(path, "w") as f:
         json.dump(spent, f)
     return spent
 
 
 def load(args, tuned: str | None = None):
-    """The base pipeline, with the fine-tune in ``tuned`` applied (LoRA weights, or a full model folder)."""
-    full = tuned is not None and args.lora_rank == 0
-    pipe = LatentGenPipeline.from_pretrained(tuned if full else args.model).to(args.device)
-    if tuned is not None and not full:
+    """The base pipeline, or the fine-tune in ``tuned``: a model folder (full, or the base with a tuned
+    decoder) with the LoRA weights beside it applied, or LoRA weights on the base."""
+    folder = tuned if tuned and os.path.isfile(os.path.join(tuned, "model_index.json")) else args.model
+    pipe = LatentGenPipeline.from_pretrained(folder).to(args.device)
+    if tuned and os.path.isfile(os.path.join(tuned, LORA_FILE)):
         pipe.load_lora_weights(tuned)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-# ---------------------------------------------------------------- the two cases
-def teal_case(args, s: dict) -> dict:
+# ---------------------------------------------------------------- the cases
+def before(pipe, word: NewWord, args, s: dict) -> dict:
+    """The base model's figures, computed once per model, word, n and seed (kept in the work folder)."""
+    key = hashlib.sha1(json.dumps([os.path.abspath(args.model), word.word, args.n, args.seed, s]).encode())
+    path = os.path.join(args.work, f"before_{word.word}_{key.hexdigest()[:10]}.json")
+    res = read_json(path, None)
+    if res is None:
+        res = evaluate(pipe, word, args, s)
+        os.makedirs(args.work, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(res, f)
+    return res
+
+
+def new_word_case(name: str, args, s: dict) -> dict:
+    word = NEW_WORDS[name]
     pipe = load(args)
     size = pipe.default_size()[0]
-    data = write_teal_folder(os.path.join(args.work, f"teal_data_{size}px_seed{args.seed}"), size, args.seed)
-    before = evaluate(pipe, args, s)
-    out = run_dir("teal", args)
+    data = write_new_word_folder(word, os.path.join(args.work, f"{name}_data_{size}px_seed{args.seed}"), size,
+                                 args.seed)
+    base = before(pipe, word, args, s)
+    out = run_dir(name, args)
     spent = finetune(data, out, args)
-    after = evaluate(load(args, out), args, s)
-    return {"images": N_TEAL_IMAGES, "image_size": size, "run": out, "finetune": spent,
-            "before": before, "after": after}
+    return {"word": name, "kind": "colour" if word.fill else "shape", "images": N_NEW_WORD_IMAGES,
+            "image_size": size, "run": out, "finetune": spent, "before": base,
+            "after": evaluate(load(args, out), word, args, s)}
 
 
 def heldout_emoji(test: str, n: int, seed: int, size: int) -> list[tuple[str, Image.Image]]:
@@ -233,19 +273,9 @@ def emoji_case(args, s: dict) -> dict:
 # ---------------------------------------------------------------- results
 def markdown(res: dict) -> str:
     lines = ["# Fine-tuning on custom images", ""]
-    if "teal" in res:
-        t = res["teal"]
-        lines += [(f"## teal: a new colour ({t['images']} images at {t['image_size']} px; {t['n']} teal "
-                   f"prompts, {t['n']} shapes prompts per group)"), "",
-                  ("| model | teal prompts right | teal | shape | size | position | one object "
-                   "| shapes: 1 object | shapes: 2 objects |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for when in ("before", "after"):
-            q, a = t[when]["teal"], t[when]["adherence"]
-            cells = [q[k] for k in ("correct", "teal", "shape", "size", "position", "one_object")]
-            cells += [a[g] for g in ADHERENCE_GROUPS]
-            lines.append(f"| {when} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
-        lines += [""] + _footer(t)
+    for name in NEW_WORDS:
+        if name in res:
+            lines += _new_word_section(res[name])
     if "emoji" in res:
         e = res["emoji"]
         lines += [f"## emoji: OpenMoji ({e['n_heldout']} held-out names at {e['image_size']} px)", "",
@@ -256,11 +286,28 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _new_word_section(t: dict) -> list[str]:
+    lines = [(f"## {t['word']}: a new {t['kind']} ({t['images']} images at {t['image_size']} px; {t['n']} "
+              f"prompts naming it, {t['n']} shapes prompts per group)"), "",
+             (f"| model | {t['word']} prompts right | colour | shape | size | position | one object "
+              "| shapes: 1 object | shapes: 2 objects |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for when in ("before", "after"):
+        q, a = t[when]["new_word"], t[when]["adherence"]
+        cells = [q[k] for k in ("correct", "color", "shape", "size", "position", "one_object")]
+        cells += [a[g] for g in ADHERENCE_GROUPS]
+        lines.append(f"| {when} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    cost = [t["before"]["adherence"][g] - t["after"]["adherence"][g] for g in ADHERENCE_GROUPS]
+    lines += ["", "Cost on the original prompts (points): " + ", ".join(
+        f"{g} {100 * c:+.1f}" for g, c in zip(ADHERENCE_GROUPS, cost)), ""]
+    return lines + _footer(t)
+
+
 def _footer(case: dict) -> list[str]:
     f, cfg = case["finetune"], case["settings"]
-    kind = "full UNet" if cfg["lora_rank"] == 0 else f"LoRA rank {cfg['lora_rank']}"
-    done = (f"Fine-tune ({kind}, {f['steps']} steps, batch {cfg['batch_size']}): {f['wall_s']:.1f} s wall, "
-            f"{f['cpu_s']:.1f} s CPU. Sampling: {cfg['sampling']}. Model: `{cfg['model']}`.")
+    done = (f"Fine-tune (`python -m train.finetune --model M --data D --out O {' '.join(f.get('flags', []))}`, "
+            f"{f['steps']} steps): {f['wall_s']:.1f} s wall ({f['wall_s'] / 60:.1f} min), {f['cpu_s']:.1f} s CPU, "
+            f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{cfg['model']}`.")
     return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}` ({case['date']})", ""]
 
 
@@ -276,13 +323,14 @@ def write(args, cases: dict) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="base model folder (default: the bundled one)")
-    p.add_argument("--case", choices=["teal", "emoji", "both"], default="both")
-    p.add_argument("--steps", type=int, default=500, help="fine-tuning steps")
+    p.add_argument("--case", choices=[*NEW_WORDS, "emoji", "all"], action="append",
+                   help="repeatable (default: all): teal (a new colour), star (a new shape), emoji (OpenMoji)")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the trainer's)")
     p.add_argument("--n", type=int, default=100,
                    help="teal prompts, shapes prompts per group, held-out emoji names")
     p.add_argument("--lora-rank", type=int, default=8, help="0 = full fine-tuning of the UNet")
     p.add_argument("--train-text-encoder", action="store_true")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--flags", default="", help="more train.finetune flags, e.g. \"--caption-dropout 0\"")
     p.add_argument("--lr", type=float, help="default: the trainer's (1e-4 LoRA, 2e-5 full)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")
@@ -296,7 +344,7 @@ def main(argv=None) -> dict:
     p.add_argument("--results", default=RESULTS, help="path prefix of the .json, .md and sheet results")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
-    if args.n < 2 or args.steps < 1 or args.lora_rank < 0:
+    if args.n < 2 or (args.steps is not None and args.steps < 1) or args.lora_rank < 0:
         raise SystemExit("error: --n must be >= 2 (the Fréchet distance needs two images), --steps >= 1, "
                          "--lora-rank >= 0")
     if args.threads:
@@ -307,13 +355,13 @@ def main(argv=None) -> dict:
     meta = {"n": args.n, "machine": f"{machine()}, {args.device}",
             "command": "python -m bench.finetune " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "settings": {"model": args.model, "lora_rank": args.lora_rank, "batch_size": args.batch_size,
-                         "lr": args.lr, "train_text_encoder": args.train_text_encoder, "seed": args.seed,
-                         "sampling": s}}
+            "settings": {"model": args.model, "flags": trainer_flags(args), "seed": args.seed, "sampling": s}}
+    chosen = set(args.case or ["all"])
     cases = {}
-    for name, fn in (("teal", teal_case), ("emoji", emoji_case)):
-        if args.case in (name, "both"):
-            cases[name] = {**fn(args, s), **meta}
+    for name in [*NEW_WORDS, "emoji"]:
+        if name in chosen or "all" in chosen:
+            res = emoji_case(args, s) if name == "emoji" else new_word_case(name, args, s)
+            cases[name] = {**res, **meta}
             write(args, cases)
     return cases
 

@@ -1,54 +1,74 @@
-"""bench.finetune: the teal renders and their checker, and the teal case end to end on a tiny model."""
+"""bench.finetune: the new-word renders and their checker, and the cases end to end on a tiny model."""
 
 import json
 import random
 
 import numpy as np
+import pytest
 
 from latentgen.data import shapes
 from tests.tiny_models import make_tiny_pipeline
 
 
 def test_teal_renders_are_teal_and_the_colour_verdict_can_fail():
-    from bench.finetune import TEAL, measure_object, teal_objects, teal_verdict
+    from bench.finetune import NEW_WORDS
 
+    teal = NEW_WORDS["teal"]
     assert "teal" not in shapes.COLORS  # the library's palette is left alone
     rng = random.Random(0)
-    for obj in teal_objects(6, rng) + [shapes.ShapeObject("square", None, "large", "center")]:
-        image = shapes.render_scene([obj], 32, rng, fill=TEAL)
+    for obj in teal.objects(6, rng) + [shapes.ShapeObject("square", None, "large", "center")]:
+        image = teal.render(obj, 32, rng)
         px = np.asarray(image).reshape(-1, 3).astype(float)  # (S*S, 3)
         ink = 255 - px
         alpha = ink[:, 0] / 255  # every pixel is white mixed with teal: 255 - alpha * (255 - TEAL)
-        assert np.abs(ink - alpha[:, None] * (255 - np.array(TEAL))).max() <= 1.0
-        assert (px == TEAL).all(1).any() and (px == 255).all(1).any()
-        assert teal_verdict(measure_object(image), obj)["correct"], obj
+        assert np.abs(ink - alpha[:, None] * (255 - np.array(teal.fill))).max() <= 1.0
+        assert (px == teal.fill).all(1).any() and (px == 255).all(1).any()
+        assert teal.verdict(image, obj)["correct"], obj
 
         red = shapes.render_scene([shapes.ShapeObject(obj.shape, "red", obj.size, obj.position)], 32, rng)
-        verdict = teal_verdict(measure_object(red), obj)
-        assert measure_object(red)["color"] == "red" and not verdict["teal"] and not verdict["correct"]
+        verdict = teal.verdict(red, obj)
+        assert not verdict["color"] and not verdict["correct"]
         assert verdict["shape"] and verdict["size"] and verdict["position"]  # only the colour is wrong
-    assert measure_object(np.full((32, 32, 3), 255, np.uint8))["n_objects"] == 0
+    assert not teal.verdict(np.full((32, 32, 3), 255, np.uint8), obj)["one_object"]
 
 
-def test_teal_case_end_to_end_on_a_tiny_model(tmp_path):
+def test_star_renders_are_told_from_the_spec_shapes_and_the_shape_verdict_can_fail():
+    from bench.finetune import NEW_WORDS
+
+    star = NEW_WORDS["star"]
+    rng = random.Random(1)
+    objs = star.objects(12, rng)
+    assert {o.shape for o in objs} == {"star"} and all(o.color in shapes.COLORS for o in objs)
+    for obj in objs:
+        assert star.prompt(obj) == f"a {obj.size} {obj.color} star at {obj.position}"
+        assert star.verdict(star.render(obj, 64, rng), obj)["correct"], obj
+        circle = shapes.render_scene([shapes.ShapeObject("circle", obj.color, obj.size, obj.position)], 64, rng)
+        verdict = star.verdict(circle, obj)
+        assert not verdict["shape"] and not verdict["correct"] and verdict["color"] and verdict["position"]
+
+
+@pytest.mark.parametrize("case", ["teal", "star"])
+def test_new_word_case_end_to_end_on_a_tiny_model(tmp_path, case):
     from bench import finetune
 
     model = make_tiny_pipeline(tmp_path)
     results = str(tmp_path / "res" / "finetune")
-    argv = ["--model", model, "--case", "teal", "--steps", "4", "--n", "3", "--sample-steps", "2",
-            "--batch-size", "4", "--work", str(tmp_path / "work"), "--results", results]
+    argv = ["--model", model, "--case", case, "--steps", "4", "--n", "3", "--sample-steps", "2",
+            "--flags", "--batch-size 4 --decoder-steps 2 --val-steps 2", "--work", str(tmp_path / "work"),
+            "--results", results]
     finetune.main(argv)
     with open(results + ".json") as f:
-        teal = json.load(f)["teal"]
-    assert teal["finetune"]["steps"] == 4 and teal["finetune"]["cpu_s"] > 0 and teal["finetune"]["wall_s"] > 0
+        res = json.load(f)[case]
+    assert res["finetune"]["steps"] == 4 and res["finetune"]["cpu_s"] > 0 and res["finetune"]["wall_s"] > 0
     for when in ("before", "after"):
-        q, a = teal[when]["teal"], teal[when]["adherence"]
-        assert set(q) == {"correct", "one_object", "teal", "shape", "size", "position", "n"} and q["n"] == 3
+        q, a = res[when]["new_word"], res[when]["adherence"]
+        assert set(q) == {"correct", "one_object", "color", "shape", "size", "position", "n"} and q["n"] == 3
         assert set(a) == {"1_object", "2_objects", "report"}
         assert all(0 <= v <= 1 for v in [*(q[k] for k in q if k != "n"), a["1_object"], a["2_objects"]])
     with open(results + ".md") as f:
         md = f.read()
-    assert "## teal" in md and "| before |" in md and "command: `python -m bench.finetune" in md
+    assert f"## {case}" in md and "| before |" in md and "Cost on the original prompts" in md
+    assert "command: `python -m bench.finetune" in md
     finetune.main(argv)  # a finished run is not trained again
     with open(results + ".json") as f:
-        assert json.load(f)["teal"]["finetune"] == teal["finetune"]
+        assert json.load(f)[case]["finetune"] == res["finetune"]

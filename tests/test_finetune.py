@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 
@@ -115,7 +116,7 @@ def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
     _loads_in_both_pipelines(base, out)
 
 
-def _loads_in_both_pipelines(base, out):
+def _loads_in_both_pipelines(base, out, text_lora=True):
     """The LoRA in ``out`` loads through our pipeline and stock diffusers, text encoder included, and both
     draw the same image, which differs from the base model's."""
     from diffusers import StableDiffusionPipeline
@@ -126,7 +127,8 @@ def _loads_in_both_pipelines(base, out):
     before = _image(ours)
     te_before = ours.encode_prompt(["a red circle"], "cpu")
     ours.load_lora_weights(str(out))
-    assert not torch.allclose(ours.encode_prompt(["a red circle"], "cpu"), te_before)  # the text LoRA is in
+    if text_lora:
+        assert not torch.allclose(ours.encode_prompt(["a red circle"], "cpu"), te_before)  # the text LoRA is in
     after = _image(ours)
     assert abs(after - before).max() > 1e-4
     stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
@@ -268,3 +270,38 @@ def test_full_finetune_with_shuffled_summaries_runs_and_records_it(base_and_data
     assert res["finished"]
     assert json.loads((out / "finetune.json").read_text())["shuffle_summary"] == 1.0
     assert "shuffle_summary_multi" not in json.loads((out / "finetune.json").read_text())
+
+
+def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_and_data, tmp_path, capsys):
+    from latentgen.adapt import roundtrip_psnr
+    from latentgen.pipeline import LatentGenPipeline
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "dec"
+    res = finetune.main(_args(base, data, out, "--lora-rank", "2", "--tune-decoder", "on", "--decoder-steps", "6",
+                              "--decoder-lr", "1e-3", "--val-steps", "2", "--max-steps", "4"))
+    assert res["finished"]
+    said = capsys.readouterr().out
+    assert "codec: the VAE reconstructs the folder at" in said and "tuned decoder:" in said
+    assert len(os.listdir(out / "prior_images")) == 12  # one image of the base model per folder image
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["decoder"]["tuned"] and record["decoder"]["steps"] == 6
+    tuned = LatentGenPipeline.from_pretrained(str(out))
+    base_pipe = LatentGenPipeline.from_pretrained(base)
+    dec, ref = dict(tuned.vae.decoder.named_parameters()), dict(base_pipe.vae.decoder.named_parameters())
+    assert any(not torch.equal(dec[k], ref[k]) for k in dec)  # the decoder moved ...
+    for k, v in tuned.vae.encoder.state_dict().items():  # ... the encoder did not
+        torch.testing.assert_close(v, base_pipe.vae.encoder.state_dict()[k], rtol=0, atol=0)
+    from latentgen.data.folder import ImageCaptionDataset
+
+    pixels = torch.stack([ImageCaptionDataset([data], size=16)[i]["pixels"] for i in range(12)])
+    assert roundtrip_psnr(tuned.vae, pixels) == pytest.approx(record["decoder"]["psnr_after"], abs=0.05)
+    _loads_in_both_pipelines(str(out), out, text_lora=False)
+
+
+def test_prior_prompts_leave_out_the_new_words():
+    from train.finetune import prior_prompts
+
+    caps = ["a large teal circle at center", "a small Teal, square at left", "a large teal circle at center"]
+    assert prior_prompts(caps, ["teal"]) == ["a large circle at center", "a small square at left"]

@@ -75,8 +75,9 @@ def test_shape_object_validates_and_round_trips():
     obj = ShapeObject("triangle", "green", "small", "bottom")
     assert ShapeObject.from_dict(obj.to_dict()) == obj
     assert ShapeObject.from_dict({"color": "red"}) == ShapeObject(color="red")
-    with pytest.raises(ValueError, match="hexagon"):
-        ShapeObject("hexagon")
+    with pytest.raises(ValueError, match="pentagon"):
+        ShapeObject("pentagon")
+    assert ShapeObject("star").shape == "star"  # an extra shape: drawn and checked, never sampled
     with pytest.raises(ValueError, match="colour"):
         ShapeObject.from_dict({"colour": "red"})
 
@@ -304,3 +305,19 @@ def test_write_extra_colors_folder_draws_what_it_says_in_colours_outside_the_pal
                for f in ["metadata.jsonl", *(r["file_name"] for r in rows)])
     with pytest.raises(ValueError, match="positive"):
         write_extra_colors_folder(tmp_path / "c", n=0)
+
+
+def test_extra_shapes_are_drawn_and_told_apart_but_never_sampled():
+    from latentgen.data.shapes import EXTRA_SHAPES, POSITIONS, SHAPES, find_blobs
+
+    rng = random.Random(0)
+    every = SHAPES + EXTRA_SHAPES
+    for shape in every:
+        for size in ("small", "large"):
+            for position in POSITIONS[::2]:
+                obj = ShapeObject(shape, "blue", size, position)
+                blobs = find_blobs(render_scene([obj], 64, rng), shapes=every)
+                assert len(blobs) == 1 and blobs[0].as_object() == obj, (obj, blobs)
+    assert all(o.shape in SHAPES for _ in range(200) for o in sample_scene(rng, include_heldout=True))
+    star = render_scene([ShapeObject("star", "red", "large", "center")], 64, rng)
+    assert find_blobs(star)[0].shape in SHAPES  # the default checker knows only the spec's shapes

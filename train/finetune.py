@@ -55,8 +55,16 @@ def parse_args(argv=None):
     p.add_argument("--val-steps", type=int, default=25)
     p.add_argument("--val-guidance", type=float, default=4.0)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--tune-decoder", choices=["auto", "on", "off"], default="auto",
+                   help="tune the VAE's decoder on the folder first (encoder unchanged, so the UNet's latents keep "
+                        "their meaning): auto = when the VAE reconstructs the folder below "
+                        f"{30:g} dB, e.g. colours it never saw")
+    p.add_argument("--decoder-steps", type=int, default=150, help="steps of decoder tuning")
+    p.add_argument("--decoder-lr", type=float, default=1e-4)
     common.add_shuffle_summary(p)
     args = p.parse_args(argv)
+    if not 1 <= args.decoder_steps <= 100_000:
+        p.error(f"--decoder-steps must be from 1 to 100000, got {args.decoder_steps}")
     if args.lora_rank < 0:
         p.error(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {args.lora_rank}")
     if args.class_prompt and args.num_class_images < 1:
@@ -91,18 +99,84 @@ def swap_text_encoder(pipe, te_dir: str) -> None:
     pipe.register_modules(text_encoder=te.eval(), tokenizer=tok)
 
 
-def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> float:
-    """Warn when many caption words are split into pieces the base tokenizer never learned whole."""
+def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> tuple[float, list[str]]:
+    """Say which caption words are new to the tokenizer and what the fine-tune does about them; warn when
+    many are. Returns (their share of the distinct words, the new words)."""
     from latentgen.models.clip import unseen_word_report
 
     report = unseen_word_report(tokenizer, captions)
     share = len(report.split) / max(report.n_words, 1)
+    if report.split:
+        shown = ", ".join(f"{w} ({'|'.join(p)})" for w, p in list(report.split.items())[:12])
+        print(f"new words: {shown}. The text encoder reads them through these pieces; the UNet learns what "
+              "they draw from your images, and the prior images are drawn from your captions without them.")
     if share >= threshold:
         warnings.warn(
             f"{report.summary()} The base text encoder has no meaning for these words: continue CLIP pretraining "
             "on this folder first (python -m train.clip --model BASE --data DIR --out DIR, then --text-encoder DIR) "
             "or fine-tune with --train-text-encoder.", stacklevel=2)
-    return share
+    return share, list(report.split)
+
+
+def prior_prompts(captions: list[str], new_words: list[str]) -> list[str]:
+    """The folder's captions with its new words left out: what the base model already draws for them
+    (DreamBooth's class prompts, Ruiz et al. 2023, Sec. 3.3, made from every caption)."""
+    drop = {w.lower() for w in new_words}
+    out = []
+    for c in captions:
+        kept = " ".join(w for w in c.split() if w.lower().strip(",.;:!?") not in drop)
+        out.append(kept)
+    return list(dict.fromkeys(out))
+
+
+def tune_decoder(args, pipe, data, captions: list[str], new_words: list[str]) -> dict:
+    """Measure the VAE's round trip on the folder; below the floor (or with --tune-decoder on), tune its
+    decoder on the folder and on the base model's own images (``latentgen.adapt``), in ``<out>/decoder``."""
+    from latentgen.adapt import DECODER_PSNR_FLOOR, Decoder, DecoderData, decoder_step, roundtrip_psnr
+    from latentgen.training import TrainConfig, Trainer
+
+    vae = pipe.vae.eval()
+    pixels = torch.stack([data[i]["pixels"] for i in range(min(len(data.items), 256))])  # (N, 3, S, S)
+    before = roundtrip_psnr(vae, pixels)
+    report = {"psnr_before": round(before, 2), "tuned": False}
+    if args.tune_decoder == "off" or (args.tune_decoder == "auto" and before >= DECODER_PSNR_FLOOR):
+        print(f"codec: the VAE reconstructs the folder at {before:.1f} dB; its decoder is kept")
+        return report
+    print(f"codec: the VAE reconstructs the folder at {before:.1f} dB (below {DECODER_PSNR_FLOOR:g}: it maps "
+          f"what it never saw onto what it knows); tuning its decoder for {args.decoder_steps} steps")
+    size = pixels.shape[-1]
+    prompts = prior_prompts(captions, new_words)[: len(pixels)]
+    prior_dir = os.path.join(args.out, "prior_images")
+    prior = draw_prior(pipe, prompts, len(pixels), prior_dir, size, args.seed or 0, args.val_steps,
+                       args.val_guidance)
+    cfg = TrainConfig(out=os.path.join(args.out, "decoder"), max_steps=args.decoder_steps, batch_size=16,
+                      lr=args.decoder_lr, seed=args.seed or 0, checkpoint_every=max(1, args.decoder_steps // 2),
+                      log_every=10, resume=args.resume, progress=bool(args.progress is not False),
+                      mixed_precision=args.mixed_precision or "no")
+    Trainer(cfg, Decoder(vae), DecoderData(vae, pixels, prior), decoder_step,
+            run_config={"trainer": "finetune-decoder", "prior_prompts": prompts}).fit()
+    vae.eval()
+    after = roundtrip_psnr(vae, pixels)
+    print(f"codec: tuned decoder: {before:.1f} -> {after:.1f} dB on the folder")
+    return {**report, "tuned": True, "psnr_after": round(after, 2), "steps": args.decoder_steps}
+
+
+def draw_prior(pipe, prompts: list[str], n: int, out_dir: str, size: int, seed: int, steps: int,
+               guidance: float) -> torch.Tensor:
+    """``n`` images the base model draws for ``prompts`` (cycled), kept in ``out_dir`` (a resumed run reuses
+    them).  # (n, 3, S, S) in [-1, 1]"""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(out_dir, exist_ok=True)
+    images = []
+    for i in range(n):
+        path = os.path.join(out_dir, f"prior-{i:04d}.png")
+        if not os.path.isfile(path):
+            pipe(prompts[i % len(prompts)], num_inference_steps=steps, guidance_scale=guidance, height=size,
+                 width=size, generator=torch.Generator("cpu").manual_seed(seed + i)).images[0].save(path)
+        images.append(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1))
+    return torch.stack(images).float() / 127.5 - 1.0
 
 
 def make_class_images(pipe, prompt: str, n: int, out_dir: str, size: int, seed: int, steps: int, guidance: float):
@@ -216,7 +290,8 @@ def main(argv=None) -> dict:
     dataset = torch.utils.data.ConcatDataset(folders) if len(folders) > 1 else data
     dataset.items = [it for d in folders for it in d.items]
     captions_all = [it.caption for it in dataset.items]
-    share = warn_new_words(tok, captions_all)
+    share, new_words = warn_new_words(tok, captions_all)
+    codec = tune_decoder(args, pipe, data, [it.caption for it in data.items], new_words)
     is_prior = torch.tensor([i >= len(data) for i in range(len(dataset))])
 
     cache = load_or_build_cache(dataset, vae, tok, te, os.path.join(args.out, "cache"), size)
@@ -240,7 +315,7 @@ def main(argv=None) -> dict:
            "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
            "train_text_encoder": args.train_text_encoder, "instance_prompt": args.instance_prompt,
            "class_prompt": args.class_prompt, "examples": len(dataset), "new_word_share": round(share, 3),
-           "lr": cfg.lr, "batch_size": cfg.batch_size,
+           "lr": cfg.lr, "batch_size": cfg.batch_size, "decoder": codec,
            "text_encoder": args.text_encoder and os.path.abspath(args.text_encoder),
            # a resume with other settings is refused, by name; the key only when on, so older runs resume
            **common.shuffle_settings(args)}
@@ -266,22 +341,24 @@ def main(argv=None) -> dict:
     model = trainer.fit()
     if not trainer.finished or not trainer.is_main:
         return {"finished": trainer.finished, "step": trainer.step}
-    save_result(args, pipe, model, lora)
+    save_result(args, pipe, model, lora, codec["tuned"])
     atomic_write_text(os.path.join(args.out, "finetune.json"), json.dumps(run, indent=2))
     print(f"saved to {args.out}")
     return {"finished": True, "step": trainer.step, "out": args.out, "lora": lora}
 
 
-def save_result(args, pipe, model: nn.ModuleDict, lora: bool):
+def save_result(args, pipe, model: nn.ModuleDict, lora: bool, decoder_tuned: bool = False):
     """LoRA: diffusers-format LoRA weights at the top of --out; full: a complete model folder.
 
-    With ``--text-encoder`` a LoRA run also writes the base model with that text encoder at --out,
-    so ``from_pretrained(out)`` then ``load_lora_weights(out)`` gives the fine-tuned model."""
+    With ``--text-encoder`` or a tuned decoder a LoRA run also writes the base model with that text encoder
+    and VAE at --out, so ``from_pretrained(out)`` then ``load_lora_weights(out)`` gives the fine-tuned model."""
     from latentgen.pipeline import LatentGenPipeline
 
-    if lora and args.text_encoder:
+    if lora and (args.text_encoder or decoder_tuned):
         base = load_base(args.model)  # untouched by the adapters trained in place
-        swap_text_encoder(base, args.text_encoder)
+        if args.text_encoder:
+            swap_text_encoder(base, args.text_encoder)
+        base.register_modules(vae=pipe.vae)
         base.save_pretrained(args.out, safe_serialization=True)
         _copy_extras(args)
     if lora:

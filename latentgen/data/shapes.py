@@ -31,6 +31,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 200),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+# Shapes outside the spec, for measuring a fine-tune that teaches a new shape word: drawn and checked like the
+# spec's (half-width r, centred on the cell's jittered centre), never in the benchmark's scenes.
+EXTRA_SHAPES: tuple[str, ...] = ("hexagon", "star")
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = (
     "top left", "top", "top right",
@@ -73,7 +76,7 @@ SUPERSAMPLE = 4
 BACKGROUND = (255, 255, 255)
 MIN_SIZE = 12  # smallest canvas side drawn or checked (the checker is reliable from 24 up)
 
-_ATTRS = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS}
+_ATTRS = {"shape": SHAPES + EXTRA_SHAPES, "color": tuple(COLORS), "size": SIZES, "position": POSITIONS}
 
 
 @dataclass(frozen=True)
@@ -153,14 +156,34 @@ def triangle_points(cx: float, cy: float, r: float) -> list[tuple[float, float]]
     return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
 
 
+def polygon_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """An extra shape's corners: a hexagon (point up) or a five-pointed star (inner radius 0.45 r)
+    inscribed in the circle of radius r."""
+    if shape == "hexagon":
+        radii, n = [r], 6
+    elif shape == "star":
+        radii, n = [r, 0.45 * r], 10
+    else:
+        raise ValueError(f"no polygon for {shape!r}: extra shapes are {', '.join(EXTRA_SHAPES)}")
+    return [(cx + radii[k % len(radii)] * math.sin(2 * math.pi * k / n),
+             cy - radii[k % len(radii)] * math.cos(2 * math.pi * k / n)) for k in range(n)]
+
+
+def _polygon_area(points: list[tuple[float, float]]) -> float:
+    """Shoelace formula."""
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))) / 2
+
+
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     box = [cx - r, cy - r, cx + r, cy + r]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
         draw.rectangle(box, fill=fill)
-    else:
+    elif shape == "triangle":
         draw.polygon(triangle_points(cx, cy, r), fill=fill)
+    else:
+        draw.polygon(polygon_points(shape, cx, cy, r), fill=fill)
 
 
 def _check_size(size: int) -> None:
@@ -348,7 +371,8 @@ CORE_ALPHA = 0.5  # a pixel belongs to a blob's core above this coverage
 OFF_PALETTE = 0.3  # RGB distance (0..1) past which a pixel is no palette colour
 SIGNIFICANT = 0.4  # a blob counts when its area is this share of the smallest object the spec can draw
 SIZE_SPLIT = 0.315  # r / cell between small (<= 0.2475) and large (>= 0.3825)
-_SHAPE_AREA = {"circle": math.pi, "square": 4.0, "triangle": 2.0}  # area / r^2
+_SHAPE_AREA = {"circle": math.pi, "square": 4.0, "triangle": 2.0,  # area / r^2
+               **{s: _polygon_area(polygon_points(s, 0.0, 0.0, 1.0)) for s in EXTRA_SHAPES}}
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -451,9 +475,22 @@ def shape_coverage(shape: str, cx: float, cy: float, r: float, rows: np.ndarray,
         inside = x * x + y * y <= r * r
     elif shape == "square":
         inside = (np.abs(x) <= r) & (np.abs(y) <= r)
-    else:
+    elif shape == "triangle":
         inside = (y >= -r) & (y <= r) & (np.abs(x) <= (y + r) / 2)
+    else:
+        inside = _inside_polygon(polygon_points(shape, 0.0, 0.0, r), *np.broadcast_arrays(x, y))
     return inside.mean((1, 2))  # (N,)
+
+
+def _inside_polygon(points: list[tuple[float, float]], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Even-odd ray casting: which points (x, y) lie inside the polygon."""
+    inside = np.zeros(x.shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]):
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < at)
+    return inside
 
 
 @dataclass
@@ -474,7 +511,8 @@ class Blob:
         return ShapeObject(self.shape, color, self.size, self.position)
 
 
-def _fit_blob(color: str, ink_alpha: np.ndarray, region: np.ndarray, cell: float) -> Blob | None:
+def _fit_blob(color: str, ink_alpha: np.ndarray, region: np.ndarray, cell: float,
+              shapes: tuple[str, ...] = SHAPES) -> Blob | None:
     """Shape, size and position of a blob from its coverage map over ``region``."""
     rows, cols = np.nonzero(region)
     a = ink_alpha[rows, cols]  # (N,)
@@ -484,7 +522,7 @@ def _fit_blob(color: str, ink_alpha: np.ndarray, region: np.ndarray, cell: float
     mx = float((a * (cols + 0.5)).sum() / mass)
     my = float((a * (rows + 0.5)).sum() / mass)
     best = None
-    for shape in SHAPES:
+    for shape in shapes:
         r = math.sqrt(mass / _SHAPE_AREA[shape])
         cy = my - r / 3 if shape == "triangle" else my  # a triangle's centroid sits r/3 below its box centre
         err = float(((a - shape_coverage(shape, mx, cy, r, rows, cols)) ** 2).sum())
@@ -528,12 +566,14 @@ def _owner_map(comps: list[tuple[str, np.ndarray]], side: int, smallest: float) 
     return owner
 
 
-def find_blobs(image, palette: dict[str, tuple[int, int, int]] | None = None) -> list[Blob]:
+def find_blobs(image, palette: dict[str, tuple[int, int, int]] | None = None,
+               shapes: tuple[str, ...] = SHAPES) -> list[Blob]:
     """Every significant single-colour blob in an image, largest first.
 
     Reliable from S = 24 up (measured by ``bench/checker_accuracy.py``); at S = 16 small
     objects are only a few pixels wide. ``palette``: the ``{name: (r, g, b)}`` colours to tell
-    apart (default ``COLORS``), e.g. the palette plus a colour a fine-tune taught.
+    apart (default ``COLORS``), e.g. the palette plus a colour a fine-tune taught; ``shapes``: the
+    shapes to tell apart (default ``SHAPES``), e.g. with one of ``EXTRA_SHAPES`` a fine-tune taught.
     """
     pal = _palette_array(palette)
     names = list(COLORS if palette is None else palette)
@@ -559,7 +599,7 @@ def find_blobs(image, palette: dict[str, tuple[int, int, int]] | None = None) ->
                 blobs.append(Blob(_OTHER, float(len(c)), mx, my, 0.0, None, None, POSITIONS[3 * row + col]))
             continue
         region = _dilate(mask, 2) & (owner < 0) | mask  # the patch and its anti-aliased rim
-        blob = _fit_blob(color, ink_alpha[..., names.index(color)], region, cell)
+        blob = _fit_blob(color, ink_alpha[..., names.index(color)], region, cell, shapes)
         if blob is not None and blob.mass >= SIGNIFICANT * smallest:
             blobs.append(blob)
     return sorted(blobs, key=lambda b: -b.mass)

@@ -228,9 +228,12 @@ class ModelRegistry:
         return real
 
     def _lora_base(self, folder: Path) -> Path:
-        """The base model of LoRA weights: the operator's --model, or a folder the app may load."""
+        """The base model of LoRA weights: the folder itself when the fine-tune wrote one there (a tuned
+        decoder or another text encoder), else the operator's --model, or a folder the app may load."""
         import json
 
+        if (folder / "model_index.json").is_file():
+            return folder
         base = json.loads((folder / LORA_INFO).read_text()).get("base")
         if not base:
             raise ValueError(
