@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+MAX_QUEUE_SIZE = 10_000  # the same bound as latentgen.ui.server.MAX_QUEUE_SIZE (not imported: gradio is slow)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
@@ -31,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-training", action="store_true", help="no Fine-tune / Distill tabs; training refused")
     p.add_argument("--model", help="model folder to start on (else latentgen/weights/default, if installed)")
     p.add_argument("--concurrency", type=int, default=1, help="generation requests run at the same time")
+    p.add_argument("--queue-size", type=int, default=256, metavar="N",
+                   help=f"requests that may wait in the queue (1 to {MAX_QUEUE_SIZE:,}); "
+                        "one more is refused at once with 'Queue is full'")
     p.add_argument("--max-cost", type=float, default=400.0,
                    help="largest request in native-image-steps: steps x batch x width x height / native area")
     p.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
@@ -43,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.auth = (user, password)
     if args.concurrency < 1:
         p.error(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not 1 <= args.queue_size <= MAX_QUEUE_SIZE:
+        p.error(f"--queue-size must be from 1 to {MAX_QUEUE_SIZE:,}, got {args.queue_size}")
     if not (args.max_cost > 0 and args.request_timeout > 0):
         p.error("--max-cost and --request-timeout must be > 0")
     if args.model is not None and not os.path.isdir(args.model):
@@ -63,6 +70,7 @@ def main(argv=None, block: bool = True):
             auth=args.auth,
             share=args.share,
             concurrency=args.concurrency,
+            queue_size=args.queue_size,
             insecure_no_auth=args.insecure_no_auth,
             data_dir=args.data_dir,
             training=not args.no_training,

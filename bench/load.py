@@ -1,15 +1,19 @@
-"""Load on the running app: many clients generating at once through the Gradio API.
+"""Load on the running app: many clients generating at once, then a burst past the queue's bound.
 
 Starts ``python app.py`` as a subprocess on 127.0.0.1 (a tiny random model unless
-``--model DIR``), then ``--clients`` threads, each with its own ``gradio_client.Client``,
-send ``--requests`` ``/generate`` calls in all, with one deliberately bad request (a width
-that is not a multiple of the VAE factor) mixed in. Bounded: every request has a timeout
-and the whole run a deadline. Reports completed and failed requests, p50/p95 latency,
-throughput and the server's peak memory (psutil, sampled; plus the kernel's VmHWM of the
-server process where /proc has it).
+``--model DIR``; ``--queue-size`` and ``--concurrency`` passed on). Phase 1: ``--clients``
+threads, each with its own ``gradio_client.Client``, send ``--requests`` ``/generate`` calls
+in all at the model card's sampler and guidance, with one deliberately bad request (a width
+that is not a multiple of the VAE factor) mixed in. Phase 2 (``bench.load_burst``):
+``--burst`` requests at the same moment at ``--burst-steps``, more than the queue holds;
+each ends served, refused with "Queue is full", another error, hung or missing; then one
+more request must be served. Bounded: every request has a timeout and each phase a
+deadline. Reports completed and failed requests, p50/p95 latency, throughput, how fast the
+refused ones were answered, and the server's peak memory (psutil, sampled; plus the
+kernel's VmHWM of the server process where /proc has it).
 
-    python -m bench.load                      # 64 requests, 16 clients, tiny model
-    python -m bench.load --model latentgen/weights/default --steps 25 --concurrency 2
+    python -m bench.load                      # 64 requests, 16 clients, then 300 at once; tiny model
+    python -m bench.load --model latentgen/weights/default --steps 25 --concurrency 1
 
 Writes bench/results/load.json and bench/results/load.md.
 """
@@ -27,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.load_burst import burst_rows, endpoint_defaults, run_burst, summarize_burst
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
@@ -42,10 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", type=int, default=1, help="the app's --concurrency")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds one request may take")
     p.add_argument("--deadline", type=float, default=900.0, help="seconds the whole load may take")
+    p.add_argument("--queue-size", type=int, default=32, help="the app's --queue-size")
+    p.add_argument("--burst", type=int, default=300, help="requests sent at the same moment (0: no burst)")
+    p.add_argument("--burst-steps", type=int, default=4, help="sampling steps per burst request")
+    p.add_argument("--burst-deadline", type=float, default=300.0, help="seconds the burst may take")
     p.add_argument("--out", default=str(RESULTS / "load"), help="results path without extension")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.clients < 1:
-        p.error("--requests and --clients must be >= 1")
+    if args.requests < 1 or args.clients < 1 or args.queue_size < 1 or args.burst < 0:
+        p.error("--requests, --clients and --queue-size must be >= 1, --burst >= 0")
     return args
 
 
@@ -101,7 +111,7 @@ def vm_hwm(pid: int) -> int | None:
     return None
 
 
-def start_server(model: str, models_dir: str, port: int, concurrency: int, log_path: str) -> subprocess.Popen:
+def start_server(model: str, models_dir: str, port: int, args, log_path: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         str(REPO / "app.py"),
@@ -114,7 +124,9 @@ def start_server(model: str, models_dir: str, port: int, concurrency: int, log_p
         "--models-dir",
         models_dir,
         "--concurrency",
-        str(concurrency),
+        str(args.concurrency),
+        "--queue-size",
+        str(args.queue_size),
     ]
     with open(log_path, "w") as log:  # the server keeps its own handle
         return subprocess.Popen(
@@ -150,8 +162,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q))
 
 
-def run_load(url: str, args) -> dict:
-    """All clients at once; returns per-request records."""
+def run_load(url: str, args, settings: dict) -> dict:
+    """All clients at once (``settings``: sampler and guidance); returns per-request records."""
     from gradio_client import Client
 
     jobs = [{"i": i, "client": i % args.clients, "bad": False} for i in range(args.requests)]
@@ -166,7 +178,7 @@ def run_load(url: str, args) -> dict:
             if time.monotonic() > deadline:
                 rec = {**job, "ok": False, "error": "deadline passed before it was sent", "seconds": None}
             else:
-                kwargs = {"prompt": f"a red circle {job['i']}", "seed": job["i"], "steps": args.steps}
+                kwargs = {"prompt": f"a red circle {job['i']}", "seed": job["i"], "steps": args.steps, **settings}
                 if job["bad"]:
                     kwargs["width"] = 17
                 t0 = time.perf_counter()
@@ -200,6 +212,7 @@ def summarize(records: list[dict], wall: float, args, peak_rss: int, hwm: int | 
         "clients": args.clients,
         "steps": args.steps,
         "concurrency": args.concurrency,
+        "burst_steps": args.burst_steps,
         "completed": len(lat),
         "failed": len(good) - len(lat),
         "missing": args.requests - len(good),
@@ -230,13 +243,14 @@ def write(summary: dict, out: str):
     s = summary
     rows = [
         ("requests x clients", f"{s['requests']} x {s['clients']} (+1 bad request)"),
-        ("model / steps / app concurrency", f"{s['model']} / {s['steps']} / {s['concurrency']}"),
+        ("model / steps / sampler / guidance / app concurrency",
+         f"{s['model']} / {s['steps']} / {s['sampler']} / {s['guidance']} / {s['concurrency']}"),
         ("completed / failed / missing", f"{s['completed']} / {s['failed']} / {s['missing']}"),
         ("bad request failed alone", f"{s['bad_request_failed_alone']} ({s['bad_request_error']})"),
         ("latency p50 / p95 / max (s)",
          f"{fmt(s['latency_p50_s'])} / {fmt(s['latency_p95_s'])} / {fmt(s['latency_max_s'])}"),
         ("wall time (s) / throughput (req/s)", f"{fmt(s['wall_s'], 1)} / {fmt(s['throughput_req_per_s'])}"),
-        ("server peak RSS (MB, sampled / VmHWM)",
+        ("server peak RSS over both phases (MB, sampled / VmHWM)",
          f"{fmt(s['server_peak_rss_mb'], 0)} / {fmt(s['server_vmhwm_mb'], 0)}"),
         ("machine: CPUs / 1-min load average after",
          f"{s['cpu_count']} / {fmt(s['load_avg_1min_after'], 1)}"),
@@ -245,25 +259,55 @@ def write(summary: dict, out: str):
         f.write("# Load: concurrent /generate requests to the app (`python -m bench.load`)\n\n")
         f.write("| measure | value |\n|---|---|\n")
         f.writelines(f"| {k} | {v} |\n" for k, v in rows)
+        if "burst" in s:
+            f.write("\n## Burst past the queue's bound (plain HTTP: `POST /gradio_api/call/generate`)\n\n")
+            f.write("| measure | value |\n|---|---|\n")
+            f.writelines(f"| {k} | {v} |\n" for k, v in burst_rows(s, fmt))
+        f.write(f"\ncommand: `{s['command']}`\n")
+
+
+def request_settings(url: str, model: str | None) -> dict:
+    """Sampler and guidance for every request: the model card's, else the app's defaults."""
+    import httpx
+
+    with httpx.Client(timeout=30) as http:
+        app = endpoint_defaults(http, url)
+    card = {}
+    if model:
+        from latentgen.pipeline import read_model_card_defaults
+
+        card = read_model_card_defaults(model)
+    return {"sampler": card.get("sampler", app["sampler"]), "guidance": card.get("guidance_scale", app["guidance"])}
+
+
+def measure(args, url: str, server: subprocess.Popen) -> dict:
+    """Both phases against the running server."""
+    wait_ready(url, server)
+    settings = request_settings(url, args.model)
+    watch = MemoryWatch(server.pid)
+    load = run_load(url, args, settings)
+    burst = None
+    if args.burst:
+        burst = run_burst(url, args.burst, args.request_timeout, args.burst_deadline,
+                          steps=args.burst_steps, **settings)
+    peak, hwm = watch.stop(), vm_hwm(server.pid)
+    return {"settings": settings, "load": load, "burst": burst, "peak": peak, "hwm": hwm,
+            "alive": server.poll() is None}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    command = " ".join(["python -m bench.load", *(sys.argv[1:] if argv is None else argv)])
     with tempfile.TemporaryDirectory(prefix="latentgen-load-") as tmp:
         model = args.model or tiny_model(tmp)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(
-            model, os.path.join(tmp, "models"), port, args.concurrency, os.path.join(tmp, "app.log")
-        )
+        log_path = os.path.join(tmp, "app.log")
+        server = start_server(model, os.path.join(tmp, "models"), port, args, log_path)
         try:
-            wait_ready(url, server)
-            watch = MemoryWatch(server.pid)
-            result = run_load(url, args)
-            peak, hwm = watch.stop(), vm_hwm(server.pid)
-            alive = server.poll() is None
+            m = measure(args, url, server)
         except BaseException:
-            print(Path(tmp, "app.log").read_text()[-3000:], file=sys.stderr)
+            print(Path(log_path).read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             server.terminate()
@@ -272,8 +316,11 @@ def main(argv=None) -> dict:
             except subprocess.TimeoutExpired:
                 server.kill()
         label = "tiny (random, 16 px)" if not args.model else args.model
-        summary = summarize(result["records"], result["wall_s"], args, peak, hwm, label)
-        summary["server_alive_after"] = alive
+        summary = summarize(m["load"]["records"], m["load"]["wall_s"], args, m["peak"], m["hwm"], label)
+        summary.update(m["settings"], server_alive_after=m["alive"], command=command,
+                       server_log_tracebacks=Path(log_path).read_text(errors="replace").count("Traceback"))
+        if m["burst"]:
+            summary.update(summarize_burst(m["burst"], args.burst, args.queue_size, percentile))
     write(summary, args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "errors"}, indent=2))
     if summary["errors"]:

@@ -7,8 +7,11 @@
 Sections: quality of the teacher and the 4-step student against the bundled model's targets
 (``latentgen.eval.adherence``), the VAE's PSNR and the CLIP's probing (``latentgen.eval``), the
 distillation table (``bench.distill``), speed (``bench.speed``), adherence by sampler and steps
-(``bench.samplers``), and the shapes checker's own accuracy (``bench.checker_accuracy``, kept
-from its last run unless ``--checker``). Each benchmark also writes its own ``bench/results/*``.
+(``bench.samplers``), the shapes checker's own accuracy (``bench.checker_accuracy``, kept
+from its last run unless ``--checker``) and the app under load (``bench.load``, kept from its own
+run). Each benchmark also writes its own ``bench/results/*``. With every section skipped
+(``--skip quality codec distill speed samplers sheet``) the report is only reassembled from
+``bench/results``, keeping its opening paragraph.
 """
 
 from __future__ import annotations
@@ -195,6 +198,23 @@ def sheet(teacher: str, student: str | None) -> str:
     return SHEET_TEXT
 
 
+def header(command: str, teacher: str, student: str | None, seconds: dict, ran: bool) -> str:
+    """The report's opening paragraph: what this run measured, or, when it only reassembled the
+    report from the results files (every section skipped), the previous paragraph plus a note."""
+    stamp = datetime.datetime.now().isoformat(timespec="minutes")
+    note = f" Reassembled from bench/results by `{command}` on {stamp}."
+    if not ran and os.path.isfile(REPORT):
+        with open(REPORT, encoding="utf-8") as f:
+            previous = f.read().split("\n\n")
+        if len(previous) > 1 and not previous[1].startswith("#"):
+            return previous[1].split(" Reassembled from bench/results by")[0] + note
+    rel = os.path.dirname(HERE)
+    return (f"`{command}` on {stamp}: teacher `{os.path.relpath(teacher, rel)}`, student "
+            f"`{student and os.path.relpath(student, rel)}`; {platform.machine()}, {os.cpu_count()} CPU threads, "
+            f"torch {torch.__version__}. Seconds per section: {json.dumps(seconds)} (sections not run this time "
+            "keep their last results).")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="teacher folder (default: latentgen/weights/default)")
@@ -248,13 +268,10 @@ def main(argv=None) -> dict:
         from bench import checker_accuracy
 
         checker_accuracy.main([])
-    stamp = datetime.datetime.now().isoformat(timespec="minutes")
+    command = f"python -m bench.run_all {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
     report = [
         "# latentgen benchmark report", "",
-        (f"`python -m bench.run_all {' '.join(sys.argv[1:] if argv is None else argv)}` on {stamp}: teacher "
-        f"`{os.path.relpath(teacher, os.path.dirname(HERE))}`, student `{student and os.path.relpath(student, os.path.dirname(HERE))}`; "
-        f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}. Seconds per section: "
-        f"{json.dumps(seconds)} (sections not run this time keep their last results)."), "",
+        header(command, teacher, student, seconds, ran=bool(seconds) or args.checker), "",
         "## Sample sheet", "", parts.get("sheet", SHEET_TEXT),
         "## Quality of the bundled model", "", parts.get("quality") or _read("quality.md"),
         "## Codec and text encoder", "", parts.get("codec") or _read("codec.md"),
@@ -262,7 +279,8 @@ def main(argv=None) -> dict:
         "## Speed", "", _read("speed.md"),
         "## Samplers", "", _read("samplers.md"),
         "## Shapes checker", "", _read("checker.md"),
-        "## Training-time benchmarks (their own runs)", "", _read("vae.md"), _read("load.md"),
+        "## Load on the app (its own run)", "", _read("load.md"),
+        "## Training-time benchmarks (their own runs)", "", _read("vae.md"),
     ]
     with open(REPORT, "w", encoding="utf-8") as f:
         f.write("\n".join(report))

@@ -311,8 +311,22 @@ def test_app_command_line_defaults_and_errors():
         "127.0.0.1", 7860, False, None, "./models")
     assert (args.data_dir, args.no_training, args.insecure_no_auth) == ("./data", False, False)
     assert (args.max_cost, args.request_timeout) == (400.0, 300.0)
+    assert (args.concurrency, args.queue_size) == (1, 256)
+    assert app_module.parse_args(["--queue-size", "10000"]).queue_size == 10_000
     assert app_module.parse_args(["--auth", "bob:pa:ss"]).auth == ("bob", "pa:ss")
     for bad in (["--auth", "bob"], ["--auth", ":pw"], ["--concurrency", "0"], ["--model", "/no/such/dir"],
-                ["--max-cost", "0"], ["--request-timeout", "-1"], ["--mod", "x"]):
+                ["--max-cost", "0"], ["--request-timeout", "-1"], ["--mod", "x"], ["--queue-size", "0"],
+                ["--queue-size", "10001"], ["--queue-size", "many"]):
         with pytest.raises(SystemExit):
             app_module.parse_args(bad)
+
+
+def test_app_config_refuses_a_queue_size_out_of_range():
+    import app as app_module
+    from latentgen.ui.server import MAX_QUEUE_SIZE
+
+    assert app_module.MAX_QUEUE_SIZE == MAX_QUEUE_SIZE == 10_000
+    assert AppConfig(queue_size=1).queue_size == 1
+    for bad in (0, -5, MAX_QUEUE_SIZE + 1):
+        with pytest.raises(ValueError, match="--queue-size must be from 1 to 10,000"):
+            AppConfig(queue_size=bad)

@@ -36,6 +36,7 @@ from latentgen.ui.training_tab import DISTILL, FINETUNE, TabLimits, build_traini
 
 log = logging.getLogger("latentgen.ui")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding latentgen/ and train/
+MAX_QUEUE_SIZE = 10_000  # --queue-size: requests waiting at most (app.py checks the same bound)
 CSS = "#gallery {min-height: 260px} footer {display: none !important}"
 
 
@@ -63,6 +64,8 @@ class AppConfig:
     def __post_init__(self):
         if self.concurrency < 1:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if not 1 <= self.queue_size <= MAX_QUEUE_SIZE:
+            raise ValueError(f"--queue-size must be from 1 to {MAX_QUEUE_SIZE:,}, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be from 0 to 65535, got {self.port}")
         if self.auth is not None and (len(self.auth) != 2 or not self.auth[0] or not self.auth[1]):
