@@ -139,7 +139,10 @@ def _loads_in_both_pipelines(base, out, text_lora=True):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (["--lora-rank", "-1"], "lora-rank must be >= 0"),
+    (["--lora-rank", "-1"], "lora-rank must be from 0 to 256"),
+    (["--lora-rank", "100000"], "lora-rank must be from 0 to 256"),
+    (["--max-steps", "0"], "max-steps must be from 1"),
+    (["--decoder-steps", "0"], "decoder-steps must be from 1"),
     (["--class-prompt", "a dog"], "num-class-images"),
     (["--shuffle-summary", "1.5"], "probability in [0, 1]"),
     (["--shuffle-summary", "0.5", "--train-text-encoder"], "leave out --train-text-encoder"),
@@ -305,3 +308,13 @@ def test_prior_prompts_leave_out_the_new_words():
 
     caps = ["a large teal circle at center", "a small Teal, square at left", "a large teal circle at center"]
     assert prior_prompts(caps, ["teal"]) == ["a large circle at center", "a small square at left"]
+
+
+def test_a_lora_folder_as_the_base_model_is_a_clear_error(base_and_data, tmp_path):
+    from train import finetune
+
+    base, data = base_and_data
+    out = tmp_path / "lora"
+    finetune.main(_args(base, data, out, "--lora-rank", "2", "--max-steps", "2", "--tune-decoder", "off"))
+    with pytest.raises(SystemExit, match="holds LoRA weights .* not a full model: give the model it was fine-tuned"):
+        finetune.main(_args(str(out), data, tmp_path / "again"))

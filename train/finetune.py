@@ -65,8 +65,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 1 <= args.decoder_steps <= 100_000:
         p.error(f"--decoder-steps must be from 1 to 100000, got {args.decoder_steps}")
-    if args.lora_rank < 0:
-        p.error(f"--lora-rank must be >= 0 (0 = full fine-tuning), got {args.lora_rank}")
+    if not 0 <= args.lora_rank <= 256:
+        p.error(f"--lora-rank must be from 0 to 256 (0 = full fine-tuning), got {args.lora_rank}")
+    if args.max_steps is not None and not 1 <= args.max_steps <= 1_000_000:
+        p.error(f"--max-steps must be from 1 to 1000000, got {args.max_steps}")
     if args.class_prompt and args.num_class_images < 1:
         p.error("--class-prompt needs --num-class-images N (N >= 1)")
     if args.num_class_images and not args.class_prompt:
@@ -81,11 +83,26 @@ def load_base(model_dir: str):
     """The base pipeline; a folder that is not a latentgen or SD model is a clear error."""
     from latentgen.pipeline import LatentGenPipeline
 
+    lora = os.path.join(model_dir, "pytorch_lora_weights.safetensors")
+    if os.path.isfile(lora) and not os.path.isfile(os.path.join(model_dir, "model_index.json")):
+        base = _read_json(os.path.join(model_dir, "finetune.json")).get("base", "its base model")
+        raise SystemExit(f"error: --model {model_dir} holds LoRA weights (a fine-tune), not a full model: give "
+                         f"the model it was fine-tuned from ({base}), or a model folder that has the LoRA merged "
+                         "(LatentGenPipeline.from_pretrained(base), load_lora_weights(dir), fuse_lora(), "
+                         "save_pretrained(new))")
     try:
         return LatentGenPipeline.from_pretrained(model_dir)
     except (OSError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: --model {model_dir} is not a latentgen or Stable Diffusion model folder "
                          f"(model_index.json with unet/, vae/, text_encoder/, tokenizer/, scheduler/): {e}")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def swap_text_encoder(pipe, te_dir: str) -> None:
