@@ -298,8 +298,8 @@ def _new_word_section(t: dict) -> list[str]:
         cells += [a[g] for g in ADHERENCE_GROUPS]
         lines.append(f"| {when} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     cost = [t["before"]["adherence"][g] - t["after"]["adherence"][g] for g in ADHERENCE_GROUPS]
-    lines += ["", "Cost on the original prompts (points): " + ", ".join(
-        f"{g} {100 * c:+.1f}" for g, c in zip(ADHERENCE_GROUPS, cost)), ""]
+    lines += ["", "Points lost on the original prompts (negative: gained): " + ", ".join(
+        f"{g} {100 * c:.1f}" for g, c in zip(ADHERENCE_GROUPS, cost)), ""]
     return lines + _footer(t)
 
 

@@ -67,7 +67,7 @@ def test_new_word_case_end_to_end_on_a_tiny_model(tmp_path, case):
         assert all(0 <= v <= 1 for v in [*(q[k] for k in q if k != "n"), a["1_object"], a["2_objects"]])
     with open(results + ".md") as f:
         md = f.read()
-    assert f"## {case}" in md and "| before |" in md and "Cost on the original prompts" in md
+    assert f"## {case}" in md and "| before |" in md and "Points lost on the original prompts" in md
     assert "command: `python -m bench.finetune" in md
     finetune.main(argv)  # a finished run is not trained again
     with open(results + ".json") as f:

@@ -19,7 +19,8 @@ def base_and_data(tmp_path_factory):
 
 def _args(base, data, out, *extra):
     return ["--model", base, "--data", data, "--out", str(out), "--max-steps", "12", "--batch-size", "4",
-            "--lr", "5e-3", "--no-progress", "--log-every", "4", "--checkpoint-every", "6", *extra]
+            "--lr", "5e-3", "--no-progress", "--log-every", "4", "--checkpoint-every", "6", "--val-steps", "2",
+            "--decoder-steps", "3", *extra]
 
 
 def _image(pipe, seed=0):
@@ -287,7 +288,9 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
     assert res["finished"]
     said = capsys.readouterr().out
     assert "codec: the VAE reconstructs the folder at" in said and "tuned decoder:" in said
-    assert len(os.listdir(out / "prior_images")) == 12  # one image of the base model per folder image
+    priors = sorted(os.listdir(out / "prior_images"))
+    assert len([f for f in priors if f.endswith(".png")]) == 12  # one image of the base model per folder image
+    assert len([f for f in priors if f.endswith(".txt")]) == 12  # ... with its caption: prior preservation
     record = json.loads((out / "finetune.json").read_text())
     assert record["decoder"]["tuned"] and record["decoder"]["steps"] == 6
     tuned = LatentGenPipeline.from_pretrained(str(out))

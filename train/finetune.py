@@ -61,6 +61,10 @@ def parse_args(argv=None):
                         f"{30:g} dB, e.g. colours it never saw")
     p.add_argument("--decoder-steps", type=int, default=150, help="steps of decoder tuning")
     p.add_argument("--decoder-lr", type=float, default=1e-4)
+    p.add_argument("--prior", choices=["on", "off"], default="on",
+                   help="prior preservation: the base model's own images for your captions with their new words "
+                        "left out (as many as your images) are trained on beside yours, weighted by "
+                        "--prior-loss-weight, so the model keeps what it drew before")
     common.add_shuffle_summary(p)
     args = p.parse_args(argv)
     if not 1 <= args.decoder_steps <= 100_000:
@@ -146,9 +150,10 @@ def prior_prompts(captions: list[str], new_words: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def tune_decoder(args, pipe, data, captions: list[str], new_words: list[str]) -> dict:
+def tune_decoder(args, pipe, data, prior_dir: str) -> dict:
     """Measure the VAE's round trip on the folder; below the floor (or with --tune-decoder on), tune its
-    decoder on the folder and on the base model's own images (``latentgen.adapt``), in ``<out>/decoder``."""
+    decoder on the folder and on the base model's own images in ``prior_dir`` (``latentgen.adapt``), in
+    ``<out>/decoder``."""
     from latentgen.adapt import DECODER_PSNR_FLOOR, Decoder, DecoderData, decoder_step, roundtrip_psnr
     from latentgen.training import TrainConfig, Trainer
 
@@ -161,17 +166,16 @@ def tune_decoder(args, pipe, data, captions: list[str], new_words: list[str]) ->
         return report
     print(f"codec: the VAE reconstructs the folder at {before:.1f} dB (below {DECODER_PSNR_FLOOR:g}: it maps "
           f"what it never saw onto what it knows); tuning its decoder for {args.decoder_steps} steps")
-    size = pixels.shape[-1]
-    prompts = prior_prompts(captions, new_words)[: len(pixels)]
-    prior_dir = os.path.join(args.out, "prior_images")
-    prior = draw_prior(pipe, prompts, len(pixels), prior_dir, size, args.seed or 0, args.val_steps,
-                       args.val_guidance)
+    from latentgen.data.folder import ImageCaptionDataset
+
+    prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1])
+    prior = torch.stack([prior_set[i]["pixels"] for i in range(len(prior_set.items))])  # (P, 3, S, S)
     cfg = TrainConfig(out=os.path.join(args.out, "decoder"), max_steps=args.decoder_steps, batch_size=16,
                       lr=args.decoder_lr, seed=args.seed or 0, checkpoint_every=max(1, args.decoder_steps // 2),
                       log_every=10, resume=args.resume, progress=bool(args.progress is not False),
                       mixed_precision=args.mixed_precision or "no")
     Trainer(cfg, Decoder(vae), DecoderData(vae, pixels, prior), decoder_step,
-            run_config={"trainer": "finetune-decoder", "prior_prompts": prompts}).fit()
+            run_config={"trainer": "finetune-decoder", "prior_images": len(prior)}).fit()
     vae.eval()
     after = roundtrip_psnr(vae, pixels)
     print(f"codec: tuned decoder: {before:.1f} -> {after:.1f} dB on the folder")
@@ -179,21 +183,19 @@ def tune_decoder(args, pipe, data, captions: list[str], new_words: list[str]) ->
 
 
 def draw_prior(pipe, prompts: list[str], n: int, out_dir: str, size: int, seed: int, steps: int,
-               guidance: float) -> torch.Tensor:
-    """``n`` images the base model draws for ``prompts`` (cycled), kept in ``out_dir`` (a resumed run reuses
-    them).  # (n, 3, S, S) in [-1, 1]"""
-    import numpy as np
-    from PIL import Image
-
+               guidance: float) -> None:
+    """``n`` images the base model draws for ``prompts`` (cycled), with their captions, as an image folder in
+    ``out_dir`` (a resumed run reuses what is there)."""
     os.makedirs(out_dir, exist_ok=True)
-    images = []
     for i in range(n):
         path = os.path.join(out_dir, f"prior-{i:04d}.png")
-        if not os.path.isfile(path):
-            pipe(prompts[i % len(prompts)], num_inference_steps=steps, guidance_scale=guidance, height=size,
-                 width=size, generator=torch.Generator("cpu").manual_seed(seed + i)).images[0].save(path)
-        images.append(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1))
-    return torch.stack(images).float() / 127.5 - 1.0
+        if os.path.isfile(path):
+            continue
+        prompt = prompts[i % len(prompts)]
+        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+             generator=torch.Generator("cpu").manual_seed(seed + i)).images[0].save(path)
+        with open(path[:-4] + ".txt", "w") as f:
+            f.write(prompt)
 
 
 def make_class_images(pipe, prompt: str, n: int, out_dir: str, size: int, seed: int, steps: int, guidance: float):
@@ -298,7 +300,15 @@ def main(argv=None) -> dict:
     data = ImageCaptionDataset(args.data, size=size)
     if args.instance_prompt:
         data = CaptionOverride(data, args.instance_prompt)
+    share, new_words = warn_new_words(tok, [it.caption for it in data.items])
+    prior_dir = os.path.join(args.out, "prior_images")
+    if args.prior == "on" or args.tune_decoder != "off":  # the decoder's prior too: drawn once, kept
+        draw_prior(pipe, prior_prompts([it.caption for it in data.items], new_words), len(data.items),
+                   prior_dir, size, args.seed or 0, args.val_steps, args.val_guidance)
+    codec = tune_decoder(args, pipe, data, prior_dir)
     folders = [data]
+    if args.prior == "on":
+        folders.append(ImageCaptionDataset([prior_dir], size=size))
     if args.class_prompt:
         class_dir = os.path.join(args.out, "class_images")
         make_class_images(pipe, args.class_prompt, args.num_class_images, class_dir, size, args.seed or 0,
@@ -307,8 +317,6 @@ def main(argv=None) -> dict:
     dataset = torch.utils.data.ConcatDataset(folders) if len(folders) > 1 else data
     dataset.items = [it for d in folders for it in d.items]
     captions_all = [it.caption for it in dataset.items]
-    share, new_words = warn_new_words(tok, captions_all)
-    codec = tune_decoder(args, pipe, data, [it.caption for it in data.items], new_words)
     is_prior = torch.tensor([i >= len(data) for i in range(len(dataset))])
 
     cache = load_or_build_cache(dataset, vae, tok, te, os.path.join(args.out, "cache"), size)
