@@ -5,13 +5,13 @@
     python -m bench.run_all --model runs/quick/unet --student-root runs/quick/distill
 
 Sections: quality of the teacher and the 4-step student against the bundled model's targets
-(``latentgen.eval.adherence``), the VAE's PSNR and the CLIP's probing (``latentgen.eval``), the
-distillation table (``bench.distill``), speed (``bench.speed``), adherence by sampler and steps
-(``bench.samplers``), the shapes checker's own accuracy (``bench.checker_accuracy``, kept
-from its last run unless ``--checker``) and the app under load (``bench.load``, kept from its own
-run). Each benchmark also writes its own ``bench/results/*``. With every section skipped
-(``--skip quality codec distill speed samplers sheet``) the report is only reassembled from
-``bench/results``, keeping its opening paragraph.
+(``latentgen.eval.adherence``), the VAE's PSNR and the CLIP's probing (``latentgen.eval``), emoji
+fidelity on OpenMoji, trained and held-out names (``bench.emoji``), the distillation table
+(``bench.distill``), speed (``bench.speed``), adherence by sampler and steps (``bench.samplers``),
+the shapes checker's own accuracy (``bench.checker_accuracy``, kept from its last run unless
+``--checker``) and the app under load (``bench.load``, kept from its own run). Each benchmark also
+writes its own ``bench/results/*``. With every section skipped (``--skip quality codec emoji distill speed
+samplers sheet``) the report is only reassembled from ``bench/results``, keeping its opening paragraph.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 REPORT = os.path.join(HERE, "RESULTS.md")
-SECTIONS = ("quality", "codec", "distill", "speed", "samplers", "sheet")
+SECTIONS = ("quality", "codec", "emoji", "distill", "speed", "samplers", "sheet")
 TARGETS = {"1_object": 0.97, "2_objects": 0.90, "heldout": 0.70}
 SHEET_PROMPTS = (
     "a large red circle at center", "a small blue square at top left", "a large yellow triangle at bottom right",
@@ -243,6 +243,11 @@ def main(argv=None) -> dict:
             parts[name] = quality(teacher, student, args.n)
         elif name == "codec":
             parts[name] = codec(teacher, min(args.n * 5, 1000), args.emoji_test)
+        elif name == "emoji":
+            from bench import emoji
+
+            held = ["--heldout", args.emoji_test] if args.emoji_test else ["--recipe-heldout", "256"]
+            emoji.main(["--model", teacher, "--n", str(args.n), *held])
         elif name == "distill":
             from bench import distill
 
@@ -275,6 +280,7 @@ def main(argv=None) -> dict:
         "## Sample sheet", "", parts.get("sheet", SHEET_TEXT),
         "## Quality of the bundled model", "", parts.get("quality") or _read("quality.md"),
         "## Codec and text encoder", "", parts.get("codec") or _read("codec.md"),
+        _read("emoji.md").replace("](emoji-", "](results/emoji-"),
         "## Distillation", "", _read("distill.md"),
         "## Speed", "", _read("speed.md"),
         "## Samplers", "", _read("samplers.md"),

