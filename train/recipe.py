@@ -75,18 +75,18 @@ class RecipePreset:
     clip2_steps: int = 0  # CLIP steps on both towers after the unet stage, from its text encoder (0: no clip2)
     finetune_steps: int = 0  # the UNet fine-tuned in full, on clip2's text encoder if any (0: no finetune stage)
     finetune_lr: float = 2e-4
-    # word-level text states (bench/results/ship/README.md, sessions 32-33): scenes in colours outside the palette,
+    # word-level text states: scenes in colours outside the palette,
     # each with every shape (data/shapes-extra, for the text-conditioned stages); CLIP's token-identity loss
     # (train.clip --token-loss); the UNet trained with shuffled summary states (--shuffle-summary, unet and finetune)
     extra_color_shapes: int = 0
     clip_token_loss: float = 0.0
     shuffle_summary: float = 0.0
     finetune_shuffle_multi: float | None = None  # the finetune stage's --shuffle-summary-multi (None: not passed)
-    # scenes of exactly 2 objects (data/shapes-2obj) added to the finetune stage's data, and so to the distillation's
-    # (bench/results/ship/README.md, session 35): binding weighs more where the teachers fail
+    # scenes of exactly 2 objects (data/shapes-2obj) added to the finetune stage's data, and so to the
+    # distillation's: binding weighs more where the teachers fail
     two_object_shapes: int = 0
     # the teacher's CLIP scorer (clip/) trained on with the text tower frozen (train.clip --freeze-text), which
-    # train.bundle swaps in: the word-level CLIP's image tower probes shape below target (session 36)
+    # train.bundle swaps in: the word-level CLIP's image tower probes shape below target
     scorer_steps: int = 0
 
     def __post_init__(self):
@@ -135,7 +135,7 @@ PRESETS = {
     # 100%, 1 object 100%, 2 objects 93.3% n 120 / 97.0% n 300), then distilled with these settings, and its scorer
     # trained 2000 + 3000 steps (shape probing 85.4 -> 96.4%; the preset's scorer stage is one 5000-step run). The preset's
     # single 20 000-step fine-tune with the two-object scenes throughout is planned from that chain and not yet run
-    # as one (bench/results/ship/README.md, sessions 33-36).
+    # as one.
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
@@ -208,7 +208,7 @@ def stage_data(out, pr, args):
         if not os.path.isfile(os.path.join(extra, "metadata.jsonl")):
             write_extra_colors_folder(extra + ".tmp", n=pr.extra_color_shapes, size=pr.size, seed=args.seed)
             os.replace(extra + ".tmp", extra)
-    two = os.path.join(out, "data", "shapes-2obj")  # at seed 0 the folder of session 35's fine-tunes (its own seed)
+    two = os.path.join(out, "data", "shapes-2obj")  # its own seed (the recipe seed + 2)
     if pr.two_object_shapes and not os.path.isfile(os.path.join(two, "metadata.jsonl")):
         write_shapes_folder(two + ".tmp", n=pr.two_object_shapes, size=pr.size, seed=args.seed + 2,
                             include_heldout=args.include_heldout, paraphrase_prob=0.3, n_objects=2)

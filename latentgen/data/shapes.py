@@ -44,7 +44,7 @@ HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
 )
 # training-only colours outside the palette (words of the tokenizer from OpenMoji's names), each drawn with every
-# shape: data in which colour and shape vary independently (bench/results/ship/README.md, sessions 32-33)
+# shape: data in which colour and shape vary independently (bench/results/ship/README.md)
 EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (240, 110, 190),
     "brown": (130, 80, 35),
