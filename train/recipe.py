@@ -376,7 +376,8 @@ def stage_finetune(out, pr, args):
                    pr.unet_batch, args.seed, pr.mixed_precision, args.no_progress)
     argv += ["--model", os.path.join(out, "unet"), "--lora-rank", "0",
              "--lr", str(pr.finetune_lr), "--warmup-steps", str(_warmup(pr.finetune_steps)),
-             "--lr-schedule", "linear", "--ema-decay", "0.999"]
+             "--lr-schedule", "linear", "--ema-decay", "0.999",
+             "--tune-decoder", "off", "--prior", "off"]  # the model's own data: nothing new to decode or preserve
     if pr.clip2_steps:
         argv += ["--text-encoder", os.path.join(out, "clip2")]
     multi = ([] if not pr.shuffle_summary or pr.finetune_shuffle_multi is None
