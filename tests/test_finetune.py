@@ -310,7 +310,10 @@ def test_prior_prompts_leave_out_the_new_words():
     from train.finetune import prior_prompts
 
     caps = ["a large teal circle at center", "a small Teal, square at left", "a large teal circle at center"]
-    assert prior_prompts(caps, ["teal"]) == ["a large circle at center", "a small square at left"]
+    assert prior_prompts(caps, ["teal"]) == [
+        "a large circle at center", "a large circle at center and a small square at left",
+        "a small square at left", "a small square at left and a large circle at center"]
+    assert prior_prompts(["a teal"], ["teal"]) == ["a"] and prior_prompts(["teal"], ["teal"]) == []
 
 
 def test_a_lora_folder_as_the_base_model_is_a_clear_error(base_and_data, tmp_path):

@@ -13,10 +13,13 @@ LoRA output: ``pytorch_lora_weights.safetensors`` at the top of ``--out``, writt
 ``StableDiffusionPipeline.load_lora_weights(out)`` both load it (scale it with
 ``pipe.fuse_lora(lora_scale=s)`` or ``set_adapters``). Full fine-tuning writes a complete model folder.
 
-New words: when many caption words are split into pieces the base tokenizer never learned as
-words, the trainer warns; continue CLIP pretraining on the folder first
-(``python -m train.clip --model BASE --data DIR --out CLIP``, then ``--text-encoder CLIP``) or pass
-``--train-text-encoder``.
+Before the UNet trains: the caption words new to the tokenizer are named (many of them: a warning, with
+``--text-encoder`` and ``--train-text-encoder`` as remedies); the VAE's round trip on the folder is
+measured, and below 30 dB its decoder is tuned on the folder and on the base model's own images
+(``latentgen.adapt``; a VAE maps colours it never saw onto its own, so no UNet could draw them); and
+the base model draws prior images for the captions without their new words (``--prior on``), trained
+beside the folder so the model keeps what it drew. With a tuned decoder a LoRA run writes the base model
+with that VAE at ``--out`` too: ``from_pretrained(out)`` then ``load_lora_weights(out)``.
 """
 
 from __future__ import annotations
@@ -140,14 +143,16 @@ def warn_new_words(tokenizer, captions: list[str], threshold: float = 0.2) -> tu
 
 
 def prior_prompts(captions: list[str], new_words: list[str]) -> list[str]:
-    """The folder's captions with its new words left out: what the base model already draws for them
-    (DreamBooth's class prompts, Ruiz et al. 2023, Sec. 3.3, made from every caption)."""
+    """The folder's captions with its new words left out (DreamBooth's class prompts, Ruiz et al. 2023,
+    Sec. 3.3, made from every caption), each followed by it joined to the next with "and": scenes of two
+    things, which a folder of single things would otherwise teach the model to forget."""
     drop = {w.lower() for w in new_words}
-    out = []
-    for c in captions:
-        kept = " ".join(w for w in c.split() if w.lower().strip(",.;:!?") not in drop)
-        out.append(kept)
-    return list(dict.fromkeys(out))
+    kept = [" ".join(w for w in c.split() if w.lower().strip(",.;:!?") not in drop) for c in captions]
+    singles = list(dict.fromkeys(k for k in kept if k))
+    if len(singles) < 2:
+        return singles
+    pairs = [f"{a} and {b}" for a, b in zip(singles, singles[1:] + singles[:1])]
+    return [p for pair in zip(singles, pairs) for p in pair]
 
 
 def tune_decoder(args, pipe, data, prior_dir: str) -> dict:
@@ -303,7 +308,8 @@ def main(argv=None) -> dict:
     share, new_words = warn_new_words(tok, [it.caption for it in data.items])
     prior_dir = os.path.join(args.out, "prior_images")
     if args.prior == "on" or args.tune_decoder != "off":  # the decoder's prior too: drawn once, kept
-        draw_prior(pipe, prior_prompts([it.caption for it in data.items], new_words), len(data.items),
+        prompts = prior_prompts([it.caption for it in data.items], new_words) or [""]  # "": unconditional
+        draw_prior(pipe, prompts, len(data.items),
                    prior_dir, size, args.seed or 0, args.val_steps, args.val_guidance)
     codec = tune_decoder(args, pipe, data, prior_dir)
     folders = [data]

@@ -84,6 +84,10 @@ ALLOWED = {
         "--shuffle-summary-multi": PROBABILITY,
         "--train-text-encoder": SWITCH,
         "--instance-prompt": Flag("text"),
+        "--tune-decoder": Flag("choice", choices=("auto", "on", "off")),
+        "--decoder-steps": _int(1, 2000),
+        "--prior": Flag("choice", choices=("on", "off")),
+        "--prior-loss-weight": _float(0.0, 10.0),
     },
     "train.distill": {
         **COMMON,
