@@ -204,16 +204,8 @@ def draw_prior(pipe, prompts: list[str], n: int, out_dir: str, size: int, seed: 
 
 
 def make_class_images(pipe, prompt: str, n: int, out_dir: str, size: int, seed: int, steps: int, guidance: float):
-    """Prior-preservation images drawn by the base model (Ruiz et al. 2023, Sec. 3.3), written as a folder."""
-    os.makedirs(out_dir, exist_ok=True)
-    done = len([f for f in os.listdir(out_dir) if f.endswith(".png")])
-    g = torch.Generator("cpu").manual_seed(seed)
-    for i in range(done, n):
-        img = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                   generator=g.manual_seed(seed + i)).images[0]
-        img.save(os.path.join(out_dir, f"class-{i:04d}.png"))
-        with open(os.path.join(out_dir, f"class-{i:04d}.txt"), "w") as f:
-            f.write(prompt)
+    """Prior-preservation images drawn by the base model for one class prompt (Ruiz et al. 2023, Sec. 3.3)."""
+    draw_prior(pipe, [prompt], n, out_dir, size, seed, steps, guidance)
 
 
 class CaptionOverride(torch.utils.data.Dataset):
