@@ -187,6 +187,7 @@ class Trainer:
         frozen: dict[str, nn.Module] | None = None,
         validate_fn: Callable[[Trainer, nn.Module, int], dict] | None = None,
         run_config: dict | None = None,
+        may_change: tuple[str, ...] = (),
         params: Callable[[nn.Module], Any] | None = None,
         find_unused_parameters: bool = False,
     ):
@@ -197,6 +198,7 @@ class Trainer:
         self.step_fn, self.validate_fn, self.collate_fn = step_fn, validate_fn, collate_fn
         self.dataset = dataset
         self.run_config = run_config or {}
+        self.may_change = set(may_change)  # run_config keys a resumed run may change
         self.ckpt_dir = os.path.join(cfg.out, "checkpoints")
         self.log_dir = os.path.join(cfg.out, "logs")
         from accelerate.state import AcceleratorState
@@ -293,8 +295,12 @@ class Trainer:
         if resuming and os.path.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
-            if saved != current:
-                diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            diff = sorted(k for k in set(saved) | set(current)
+                          if k not in self.may_change and saved.get(k) != current.get(k))
+            if diff and "config_version" in current and "config_version" not in saved:
+                raise ValueError(f"{os.path.basename(os.path.normpath(self.cfg.out))} was started by an older "
+                                 "latentgen whose settings this one cannot compare: choose a new --out")
+            if diff:
                 run = os.path.basename(os.path.normpath(self.cfg.out))
                 raise ValueError(
                     f"{run} was started with different settings ({', '.join(diff)}: "

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -18,15 +19,21 @@ def _losses(out):
 
 
 def test_unet_trains_saves_and_generates(parts, tmp_path):
-    from train import unet as train_unet
+    from latentgen.train.unet import UNetTrainConfig, run
 
     data, vae_dir, clip_dir = parts
     out = str(tmp_path / "unet")
-    args = ["--data", data, "--vae", vae_dir, "--text-encoder", clip_dir, "--out", out, "--preset", "tiny",
-            "--size", "16", "--max-steps", "40", "--batch-size", "8", "--lr", "3e-3", "--log-every", "10",
-            "--validate-every", "0", "--val-steps", "2", "--no-progress", "--ema-decay", "0.9"]
-    res = train_unet.main(args)
+    cfg = UNetTrainConfig(out=out, data=(data,), vae=vae_dir, text_encoder=clip_dir, preset="tiny", size=16,
+                          max_steps=40, batch_size=8, lr=3e-3, log_every=10, validate_every=0, val_steps=2,
+                          progress=False, ema_decay=0.9)
+    res = run(cfg)
     assert res["finished"]
+    with open(os.path.join(out, "run_config.json")) as f:  # the config itself, with its version
+        saved = json.load(f)
+    assert saved["config_version"] == 1 and saved["trainer"] == "unet" and saved["data"] == [data]
+    assert saved["max_steps"] == 40 and saved["examples"] > 0
+    with open(os.path.join(out, "README.md")) as f:  # the card gives the command that made the model
+        assert "latentgen train unet --out" in f.read()
     losses = _losses(out)
     assert losses[-1] < losses[0], losses
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "clip"):
@@ -48,13 +55,14 @@ def test_unet_trains_saves_and_generates(parts, tmp_path):
     assert img.shape == (1, 16, 16, 3) and torch.isfinite(torch.as_tensor(img)).all()
 
 
-def test_missing_components_is_a_clear_error(parts, tmp_path):
+def test_missing_components_is_a_clear_error(parts, tmp_path, capsys):
     from train import unet as train_unet
 
     data, vae_dir, _ = parts
-    with pytest.raises(SystemExit, match="text_encoder"):
+    with pytest.raises(SystemExit):
         train_unet.main(["--data", data, "--vae", vae_dir, "--text-encoder", str(tmp_path), "--out",
                          str(tmp_path / "o"), "--preset", "tiny", "--max-steps", "1"])
+    assert "text_encoder" in capsys.readouterr().err
 
 
 def test_unet_with_shuffled_summaries_trains_and_records_it(parts, tmp_path, capsys):
@@ -76,3 +84,17 @@ def test_unet_with_shuffled_summaries_trains_and_records_it(parts, tmp_path, cap
         run = json.load(f)
     assert run["shuffle_summary"] == 1.0 and run["shuffle_summary_multi"] == 0.0
     assert all(torch.isfinite(torch.tensor(_losses(out))))
+
+
+def test_resume_with_other_settings_is_refused_but_bookkeeping_may_change(parts, tmp_path):
+    from latentgen.train.unet import UNetTrainConfig, run
+
+    data, vae_dir, clip_dir = parts
+    cfg = UNetTrainConfig(out=str(tmp_path / "r"), data=(data,), vae=vae_dir, text_encoder=clip_dir, preset="tiny",
+                          size=16, max_steps=2, batch_size=4, validate_every=0, val_steps=1, progress=False,
+                          checkpoint_every=2)
+    assert run(cfg)["finished"]
+    longer = dataclasses.replace(cfg, max_steps=3, resume="latest", val_steps=2, log_every=1)
+    assert run(longer)["step"] == 3
+    with pytest.raises(ValueError, match="caption_dropout"):
+        run(dataclasses.replace(longer, max_steps=4, caption_dropout=0.3))

@@ -1,0 +1,43 @@
+"""Writing a model folder: the one export every trainer uses.
+
+A model folder is the diffusers layout (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``), weights as safetensors, each part's ``latentgen_config.json`` (the
+preset that made it) where one is known, ``clip/`` (the scorer) when the source has one, and a card
+(:mod:`latentgen.modelcard`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from latentgen.modelcard import write_card
+from latentgen.models.presets import copy_config, save_config
+
+PARTS = ("unet", "vae", "text_encoder")
+
+
+def part_dir(folder: str, part: str) -> str:
+    """``folder/part`` when it exists (a model folder), else ``folder`` (a part's own run folder)."""
+    sub = os.path.join(folder, part)
+    return sub if os.path.isdir(sub) else folder
+
+
+def export_model(out: str, pipe, *, configs: dict | None = None, sources: dict | None = None,
+                 clip_from: str | None = None, card: dict | None = None) -> str:
+    """Save ``pipe`` to ``out`` as a model folder.
+
+    ``configs``: part -> a preset config to save (e.g. the UNet's); ``sources``: part -> the folder whose
+    ``latentgen_config.json`` the part keeps (a part trained elsewhere or copied unchanged);
+    ``clip_from``: a folder whose ``clip/`` comes along; ``card``: :func:`latentgen.modelcard.write_card`'s
+    keyword arguments (``front``, ``title``, ``body``, ``command``, ``record``)."""
+    pipe.save_pretrained(out, safe_serialization=True)
+    for part, src in (sources or {}).items():
+        copy_config(part_dir(src, part), os.path.join(out, part))
+    for part, cfg in (configs or {}).items():
+        save_config(cfg, os.path.join(out, part))
+    if clip_from and os.path.isdir(os.path.join(clip_from, "clip")):
+        shutil.copytree(os.path.join(clip_from, "clip"), os.path.join(out, "clip"), dirs_exist_ok=True)
+    if card:
+        write_card(out, **card)
+    return out
