@@ -167,6 +167,14 @@ def min_snr_weight(snr_t: Tensor, gamma: float = 5.0) -> Tensor:
     return snr_t.clamp(max=gamma) / (snr_t + 1)  # (B,)
 
 
+def classifier_free_guidance(cond: Tensor, uncond: Tensor, g) -> Tensor:
+    """Ho & Salimans 2022, Eq. 6: uncond + g (cond - uncond), for any prediction (v or eps); g a number
+    or (B,). The one guidance combination: the pipeline and the distiller use it.  # (B, C, h, w)"""
+    g = torch.as_tensor(g, dtype=cond.dtype, device=cond.device)
+    g = g.reshape(-1, *([1] * (cond.ndim - 1))) if g.ndim else g  # (B, 1, 1, 1)
+    return uncond + g * (cond - uncond)
+
+
 def sample_timesteps(batch: int, generator: torch.Generator | None, device) -> Tensor:
     """t ~ Uniform{0, ..., T-1}, drawn on the generator's device.  # (B,)"""
     gen_device = generator.device if generator is not None else "cpu"

@@ -31,7 +31,7 @@ import copy
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from latentgen.diffusion import pred_x0_from_v, q_sample
+from latentgen.diffusion import classifier_free_guidance, pred_x0_from_v, q_sample
 
 __all__ = [
     "copy_unet",
@@ -42,7 +42,6 @@ __all__ = [
     "guidance_embedding",
     "guided_forward",
     "guided_distillation_loss",
-    "guided_v",
     "make_student",
     "progressive_distillation_loss",
     "progressive_target",
@@ -71,14 +70,6 @@ def guidance_embedding(guidance_scale, dim: int, dtype: torch.dtype = torch.floa
     w = w.repeat(batch or 1) if w.ndim == 0 else w  # (B,)
     # the method never reads ``self``: calling it unbound runs diffusers' own code, not a copy of it
     return StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim, dtype=dtype)
-
-
-def guided_v(v_cond: torch.Tensor, v_uncond: torch.Tensor, g) -> torch.Tensor:
-    """Classifier-free guidance: v_uncond + g (v_cond - v_uncond) (Ho & Salimans 2022, Eq. 6; the
-    stage-one target of Meng et al. 2023, Sec. 3, whose w is g - 1); g a number or (B,).  # (B, C, h, w)"""
-    g = torch.as_tensor(g, dtype=v_cond.dtype, device=v_cond.device)
-    g = g.reshape(-1, 1, 1, 1) if g.ndim else g  # (B, 1, 1, 1)
-    return v_uncond + g * (v_cond - v_uncond)
 
 
 # ----------------------------------------------------------------------------- the step grid
@@ -221,7 +212,7 @@ def guided_forward(unet, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
     v_both = unet(torch.cat([z_t, z_t]).to(dtype), torch.cat([t, t]),
                   encoder_hidden_states=torch.cat([uncond, cond]).to(dtype), return_dict=False)[0].float()
     v_uncond, v_cond = v_both.chunk(2)  # (B, C, h, w) each
-    return guided_v(v_cond, v_uncond, g.to(z_t.device))
+    return classifier_free_guidance(v_cond, v_uncond, g.to(z_t.device))
 
 
 # ----------------------------------------------------------------------------- the two objectives

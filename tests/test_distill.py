@@ -12,6 +12,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from latentgen import LatentGenPipeline
 from latentgen.diffusion import make_scheduler, pred_x0_from_v, training_alphas_cumprod, v_target
+from latentgen.diffusion import classifier_free_guidance
 from latentgen.distill import (
     copy_unet,
     ddim_step,
@@ -19,7 +20,6 @@ from latentgen.distill import (
     grid_timesteps,
     guidance_embedding,
     guided_distillation_loss,
-    guided_v,
     make_student,
     progressive_distillation_loss,
     progressive_target,
@@ -107,7 +107,7 @@ def test_guidance_embedding_is_diffusers(tmp_path):
     gs = torch.tensor([1.0, 2.5, 8.0])
     want = stock.get_guidance_scale_embedding(gs - 1, embedding_dim=32)  # a (B,) tensor of scales
     assert torch.equal(guidance_embedding(gs, 32), want)
-    v = guided_v(torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1), torch.tensor([2.0, 3.0]))
+    v = classifier_free_guidance(torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1), torch.tensor([2.0, 3.0]))
     torch.testing.assert_close(v, torch.tensor([2.0, 3.0]).reshape(2, 1, 1, 1))
 
 

@@ -151,7 +151,7 @@ def parser_for(cls: type[RunConfig], description: str) -> argparse.ArgumentParse
         meta = {**base.get(f.name, {}), **f.metadata}
         group = meta.get("group")
         target = p if group is None else groups.setdefault(group, p.add_argument_group(group))
-        kind, optional, repeated = _base_type(hints[f.name])
+        kind, _, repeated = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         text = meta.get("help", "")
         kw: dict[str, Any] = {"dest": f.name}
