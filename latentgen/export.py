@@ -3,7 +3,8 @@
 A model folder is the diffusers layout (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/``), weights as safetensors, each part's ``latentgen_config.json`` (the
 preset that made it) where one is known, ``clip/`` (the scorer) when the source has one, and a card
-(:mod:`latentgen.modelcard`).
+(:mod:`latentgen.modelcard`). A run that trains one part (the VAE, the CLIP) writes that part's folders
+in the same layout, with the same card (:func:`export_vae`, :func:`export_clip`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ def export_model(out: str, pipe, *, configs: dict | None = None, sources: dict |
         save_config(cfg, os.path.join(out, part))
     if clip_from and os.path.isdir(os.path.join(clip_from, "clip")):
         shutil.copytree(os.path.join(clip_from, "clip"), os.path.join(out, "clip"), dirs_exist_ok=True)
+    if card:
+        write_card(out, **card)
+    return out
+
+
+def export_vae(out: str, vae, config, *, card: dict | None = None) -> str:
+    """Save the codec ``vae`` to ``out/vae`` (safetensors and ``config``, its preset) and the card in ``out``."""
+    folder = os.path.join(out, "vae")
+    vae.save_pretrained(folder, safe_serialization=True)
+    save_config(config, folder)
+    if card:
+        write_card(out, **card)
+    return folder
+
+
+def export_clip(out: str, model, tokenizer, config, *, card: dict | None = None) -> str:
+    """Save a CLIP to ``out``: ``text_encoder/`` and ``tokenizer/`` (the diffusers parts) and ``clip/`` (the
+    scorer, with ``config``, its preset), and the card in ``out``."""
+    from latentgen.models.clip import save_clip
+
+    save_clip(model, tokenizer, out)
+    save_config(config, os.path.join(out, "clip"))
     if card:
         write_card(out, **card)
     return out

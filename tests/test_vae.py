@@ -1,5 +1,6 @@
 """The VAE latent codec: trainer, discriminator path, latent scale, export, PSNR. Tiny and fast."""
 
+import dataclasses
 import json
 import math
 import os
@@ -17,10 +18,15 @@ from latentgen.eval.psnr import psnr, reconstruction_psnr
 from latentgen.models.discriminator import PatchDiscriminator
 from latentgen.models.presets import load_config
 from latentgen.models.vae import PRESETS, VAEConfig, build_vae, get_vae_config
-from train import vae as train_vae
+from latentgen.train import vae as train_vae
+from latentgen.train.config import TrainerError, parse_config
+from latentgen.train.vae import VAETrainConfig
 
-FAST = ["--preset", "tiny", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "0",
-        "--log-every", "5", "--no-progress", "--val-count", "4"]
+FAST = dict(preset="tiny", batch_size=8, lr=3e-3, warmup_steps=0, log_every=5, progress=False, val_count=4)
+
+
+def _cfg(data, out, **kw) -> VAETrainConfig:
+    return VAETrainConfig(data=(str(data),), out=str(out), **{**FAST, **kw})
 
 
 def _rows(out):
@@ -38,8 +44,7 @@ def shapes16(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(shapes16, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run") / "vae")
-    summary = train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "25", "--validate-every", "25",
-                              "--checkpoint-every", "25", *FAST])
+    summary = train_vae.run(_cfg(shapes16, out, max_steps=25, validate_every=25, checkpoint_every=25))
     return out, summary
 
 
@@ -99,15 +104,13 @@ def test_folder_without_images_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no pictures here")
     with pytest.raises(ValueError, match="No usable image"):
-        train_vae.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), *FAST])
+        train_vae.run(_cfg(tmp_path / "empty", tmp_path / "run"))
 
 
 def test_resume_with_another_preset_is_a_clear_error(trained, shapes16):
     out, _ = trained
-    argv = ["--data", shapes16, "--out", out, "--max-steps", "30", "--resume", "latest", *FAST]
-    argv[argv.index("tiny")] = "small32"
     with pytest.raises(ValueError, match="preset") as err:
-        train_vae.main(argv)
+        train_vae.run(_cfg(shapes16, out, max_steps=30, resume="latest", preset="small32"))
     assert "tiny" in str(err.value) and "small32" in str(err.value) and "--out" in str(err.value)
 
 
@@ -115,8 +118,7 @@ def test_resume_with_another_preset_is_a_clear_error(trained, shapes16):
 def test_decoder_only_keeps_encoder_latents_and_scale(trained, shapes16, tmp_path):
     out, _ = trained
     fine = str(tmp_path / "dec")
-    summary = train_vae.main(["--data", shapes16, "--out", fine, "--model", out, "--decoder-only",
-                              "--max-steps", "4", "--validate-every", "0", *FAST])
+    summary = train_vae.run(_cfg(shapes16, fine, model=out, decoder_only=True, max_steps=4, validate_every=0))
     assert summary["finished"] and summary["preset"] is None
     old, new = (load_file(os.path.join(d, "vae", "diffusion_pytorch_model.safetensors")) for d in (out, fine))
     changed = {k for k in old if not torch.equal(old[k], new[k])}
@@ -125,17 +127,38 @@ def test_decoder_only_keeps_encoder_latents_and_scale(trained, shapes16, tmp_pat
     assert a.config.scaling_factor == b.config.scaling_factor  # the base's, not re-measured
     assert load_config(VAEConfig, os.path.join(fine, "vae")) == load_config(VAEConfig, os.path.join(out, "vae"))
     with pytest.raises(ValueError, match="--decoder-only.*--model"):
-        train_vae.main(["--data", shapes16, "--out", str(tmp_path / "x"), "--decoder-only", *FAST])
-    with pytest.raises(FileNotFoundError, match="not a VAE export"):
-        train_vae.main(["--data", shapes16, "--out", str(tmp_path / "y"), "--model", str(tmp_path), *FAST])
+        _cfg(shapes16, tmp_path / "x", decoder_only=True)
+    with pytest.raises(TrainerError, match="not a VAE export"):
+        train_vae.run(_cfg(shapes16, tmp_path / "y", model=str(tmp_path)))
 
 
 def test_discriminator_path_runs(shapes16, tmp_path):
     out = str(tmp_path / "gan")
-    train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "3", "--disc-start", "0",
-                    "--log-every", "1", *FAST[:-5], "--no-progress", "--val-count", "4"])
+    train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "3", "--disc-start", "0", "--log-every", "1",
+                    "--preset", "tiny", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "0", "--no-progress",
+                    "--val-count", "4"])
     rows = [r for r in _rows(out) if "loss" in r]
     assert len(rows) == 3 and all(math.isfinite(r["d_loss"]) and r["d_weight"] >= 0 for r in rows)
+    with open(os.path.join(out, "README.md")) as f:  # the card gives the command that made the codec
+        assert "latentgen train vae --out" in f.read()
+
+
+def test_flags_give_the_config():
+    """Every flag of the VAE trainer, and the trainer's own defaults for the loop's knobs."""
+    cfg = parse_config(VAETrainConfig, "", [
+        "--data", "a", "--data", "b", "--out", "o", "--model", "m", "--preset", "tiny", "--recon", "l2",
+        "--kl-weight", "0.5", "--disc-start", "7", "--disc-weight", "0.25", "--val-data", "v", "--val-count", "3",
+        "--decoder-only", "--hflip", "--scale-samples", "9", "--max-steps", "5", "--no-progress"])
+    assert cfg == VAETrainConfig(data=("a", "b"), out="o", model="m", preset="tiny", recon="l2", kl_weight=0.5,
+                                 disc_start=7, disc_weight=0.25, val_data=("v",), val_count=3, decoder_only=True,
+                                 hflip=True, scale_samples=9, max_steps=5, progress=False)
+    d = parse_config(VAETrainConfig, "", ["--data", "a", "--out", "o"])
+    assert (d.preset, d.recon, d.kl_weight, d.disc_start, d.val_count, d.scale_samples) == \
+        ("small64", "l1", 1e-6, None, 64, 512)
+    assert (d.max_steps, d.batch_size, d.lr, d.warmup_steps, d.checkpoint_every, d.validate_every) == \
+        (2000, 16, 4e-4, 100, 500, 500)
+    with pytest.raises(ValueError, match="--disc-start"):
+        dataclasses.replace(d, disc_start=-1)
 
 
 def test_hflip_holds_out_both_orientations(shapes16):
@@ -232,8 +255,8 @@ def test_stopped_run_exports_nothing_and_says_unfinished(shapes16, tmp_path, mon
 
     make = train_vae.make_step_fn
 
-    def make_stopping(args):
-        step = make(args)
+    def make_stopping(cfg):
+        step = make(cfg)
 
         def stopping(model, batch, ctx):
             if ctx.step == 2:
@@ -244,7 +267,7 @@ def test_stopped_run_exports_nothing_and_says_unfinished(shapes16, tmp_path, mon
 
     monkeypatch.setattr(train_vae, "make_step_fn", make_stopping)
     out = str(tmp_path / "vae")
-    res = train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "20", "--checkpoint-every", "50", *FAST])
+    res = train_vae.run(_cfg(shapes16, out, max_steps=20, checkpoint_every=50))
     assert res["finished"] is False and res["step"] < 20
     assert not os.path.exists(os.path.join(out, "vae"))
     assert os.listdir(os.path.join(out, "checkpoints"))

@@ -1,5 +1,5 @@
-"""What several trainers share: loading a text encoder from a folder, and ``SummaryShuffle``, the
-text-state augmentation of the UNet trainers (``shuffle_summary``)."""
+"""What several trainers share: opening image folders and loading a text encoder with errors that name
+the flag, and ``SummaryShuffle``, the text-state augmentation of the UNet trainers (``shuffle_summary``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ import re
 import torch
 
 from latentgen.train.config import TrainerError
+
+
+def image_folders(folders, size: int, flag: str = "--data", **kw):
+    """The :class:`~latentgen.data.folder.ImageCaptionDataset` of ``folders`` (``kw``: its options); a
+    missing folder or one without usable images is a :class:`TrainerError` naming ``flag``."""
+    from latentgen.data.folder import ImageCaptionDataset
+
+    try:
+        return ImageCaptionDataset(list(folders), size=size, **kw)
+    except (OSError, ValueError) as e:
+        raise TrainerError(f"{flag}: {e}") from e
 
 
 def load_text_encoder(te_dir: str, flag: str = "--text-encoder"):
