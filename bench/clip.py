@@ -56,19 +56,17 @@ def read_folder(folder: str, limit: int) -> tuple[list[Image.Image], list[str]]:
 
 
 def train(args, data: list[str], out: str) -> dict:
-    from train import clip as train_clip
+    from latentgen.train import clip as train_clip
+    from latentgen.train.config import config_argv
 
-    argv = ["--out", out, "--preset", args.preset, "--max-steps", str(args.steps), "--batch-size",
-            str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup), "--seed", "0",
-            "--hard-negatives", str(args.hard_negatives), "--mixed-precision", args.mixed_precision,
-            "--ema-decay", str(args.ema_decay),
-            "--checkpoint-every", "250", "--resume", "latest", "--log-every", "50"]
-    for d in data:
-        argv += ["--data", d]
-    if not args.progress:
-        argv.append("--no-progress")
+    cfg = train_clip.CLIPTrainConfig(
+        out=out, data=tuple(data), preset=args.preset, max_steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, warmup_steps=args.warmup, seed=0, hard_negatives=args.hard_negatives,
+        mixed_precision=args.mixed_precision, ema_decay=args.ema_decay, checkpoint_every=250, resume="latest",
+        log_every=50, progress=args.progress)
+    argv = config_argv(cfg)  # the flags of the same run
     wall, cpu = time.time(), time.process_time()
-    summary = train_clip.main(argv)
+    summary = train_clip.run(cfg)
     spent = os.path.join(out, "bench_time.json")  # a resumed run adds to its earlier time
     before = read_json(spent, {"wall_s": 0.0, "cpu_s": 0.0})
     total = {"wall_s": before["wall_s"] + time.time() - wall,

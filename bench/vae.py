@@ -26,7 +26,7 @@ from bench.common import read_json
 from latentgen.data.emoji import split_emoji_folder, write_emoji_folder
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.models.vae import get_vae_config
-from train import vae as train_vae
+from latentgen.train import vae as train_vae
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "_work")
@@ -59,15 +59,13 @@ def emoji_split(n_test: int, seed: int = 0) -> tuple[str, str]:
 # ---------------------------------------------------------------- one run
 def run(name: str, preset: str, train: str, test: str, steps: int, args) -> dict:
     out = os.path.join(WORK, f"run_{name}_{preset}" + ("_hflip" if args.hflip else ""))
-    argv = ["--data", train, "--val-data", test, "--out", out, "--preset", preset, "--max-steps", str(steps),
-            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", "0",
-            "--validate-every", str(args.validate_every), "--checkpoint-every", "250", "--resume", "latest"]
-    if args.hflip:
-        argv.append("--hflip")
-    if args.ema_decay and not args.choice:  # evaluated and exported with the EMA weights
-        argv += ["--ema-decay", str(args.ema_decay)]
+    cfg = train_vae.VAETrainConfig(
+        data=(train,), val_data=(test,), out=out, preset=preset, max_steps=steps, batch_size=args.batch_size,
+        lr=args.lr, seed=0, validate_every=args.validate_every, checkpoint_every=250, resume="latest",
+        hflip=args.hflip, progress=args.progress,
+        ema_decay=args.ema_decay if args.ema_decay and not args.choice else None)  # evaluated with the EMA
     wall, cpu = time.time(), time.process_time()
-    summary = train_vae.main(argv + (["--no-progress"] if not args.progress else []))
+    summary = train_vae.run(cfg)
     spent = os.path.join(out, "bench_time.json")  # a run resumed to more steps adds to its earlier time
     before = read_json(spent, {"train_s": 0.0, "cpu_s": 0.0})
     cpu_before = before.get("cpu_s")  # None: a sitting's CPU time went unrecorded (see the notes)
@@ -143,7 +141,8 @@ def main(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights for the benchmarked runs")
     p.add_argument("--n-shapes", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=256)
-    p.add_argument("--hflip", action="store_true", help="train on every image and its mirror image (train.vae --hflip)")
+    p.add_argument("--hflip", action="store_true",
+                   help="train on every image and its mirror image (latentgen train vae --hflip)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is fastest (in CPU time and wall) on a machine shared with other jobs")

@@ -1,10 +1,17 @@
-"""The contrastive objective that pretrains the CLIP text and image towers."""
+"""The contrastive objective that pretrains the CLIP text and image towers.
+
+Under ``accelerate launch`` on several processes each process embeds its own share of the batch;
+:func:`gather_rows` puts every process's embeddings together, so that :func:`clip_loss` sees the global
+batch and every image is ranked against every caption of it (the negatives of all processes), as
+open_clip's ``ClipLoss`` does with ``gather_with_grad`` (Ilharco et al. 2021).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature so that exp(scale) <= 100
@@ -35,6 +42,42 @@ def clip_loss(
             logits = torch.cat([logits, scale * image @ negatives.t()], dim=1)  # (B, B + K)
         image_to_text = F.cross_entropy(logits, target)
     return (image_to_text + text_to_image) / 2
+
+
+class _GatherRows(torch.autograd.Function):
+    """All processes' ``x`` (n_p, D), concatenated in rank order (sum n_p, D); the backward gives each process
+    the sum of every process's gradient for its own rows (each process's loss is a term of the objective)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        rank, biggest = dist.get_rank(), max(sizes)
+        padded = x.new_zeros((biggest, *x.shape[1:]))
+        padded[: len(x)] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.n = sum(sizes[:rank]), len(x)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # sum over processes
+        return grad[ctx.start: ctx.start + ctx.n], None
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, D) of every process, concatenated in rank order (N, D), with gradients: the rows of this
+    process are ``x`` (its slice of the result passes gradients back to it; the backward sums the
+    gradients of all processes for them, so that with DDP's averaging a loss over the global batch on
+    every process trains as that loss does on one process). Processes may hold different ``n`` (0 too).
+    Every process must call it, in the same order. Without a process group: ``x`` itself."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    counts = [torch.empty_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    return _GatherRows.apply(x, sizes) if max(sizes) else x
 
 
 def token_identity_loss(

@@ -45,7 +45,7 @@ def export_model(out: str, pipe, *, configs: dict | None = None, sources: dict |
 
 
 def export_vae(out: str, vae, config, *, card: dict | None = None) -> str:
-    """Save the codec ``vae`` to ``out/vae`` (safetensors and ``config``, its preset) and the card in ``out``."""
+    """Save the codec ``vae`` to ``out/vae`` (safetensors and ``config``, its preset), the card in ``out``."""
     folder = os.path.join(out, "vae")
     vae.save_pretrained(folder, safe_serialization=True)
     save_config(config, folder)

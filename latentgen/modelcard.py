@@ -54,10 +54,11 @@ def read_card_defaults(folder: str | os.PathLike, samplers=None) -> dict:
 
 def card_text(front: dict, title: str, body: list[str], command: str | None = None,
               record: dict | None = None) -> str:
-    """A card: front matter (``front``, sampling defaults first), a title, prose, the command that made
-    the model and the run's saved config."""
-    lines = ["---", *(f"{k}: {json.dumps(v) if isinstance(v, (list, tuple)) else v}" for k, v in front.items()),
-             "---", "", f"# {title}", "", *body]
+    """A card: front matter (``front``, sampling defaults first; none when empty), a title, prose, the
+    command that made the model and the run's saved config."""
+    items = (f"{k}: {json.dumps(v) if isinstance(v, (list, tuple)) else v}" for k, v in front.items())
+    head = ["---", *items, "---", ""] if front else []  # a part's card (VAE, CLIP): no sampling defaults
+    lines = [*head, f"# {title}", "", *body]
     if command:
         lines += ["", "## How it was made", "", "```bash", command, "```"]
     if record:

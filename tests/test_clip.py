@@ -225,13 +225,13 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
     write_shapes_folder(root / "shapes", 16, size=32, seed=0)
     write_shapes_folder(root / "heldout", 24, size=32, seed=1)
-    from train import clip as train_clip
+    from latentgen.train.clip import CLIPTrainConfig, run
 
     # 16 pairs, all in every batch: the loss starts near log 16 and falls as the pairs are learned
-    argv = ["--data", str(root / "shapes"), "--out", str(root / "run"), "--preset", "tiny", "--max-steps", "40",
-            "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "0", "--log-every", "5", "--no-progress",
-            "--val-data", str(root / "heldout"), "--seed", "0", "--hard-negatives", "0"]
-    summary = train_clip.main(argv)
+    cfg = CLIPTrainConfig(data=(str(root / "shapes"),), out=str(root / "run"), preset="tiny", max_steps=40,
+                          batch_size=16, lr=3e-3, warmup_steps=0, log_every=5, progress=False,
+                          val_data=(str(root / "heldout"),), seed=0, hard_negatives=0)
+    summary = run(cfg)
     return root, summary
 
 
@@ -250,7 +250,7 @@ def test_step_uses_hard_negatives_on_shapes_captions(tok_dir, captions):
 
     from transformers import CLIPTokenizer
 
-    from train.clip import make_step_fn
+    from latentgen.train.clip import make_step_fn
 
     tok = CLIPTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)
@@ -293,6 +293,8 @@ def test_export_loads_with_transformers(trained):
     data = ImageCaptionDataset([str(root / "shapes")], size=32)
     x = processor(images=[Image.open(data.items[0].path)], return_tensors="pt").pixel_values
     assert torch.allclose(x[0], data[0]["pixels"], atol=1e-5)
+    card = (out / "README.md").read_text()  # the card gives the command that made the model and its config
+    assert "latentgen train clip --out" in card and '"trainer": "clip"' in card
 
 
 def test_eval_functions_on_the_export(trained):
@@ -318,7 +320,7 @@ def test_eval_functions_on_the_export(trained):
 def test_continued_pretraining_from_export(trained, tmp_path, capsys):
     from PIL import Image
 
-    from train import clip as train_clip
+    from latentgen.train.clip import CLIPTrainConfig, run
 
     root, _ = trained
     mine = tmp_path / "mine"
@@ -328,8 +330,8 @@ def test_continued_pretraining_from_export(trained, tmp_path, capsys):
         Image.new("RGB", (48, 48), colour).save(mine / f"{i}.png")
         (mine / f"{i}.txt").write_text(word)
     out = tmp_path / "cont"
-    summary = train_clip.main(["--data", str(mine), "--model", str(root / "run"), "--out", str(out),
-                               "--max-steps", "3", "--batch-size", "4", "--no-progress"])
+    summary = run(CLIPTrainConfig(data=(str(mine),), model=str(root / "run"), out=str(out), max_steps=3,
+                                  batch_size=4, progress=False))
     assert summary["steps"] == 3
     printed = capsys.readouterr().out
     assert "corgi" in printed and "zebra" in printed  # the unseen-word report
@@ -343,13 +345,13 @@ def test_continued_pretraining_from_export(trained, tmp_path, capsys):
 def test_freeze_text_keeps_the_text_encoder_bit_for_bit(trained, tmp_path):
     from safetensors.torch import load_file
 
-    from train import clip as train_clip
+    from latentgen.train.clip import CLIPTrainConfig, run
 
     root, _ = trained
     out = tmp_path / "frozen"
-    summary = train_clip.main(["--data", str(root / "shapes"), "--model", str(root / "run"), "--out", str(out),
-                               "--freeze-text", "--max-steps", "3", "--batch-size", "8", "--lr", "1e-2",
-                               "--warmup-steps", "0", "--no-progress"])
+    summary = run(CLIPTrainConfig(data=(str(root / "shapes"),), model=str(root / "run"), out=str(out),
+                                  freeze_text=True, max_steps=3, batch_size=8, lr=1e-2, warmup_steps=0,
+                                  progress=False))
     assert summary["finished"] and summary["steps"] == 3
     before = load_file(root / "run" / "text_encoder" / "model.safetensors")
     after = load_file(out / "text_encoder" / "model.safetensors")
@@ -362,16 +364,42 @@ def test_freeze_text_keeps_the_text_encoder_bit_for_bit(trained, tmp_path):
 
 
 def test_freeze_text_needs_a_base_model(tmp_path):
-    from train import clip as train_clip
+    from latentgen.train.clip import CLIPTrainConfig
 
-    write_shapes_folder(tmp_path / "d", 4, size=32, seed=0)
     with pytest.raises(ValueError, match="--freeze-text.*--model"):
-        train_clip.main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--freeze-text"])
+        CLIPTrainConfig(data=(str(tmp_path / "d"),), out=str(tmp_path / "o"), freeze_text=True)
 
 
-def test_bad_model_folder_is_a_clear_error(tmp_path):
-    from train import clip as train_clip
+def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
+    from latentgen.train import clip as train_clip
+    from latentgen.train.config import TrainerError
 
     write_shapes_folder(tmp_path / "d", 4, size=32, seed=0)
-    with pytest.raises(FileNotFoundError, match="not a CLIP export"):
+    cfg = train_clip.Config(data=(str(tmp_path / "d"),), model=str(tmp_path), out=str(tmp_path / "o"))
+    with pytest.raises(TrainerError, match="not a CLIP export"):
+        train_clip.run(cfg)
+    with pytest.raises(SystemExit):  # the command line says it in one line, without a traceback
         train_clip.main(["--data", str(tmp_path / "d"), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "not a CLIP export" in capsys.readouterr().err
+
+
+def test_flags_give_the_config():
+    """Every flag of the CLIP trainer, and the trainer's own defaults for the loop's knobs."""
+    from latentgen.train.clip import CLIPTrainConfig
+    from latentgen.train.config import parse_config
+
+    cfg = parse_config(CLIPTrainConfig, "", [
+        "--data", "a", "--out", "o", "--model", "m", "--preset", "tiny", "--vocab-size", "700",
+        "--max-length", "30", "--hard-negatives", "0", "--val-data", "v", "--val-data", "w", "--freeze-text",
+        "--token-loss", "0.5", "--val-count", "7", "--lr-schedule", "linear"])
+    assert cfg == CLIPTrainConfig(data=("a",), out="o", model="m", preset="tiny", vocab_size=700,
+                                  max_length=30, hard_negatives=0, val_data=("v", "w"), freeze_text=True,
+                                  token_loss=0.5, val_count=7, lr_schedule="linear")
+    d = parse_config(CLIPTrainConfig, "", ["--data", "a", "--out", "o"])
+    assert (d.preset, d.vocab_size, d.max_length, d.hard_negatives, d.token_loss, d.val_count) == \
+        ("small", None, None, 3, 0.0, 500)
+    assert (d.max_steps, d.batch_size, d.lr, d.warmup_steps, d.ema_decay, d.validate_every) == \
+        (3000, 128, 1e-3, 200, 0.999, 0)
+    for bad in ({"token_loss": -1.0}, {"hard_negatives": -1}):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            CLIPTrainConfig(data=("a",), out="o", **bad)

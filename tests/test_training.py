@@ -169,20 +169,46 @@ def test_validation_and_images_are_logged(tmp_path):
         assert sum("val/score" in r for r in map(json.loads, f)) == 2
 
 
-@pytest.mark.slow
-def test_two_processes_keep_parameters_in_sync(tmp_path):
-    out = tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The folder ``tests/ddp_worker.py`` wrote, run on two processes by ``accelerate launch``."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "tests.ddp_worker", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env,
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_keep_parameters_in_sync(two_processes):
+    out = two_processes
     sums = [json.loads((out / f"params-{rank}.json").read_text()) for rank in (0, 1)]
     assert sums[0]["world"] == 2
     assert sums[0]["params"] == pytest.approx(sums[1]["params"], abs=0)
     assert sums[0]["params"] != pytest.approx(sums[0]["initial"], abs=1e-6)  # it did train
+
+
+@pytest.mark.slow
+def test_two_process_contrastive_loss_is_the_loss_of_the_global_batch(two_processes):
+    """Each process embeds its share of the batch and gathers the others' (latentgen.contrastive.gather_rows):
+    its loss and, after DDP's averaging, its gradients are those of one process over the whole batch."""
+    from latentgen.contrastive import clip_loss
+    from tests.toy import ToyTowers, toy_pairs
+
+    model = ToyTowers()
+    image, text, hard = model(*toy_pairs())
+    loss = clip_loss(image, text, model.logit_scale, hard)
+    loss.backward()
+    for rank in (0, 1):
+        res = json.loads((two_processes / f"contrastive-{rank}.json").read_text())
+        assert res["loss"] == pytest.approx(loss.item(), rel=1e-6)
+        assert res["local_loss"] != pytest.approx(loss.item(), rel=1e-3)  # a share alone has fewer negatives
+        for name, p in model.named_parameters():
+            assert res["grads"][name] == pytest.approx(p.grad.flatten().tolist(), rel=1e-5, abs=1e-7), name
 
 
 def test_lr_schedules_warm_up_then_decay_to_zero_and_follow_a_raised_max_steps_on_resume(tmp_path):

@@ -22,7 +22,8 @@ from latentgen.train import vae as train_vae
 from latentgen.train.config import TrainerError, parse_config
 from latentgen.train.vae import VAETrainConfig
 
-FAST = dict(preset="tiny", batch_size=8, lr=3e-3, warmup_steps=0, log_every=5, progress=False, val_count=4)
+FAST = {"preset": "tiny", "batch_size": 8, "lr": 3e-3, "warmup_steps": 0, "log_every": 5, "progress": False,
+        "val_count": 4}
 
 
 def _cfg(data, out, **kw) -> VAETrainConfig:
@@ -134,9 +135,9 @@ def test_decoder_only_keeps_encoder_latents_and_scale(trained, shapes16, tmp_pat
 
 def test_discriminator_path_runs(shapes16, tmp_path):
     out = str(tmp_path / "gan")
-    train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "3", "--disc-start", "0", "--log-every", "1",
-                    "--preset", "tiny", "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "0", "--no-progress",
-                    "--val-count", "4"])
+    train_vae.main(["--data", shapes16, "--out", out, "--max-steps", "3", "--disc-start", "0",
+                    "--log-every", "1", "--preset", "tiny", "--batch-size", "8", "--lr", "3e-3",
+                    "--warmup-steps", "0", "--no-progress", "--val-count", "4"])
     rows = [r for r in _rows(out) if "loss" in r]
     assert len(rows) == 3 and all(math.isfinite(r["d_loss"]) and r["d_weight"] >= 0 for r in rows)
     with open(os.path.join(out, "README.md")) as f:  # the card gives the command that made the codec
@@ -147,11 +148,12 @@ def test_flags_give_the_config():
     """Every flag of the VAE trainer, and the trainer's own defaults for the loop's knobs."""
     cfg = parse_config(VAETrainConfig, "", [
         "--data", "a", "--data", "b", "--out", "o", "--model", "m", "--preset", "tiny", "--recon", "l2",
-        "--kl-weight", "0.5", "--disc-start", "7", "--disc-weight", "0.25", "--val-data", "v", "--val-count", "3",
-        "--decoder-only", "--hflip", "--scale-samples", "9", "--max-steps", "5", "--no-progress"])
-    assert cfg == VAETrainConfig(data=("a", "b"), out="o", model="m", preset="tiny", recon="l2", kl_weight=0.5,
-                                 disc_start=7, disc_weight=0.25, val_data=("v",), val_count=3, decoder_only=True,
-                                 hflip=True, scale_samples=9, max_steps=5, progress=False)
+        "--kl-weight", "0.5", "--disc-start", "7", "--disc-weight", "0.25", "--val-data", "v",
+        "--val-count", "3", "--decoder-only", "--hflip", "--scale-samples", "9", "--max-steps", "5",
+        "--no-progress"])
+    assert cfg == VAETrainConfig(data=("a", "b"), out="o", model="m", preset="tiny", recon="l2",
+                                 kl_weight=0.5, disc_start=7, disc_weight=0.25, val_data=("v",), val_count=3,
+                                 decoder_only=True, hflip=True, scale_samples=9, max_steps=5, progress=False)
     d = parse_config(VAETrainConfig, "", ["--data", "a", "--out", "o"])
     assert (d.preset, d.recon, d.kl_weight, d.disc_start, d.val_count, d.scale_samples) == \
         ("small64", "l1", 1e-6, None, 64, 512)

@@ -62,7 +62,8 @@ class VAETrainConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.decoder_only and not self.model:
-            raise ValueError("--decoder-only fine-tunes the decoder of a trained VAE: name it with --model DIR")
+            raise ValueError("--decoder-only fine-tunes the decoder of a trained VAE: "
+                             "name it with --model DIR")
         if self.disc_start is not None and self.disc_start < 0:
             raise ValueError(f"--disc-start must be a step >= 0, got {self.disc_start}")
         if self.preset not in PRESETS:
@@ -216,8 +217,9 @@ def run(cfg: VAETrainConfig) -> dict:
     record = cfg.record(vae_config=config_to_dict(preset), examples=len(train_set))
     betas = (0.5, 0.9) if cfg.disc_start is not None else (0.9, 0.999)
     trainer = Trainer(cfg.loop(adam_betas=betas), codec, train_set, make_step_fn(cfg),
-                      validate_fn=make_validate_fn(val_set, tag), run_config=record, may_change=cfg.may_change(),
-                      find_unused_parameters=codec.disc is not None)  # the discriminator idles until disc_start
+                      validate_fn=make_validate_fn(val_set, tag), run_config=record,
+                      may_change=cfg.may_change(),
+                      find_unused_parameters=codec.disc is not None)  # the discriminator idles at first
     t0 = time.time()
     model = trainer.fit()
     train_time = time.time() - t0
@@ -233,7 +235,7 @@ def run(cfg: VAETrainConfig) -> dict:
 
 
 def export(cfg: VAETrainConfig, vae, preset, train_set, val_set, tag: str, device, record: dict) -> dict:
-    """Measure the latent scale (kept from the base with ``decoder_only``), save ``<out>/vae`` and its card."""
+    """Measure the latent scale (the base's with ``decoder_only``), save ``<out>/vae`` and the card."""
     from latentgen.export import export_vae
 
     gen = torch.Generator(device).manual_seed(cfg.seed)
@@ -248,7 +250,8 @@ def export(cfg: VAETrainConfig, vae, preset, train_set, val_set, tag: str, devic
     body = [about]
     if cfg.decoder_only:
         body.append("Only the decoder was trained: the encoder and the scaling factor are the base model's.")
-    card = {"front": {}, "title": "latentgen VAE", "body": body, "command": command_for(cfg), "record": record}
+    card = {"front": {}, "title": "latentgen VAE", "body": body, "command": command_for(cfg),
+            "record": record}
     folder = export_vae(cfg.out, vae, preset, card=card)
     return {"scaling_factor": vae.config.scaling_factor, "latent_mean": stats["mean"],
             "latent_std": stats["std"], f"val_{tag}": value, "n_val": len(val_set), "vae": folder}
