@@ -8,7 +8,7 @@ built the CLIP way -- the 256 byte symbols, their ``</w>`` variants, one token p
 ``CLIPTokenizer.from_pretrained`` reloads it to identical ids. ``<|endoftext|>`` doubles as the pad
 token, as in CLIP, and the text tower pools at its first occurrence.
 
-No training code here: the trainer is ``train/clip.py``, the loss ``latentgen/contrastive.py``.
+No training code here: the trainer is ``latentgen/train/clip.py``, the loss ``latentgen/contrastive.py``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A preset fixes the architecture; ``build_vae`` turns it into a fresh (untrained)
 ``AutoencoderKL``. The downsampling factor is ``2 ** (len(block_out_channels) - 1)``:
 a 64 px image with factor 4 becomes a 16 x 16 latent. Which factor and how many
 latent channels we ship was chosen by measurement (``bench/results/vae_choice.md``).
-No training code here (see ``latentgen/autoencoding.py`` and ``train/vae.py``).
+No training code here (see ``latentgen/autoencoding.py`` and ``latentgen/train/vae.py``).
 """
 
 from __future__ import annotations
