@@ -265,6 +265,7 @@ def prepare(cfg: FinetuneConfig):
 
 
 def run(cfg: FinetuneConfig) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` into ``cfg.out`` (resumable); ``{"finished", "step", ...}``."""
     from latentgen.cache import cache_captions, load_or_build_cache
     from latentgen.fsutil import atomic_write_text
     from latentgen.lora import LORA_INFO
@@ -284,6 +285,7 @@ def run(cfg: FinetuneConfig) -> dict:
     model = trainable(cfg, pipe)
     is_prior = torch.arange(len(dataset)) >= n_folder
     record = cfg.record(base=os.path.abspath(cfg.model), examples=len(dataset), **found)
+    model_card = card(cfg, record, n_folder)  # before training: a base whose card is unreadable fails now
     step_fn = make_step_fn(cache, float(pipe.vae.config.scaling_factor), cfg.caption_dropout, pipe.tokenizer,
                            distinct, is_prior, cfg.prior_loss_weight, cfg.train_text_encoder, shuffle)
     trainer = Trainer(cfg.loop(), model, IndexedLatents(cache), step_fn,
@@ -292,7 +294,7 @@ def run(cfg: FinetuneConfig) -> dict:
     model = trainer.fit()
     if not trainer.finished or not trainer.is_main:
         return {"finished": trainer.finished, "step": trainer.step}
-    save(cfg, pipe, model, found["decoder"]["tuned"], card(cfg, record, n_folder))
+    save(cfg, pipe, model, found["decoder"]["tuned"], model_card)
     atomic_write_text(os.path.join(cfg.out, LORA_INFO), json.dumps(record, indent=2))
     print(f"saved to {cfg.out}")
     return {"finished": True, "step": trainer.step, "out": cfg.out, "lora": cfg.lora}
