@@ -16,10 +16,10 @@ and seeds) shows what the fine-tune cost.
 compare the Fréchet distance (``latentgen.eval.fid``) between images generated for ``--n``
 held-out emoji names and the images of those emoji, before and after; a sample sheet shows a few.
 
-The fine-tune is the documented command, ``train.finetune.main`` run in this process with only the
-flags given here (``--lora-rank``, ``--seed``, and ``--steps``, ``--lr``, ``--flags`` when set), so the
-trainer's defaults are what is measured; its wall and CPU seconds include the codec check, decoder
-tuning and prior images. A killed benchmark resumes with the same command (``--resume latest``).
+The fine-tune is the documented trainer, ``latentgen.train.finetune.run`` in this process, its
+``FinetuneConfig`` given only what is set here (``--lora-rank``, ``--seed``, and ``--steps``, ``--lr``,
+``--flags`` when set, read by the trainer's own flag parser), so the trainer's defaults are what is
+measured; its wall and CPU seconds include the codec check, decoder tuning and prior images. A killed benchmark resumes with the same command (``--resume latest``).
 Writes ``bench/results/finetune.{json,md}`` and ``finetune_emoji.png`` (``--results`` to write
 elsewhere); a case run alone keeps the other cases' earlier results.
 """
@@ -45,6 +45,7 @@ from bench.common import machine, read_json, write_results
 from bench.vae import emoji_split
 from latentgen.data import shapes
 from latentgen.eval.adherence import evaluate_shapes
+from latentgen.lora import LORA_FILE
 from latentgen.pipeline import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -52,9 +53,8 @@ from latentgen.pipeline import (
     read_model_card_defaults,
     resolve_model_dir,
 )
-from train import finetune as train_finetune
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from latentgen.train import finetune as train_finetune
+from latentgen.train.config import config_from_args, parser_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "finetune")
@@ -164,14 +164,39 @@ def evaluate(pipe, word: NewWord, args, s: dict) -> dict:
 
 
 # ---------------------------------------------------------------- fine-tuning
+def trainer_fields(args) -> dict:
+    """The fine-tune's settings given here (besides model, data and out): only those set, so the trainer's
+    own defaults are what is measured unless one says otherwise."""
+    fields = {"lora_rank": args.lora_rank, "seed": args.seed}
+    fields |= {"max_steps": args.steps} if args.steps else {}
+    fields |= {"lr": args.lr} if args.lr else {}
+    fields |= {"train_text_encoder": True} if args.train_text_encoder else {}
+    return fields
+
+
 def trainer_flags(args) -> list[str]:
-    """The flags given to ``train.finetune`` besides model, data and out: only those set here, so the
-    trainer's own defaults are what is measured unless a flag says otherwise."""
-    flags = ["--lora-rank", str(args.lora_rank), "--seed", str(args.seed)]
-    flags += ["--max-steps", str(args.steps)] if args.steps else []
-    flags += ["--lr", str(args.lr)] if args.lr else []
-    flags += ["--train-text-encoder"] if args.train_text_encoder else []
+    """``trainer_fields`` as the trainer's flags (``--lora-rank 8 --seed 0 ...``), then ``--flags``: what the
+    results show, and what names the run folder."""
+    flags = []
+    for name, value in trainer_fields(args).items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
     return flags + shlex.split(args.flags or "")
+
+
+def trainer_config(data: str, out: str, args) -> train_finetune.FinetuneConfig:
+    """The fine-tune's config, resumed from ``out``: ``trainer_fields``, then what ``--flags`` sets, read by
+    the trainer's own parser (so they win, as later flags do on a command line)."""
+    cls = train_finetune.FinetuneConfig
+    p = parser_for(cls, "bench.finetune --flags")
+    argv = ["--model", args.model, "--data", data, "--out", out, *shlex.split(args.flags or "")]
+    given = vars(p.parse_args(argv))
+    try:
+        return config_from_args(cls, {**trainer_fields(args), "resume": "latest", "progress": args.progress,
+                                      **given})
+    except ValueError as e:
+        p.error(str(e))
+        raise  # unreachable: p.error exits
 
 
 def run_dir(case: str, args) -> str:
@@ -181,16 +206,15 @@ def run_dir(case: str, args) -> str:
 
 
 def finetune(data: str, out: str, args) -> dict:
-    """``train.finetune.main`` in process with ``--resume latest``: steps, and wall and CPU seconds summed over
+    """``latentgen.train.finetune.run`` in process, resumed: steps, and wall and CPU seconds summed over
     sittings (a sitting killed before its end is lost; a finished run is not rerun)."""
     path = os.path.join(out, "bench_time.json")
     spent = read_json(path, None)
     if spent is not None:
         return spent
-    argv = ["--model", args.model, "--data", data, "--out", out, "--resume", "latest", *trainer_flags(args)]
-    argv += [] if args.progress else ["--no-progress"]
+    cfg = trainer_config(data, out, args)
     wall, cpu = time.perf_counter(), time.process_time()
-    res = train_finetune.main(argv)
+    res = train_finetune.run(cfg)
     if not res["finished"]:
         raise SystemExit(f"the fine-tune stopped at step {res['step']}: run the same command again to resume")
     spent = {"steps": res["step"], "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
@@ -330,7 +354,8 @@ def main(argv=None) -> dict:
                    help="teal prompts, shapes prompts per group, held-out emoji names")
     p.add_argument("--lora-rank", type=int, default=8, help="0 = full fine-tuning of the UNet")
     p.add_argument("--train-text-encoder", action="store_true")
-    p.add_argument("--flags", default="", help="more train.finetune flags, e.g. \"--caption-dropout 0\"")
+    p.add_argument("--flags", default="", help="more trainer flags (latentgen train finetune), e.g. "
+                   "\"--caption-dropout 0\"")
     p.add_argument("--lr", type=float, help="default: the trainer's (1e-4 LoRA, 2e-5 full)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")

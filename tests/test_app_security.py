@@ -164,17 +164,24 @@ def test_extra_flags_outside_the_allow_list_are_refused(text, message):
         parse_extra_flags(text, "train.finetune")
 
 
+def _finetune_config(argv):
+    from latentgen.train.config import parse_config
+    from latentgen.train.finetune import FinetuneConfig
+
+    return parse_config(FinetuneConfig, "", argv)
+
+
 def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
-    from train import distill, finetune
+    from train import distill
 
     got = parse_extra_flags("--lr 1e-4 --ema-decay=0.999 --train-text-encoder --instance-prompt '--out=/x'",
                             "train.finetune")
     assert got == ["--lr=0.0001", "--ema-decay=0.999", "--train-text-encoder", "--instance-prompt=--out=/x"]
     base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    args = finetune.parse_args([*base, *got])
+    args = _finetune_config([*base, *got])
     assert args.instance_prompt == "--out=/x" and args.out == str(tmp_path / "o")  # a value stays a value
     samples = {"int": "10", "float": "0.5", "switch": None, "text": "a cat"}
-    for module, parser in (("train.finetune", finetune.parse_args), ("train.distill", distill.parse_args)):
+    for module, parser in (("train.finetune", _finetune_config), ("train.distill", distill.parse_args)):
         tokens = []
         for name, flag in ALLOWED[module].items():
             if name != "--train-text-encoder":  # it excludes --shuffle-summary
@@ -184,12 +191,10 @@ def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
 
 
 def test_the_trainers_refuse_abbreviated_flags(tmp_path, capsys):
-    from train import finetune
-
     base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     for abbreviated in (["--max-step", "5"], ["--ou=/any/dir"], ["--resu", "latest"]):
         with pytest.raises(SystemExit):
-            finetune.parse_args([*base, *abbreviated])
+            _finetune_config([*base, *abbreviated])
         assert "unrecognized arguments" in capsys.readouterr().err
 
 

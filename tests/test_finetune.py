@@ -1,11 +1,15 @@
+import dataclasses
 import json
 import os
+import shlex
 import shutil
 
 import pytest
 import torch
 
 from latentgen.data.shapes import write_shapes_folder
+from latentgen.train.config import TrainerError
+from latentgen.train.finetune import FinetuneConfig, main, run
 from tests.tiny_models import make_tiny_pipeline
 
 
@@ -15,6 +19,14 @@ def base_and_data(tmp_path_factory):
     data = str(root / "data")
     write_shapes_folder(data, n=12, size=16, seed=1)
     return make_tiny_pipeline(root), data
+
+
+SMALL = {"max_steps": 12, "batch_size": 4, "lr": 5e-3, "progress": False, "log_every": 4,
+         "checkpoint_every": 6, "val_steps": 2, "decoder_steps": 3}
+
+
+def _cfg(base, data, out, **fields):
+    return FinetuneConfig(model=str(base), data=(str(data),), out=str(out), **{**SMALL, **fields})
 
 
 def _args(base, data, out, *extra):
@@ -32,12 +44,10 @@ def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tm
     from diffusers import StableDiffusionPipeline
 
     from latentgen import LatentGenPipeline
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "lora"
     with pytest.warns(UserWarning, match="new to the tokenizer"):
-        res = finetune.main(_args(base, data, out, "--lora-rank", "4"))
+        res = run(_cfg(base, data, out, lora_rank=4))
     assert res["finished"] and res["lora"]
     assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
     from safetensors.torch import load_file
@@ -82,15 +92,12 @@ def _fixed_loss(pipe, data, repeats=4):
 
 def test_full_finetune_lowers_loss_and_saves_a_model(base_and_data, tmp_path):
     from latentgen import LatentGenPipeline
-    from train import finetune
-
     base, data = base_and_data
     base = shutil.copytree(base, tmp_path / "base")  # with a preset config beside the UNet's weights, as trained
     (base / "unet" / "latentgen_config.json").write_text('{"_class": "UNetConfig", "sample_size": 2}')
     base = str(base)
     out = tmp_path / "full"
-    res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--lr", "2e-3", "--max-steps", "30",
-                              "--caption-dropout", "0"))
+    res = run(_cfg(base, data, out, lora_rank=0, lr=2e-3, max_steps=30, caption_dropout=0.0))
     assert res["finished"] and not res["lora"]
     tuned = LatentGenPipeline.from_pretrained(str(out))
     assert _fixed_loss(tuned, data) < 0.9 * _fixed_loss(LatentGenPipeline.from_pretrained(base), data)
@@ -100,13 +107,10 @@ def test_full_finetune_lowers_loss_and_saves_a_model(base_and_data, tmp_path):
 
 
 def test_text_encoder_lora_and_dreambooth_prior(base_and_data, tmp_path):
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "db"
-    res = finetune.main(_args(base, data, out, "--lora-rank", "2", "--train-text-encoder",
-                              "--instance-prompt", "a red circle", "--class-prompt", "a circle",
-                              "--num-class-images", "4", "--val-steps", "2", "--max-steps", "6"))
+    res = run(_cfg(base, data, out, lora_rank=2, train_text_encoder=True, instance_prompt="a red circle",
+                   class_prompt="a circle", num_class_images=4, val_steps=2, max_steps=6))
     assert res["finished"]
     assert len([f for f in os.listdir(out / "class_images") if f.endswith(".png")]) == 4
     from safetensors.torch import load_file
@@ -150,42 +154,55 @@ def _loads_in_both_pipelines(base, out, text_lora=True):
     (["--shuffle-summary-multi", "0"], "give --shuffle-summary P"),
 ])
 def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
-    from train import finetune
-
     base, data = base_and_data
     with pytest.raises(SystemExit):
-        finetune.main(_args(base, data, tmp_path / "x", *bad))
+        main(_args(base, data, tmp_path / "x", *bad))
     assert match in capsys.readouterr().err
 
 
-def test_not_a_model_folder(base_and_data, tmp_path):
-    from train import finetune
+def test_flags_give_the_config_and_the_mode_gives_the_learning_rate(tmp_path):
+    from latentgen.train.config import command_for, parse_config
 
+    argv = _args("m", "d", tmp_path / "o", "--lora-rank", "0", "--train-text-encoder", "--tune-decoder", "on",
+                 "--prior", "off", "--val-prompt", "a", "--val-prompt", "b", "--text-encoder", "te",
+                 "--instance-prompt", "sks", "--class-prompt", "a dog", "--num-class-images", "3")
+    cfg = parse_config(FinetuneConfig, "", argv)
+    assert cfg == _cfg("m", "d", tmp_path / "o", lora_rank=0, train_text_encoder=True, tune_decoder="on",
+                       prior="off", val_prompt=("a", "b"), text_encoder="te", instance_prompt="sks",
+                       class_prompt="a dog", num_class_images=3)
+    command = shlex.split(command_for(cfg))  # latentgen train finetune --out ...: the card's command
+    assert parse_config(FinetuneConfig, "", command[3:]) == cfg
+    assert FinetuneConfig(out="o", data="d", model="m").loop().lr == 1e-4  # LoRA
+    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0).loop().lr == 2e-5  # full
+    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0, lr=1e-3).loop().lr == 1e-3
+
+
+def test_not_a_model_folder(base_and_data, tmp_path, capsys):
     _, data = base_and_data
-    with pytest.raises(SystemExit, match="not a latentgen or Stable Diffusion model"):
-        finetune.main(_args(str(tmp_path), data, tmp_path / "x"))
+    with pytest.raises(TrainerError, match="not a latentgen or Stable Diffusion model"):
+        run(_cfg(tmp_path, data, tmp_path / "x"))
+    with pytest.raises(SystemExit) as exit_:  # on the command line: one line on stderr, status 2
+        main(_args(str(tmp_path), data, tmp_path / "x"))
+    assert exit_.value.code == 2 and "error: --model" in capsys.readouterr().err
 
 
 def test_empty_data_folder(base_and_data, tmp_path):
-    from train import finetune
-
     base, _ = base_and_data
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="(?i)no usable"):
-        finetune.main(_args(base, str(tmp_path / "empty"), tmp_path / "x"))
+        run(_cfg(base, tmp_path / "empty", tmp_path / "x"))
 
 
 def test_resume_with_another_learning_rate_is_refused(base_and_data, tmp_path):
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "resumed"
-    res = finetune.main(_args(base, data, out, "--max-steps", "6"))
-    assert res["finished"]
+    cfg = _cfg(base, data, out, max_steps=6)
+    assert run(cfg)["finished"]
+    longer = dataclasses.replace(cfg, max_steps=12, resume="latest")
     with pytest.raises(ValueError, match=r"different settings \(lr"):
-        finetune.main(_args(base, data, out, "--max-steps", "12", "--lr", "1e-3", "--resume", "latest"))
-    again = finetune.main(_args(base, data, out, "--max-steps", "12", "--resume", "latest"))  # same settings go on
-    assert again["finished"]
+        run(dataclasses.replace(longer, lr=1e-3))
+    again = run(longer)  # same settings go on
+    assert again["finished"] and again["step"] == 12
 
 
 def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, tmp_path):
@@ -194,12 +211,10 @@ def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, 
     from diffusers import StableDiffusionPipeline
 
     from latentgen import LatentGenPipeline
-    from train import finetune
-
     base, data = base_and_data
     other = make_tiny_pipeline(tmp_path / "other", seed=7)  # stands in for train.clip's continued run
     out = tmp_path / "lora-te"
-    res = finetune.main(_args(base, data, out, "--lora-rank", "4", "--max-steps", "4", "--text-encoder", other))
+    res = run(_cfg(base, data, out, lora_rank=4, max_steps=4, text_encoder=other))
     assert res["finished"]
     got = LatentGenPipeline.from_pretrained(str(out))
     want = LatentGenPipeline.from_pretrained(other).text_encoder.state_dict()
@@ -214,14 +229,14 @@ def test_lora_on_a_continued_text_encoder_writes_a_loadable_base(base_and_data, 
                    generator=torch.Generator().manual_seed(0), output_type="np").images
     assert abs(theirs - _image(got)).max() < 1e-3
 
-    with pytest.raises(SystemExit, match="no text_encoder/config.json"):
-        finetune.main(_args(base, data, tmp_path / "bad", "--text-encoder", str(tmp_path)))
+    with pytest.raises(TrainerError, match="no text_encoder/config.json"):
+        run(_cfg(base, data, tmp_path / "bad", text_encoder=str(tmp_path)))
 
 
 def test_summary_shuffle_swaps_only_the_states_from_the_end_token_on(base_and_data):
     from transformers import CLIPTokenizer
 
-    from train.common import SummaryShuffle
+    from latentgen.train.common import SummaryShuffle
 
     base, _ = base_and_data
     tok = CLIPTokenizer.from_pretrained(os.path.join(base, "tokenizer"))
@@ -244,7 +259,7 @@ def test_summary_shuffle_swaps_only_the_states_from_the_end_token_on(base_and_da
 def test_summary_shuffle_multi_sets_the_probability_for_captions_naming_two_shapes(base_and_data):
     from transformers import CLIPTokenizer
 
-    from train.common import SummaryShuffle, shapes_named
+    from latentgen.train.common import SummaryShuffle, shapes_named
 
     assert [shapes_named(c) for c in ("a face", "a red circle", "a red circle and a blue square at top")] == [0, 1, 2]
     base, _ = base_and_data
@@ -264,27 +279,24 @@ def test_summary_shuffle_multi_sets_the_probability_for_captions_naming_two_shap
 
 
 def test_full_finetune_with_shuffled_summaries_runs_and_records_it(base_and_data, tmp_path):
-    import json
-
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "shuf"
-    res = finetune.main(_args(base, data, out, "--lora-rank", "0", "--max-steps", "4", "--shuffle-summary", "1"))
+    res = run(_cfg(base, data, out, lora_rank=0, max_steps=4, shuffle_summary=1.0))
     assert res["finished"]
-    assert json.loads((out / "finetune.json").read_text())["shuffle_summary"] == 1.0
-    assert "shuffle_summary_multi" not in json.loads((out / "finetune.json").read_text())
+    record = json.loads((out / "finetune.json").read_text())
+    assert record["shuffle_summary"] == 1.0 and record["shuffle_summary_multi"] is None
+    assert record == json.loads((out / "run_config.json").read_text())  # the run's saved config
+    with open(out / "README.md") as f:  # the card gives the command that made the model
+        assert "latentgen train finetune --out" in f.read()
 
 
 def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_and_data, tmp_path, capsys):
     from latentgen.adapt import roundtrip_psnr
     from latentgen.pipeline import LatentGenPipeline
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "dec"
-    res = finetune.main(_args(base, data, out, "--lora-rank", "2", "--tune-decoder", "on", "--decoder-steps", "6",
-                              "--decoder-lr", "1e-3", "--val-steps", "2", "--max-steps", "4"))
+    res = run(_cfg(base, data, out, lora_rank=2, tune_decoder="on", decoder_steps=6, decoder_lr=1e-3,
+                   val_steps=2, max_steps=4))
     assert res["finished"]
     said = capsys.readouterr().out
     assert "codec: the VAE reconstructs the folder at" in said and "tuned decoder:" in said
@@ -307,7 +319,7 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
 
 
 def test_prior_prompts_leave_out_the_new_words():
-    from train.finetune import prior_prompts
+    from latentgen.train.prior import prior_prompts
 
     caps = ["a large teal circle at center", "a small Teal, square at left", "a large teal circle at center"]
     assert prior_prompts(caps, ["teal"]) == [
@@ -317,10 +329,9 @@ def test_prior_prompts_leave_out_the_new_words():
 
 
 def test_a_lora_folder_as_the_base_model_is_a_clear_error(base_and_data, tmp_path):
-    from train import finetune
-
     base, data = base_and_data
     out = tmp_path / "lora"
-    finetune.main(_args(base, data, out, "--lora-rank", "2", "--max-steps", "2", "--tune-decoder", "off"))
-    with pytest.raises(SystemExit, match="holds LoRA weights .* not a full model: give the model it was fine-tuned"):
-        finetune.main(_args(str(out), data, tmp_path / "again"))
+    run(_cfg(base, data, out, lora_rank=2, max_steps=2, tune_decoder="off"))
+    with pytest.raises(TrainerError, match="holds LoRA weights .* not a full model: give the model it was "
+                                           "fine-tuned"):
+        run(_cfg(out, data, tmp_path / "again"))

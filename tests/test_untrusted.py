@@ -72,19 +72,15 @@ def test_pyproject_requires_a_torch_without_the_weights_only_bypass():
 
 
 def _save_tiny_lora(folder, safe: bool) -> None:
-    """Real LoRA weights for the tiny UNet, saved as safetensors or as a pickle (.bin)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
+    """Real LoRA weights for the tiny UNet (the fine-tuner's adapters), as safetensors or a pickle (.bin)."""
     from latentgen import LatentGenPipeline
+    from latentgen.lora import UNET_LORA_TARGETS, add_lora, lora_layers
     from tests.tiny_models import make_tiny_components
 
     unet = make_tiny_components()["unet"]
-    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    LatentGenPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=safe)
+    add_lora(unet, rank=2, alpha=None, targets=UNET_LORA_TARGETS)
+    LatentGenPipeline.save_lora_weights(str(folder), unet_lora_layers=lora_layers(unet),
+                                        safe_serialization=safe)
 
 
 def test_lora_pickle_weights_are_refused_and_safetensors_load(tmp_path):
