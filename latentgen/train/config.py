@@ -83,8 +83,8 @@ class RunConfig:
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     MAY_CHANGE: ClassVar[tuple[str, ...]] = ()
     LOOP_MAY_CHANGE: ClassVar[tuple[str, ...]] = (
-        "out", "resume", "max_steps", "warmup_steps", "lr_schedule", "checkpoint_every", "keep_checkpoints", "validate_every",
-        "log_every", "num_workers", "max_bad_steps", "progress")
+        "out", "resume", "max_steps", "warmup_steps", "lr_schedule", "checkpoint_every", "keep_checkpoints",
+        "validate_every", "log_every", "num_workers", "max_bad_steps", "progress")
 
     def __post_init__(self):
         for name in self.REQUIRED:
