@@ -7,11 +7,11 @@ Three caption layouts, which may be mixed and nested in subfolders:
    (the Hugging Face ``imagefolder`` layout; other keys, such as ``objects``, go to ``Item.extra``);
 3. ``captions.csv`` (or ``metadata.csv``) with the columns ``file_name,text``.
 
-``scan_folder`` opens and fully decodes every image once, so a truncated JPEG, a text file
-called ``.png`` or a decompression bomb is skipped with a reason at scan time instead of
-crashing a training run hours later (``latentgen.data.images``). Caption text is bounded too (``latentgen.data.captions``):
-a hostile metadata line or an over-long caption is a reported skip. ``ImageCaptionDataset``
-serves the usable pairs.
+``scan_folder`` opens and fully decodes every image once (``latentgen.data.images``), so a
+truncated JPEG, a text file called ``.png`` or a decompression bomb is skipped with a reason at
+scan time instead of crashing a training run hours later. Caption text is bounded too
+(``latentgen.data.captions``): a hostile metadata line or an over-long caption is a reported skip.
+``ImageCaptionDataset`` serves the usable pairs.
 """
 
 from __future__ import annotations

@@ -95,5 +95,5 @@ def check_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.
         return None, "not an image: Pillow cannot identify it (wrong extension or not an image file)"
     except PermissionError as e:
         return None, f"unreadable: {e.strerror or e}"
-    except Exception as e:  # noqa: BLE001 -- truncated or corrupt data: OSError, SyntaxError, struct.error, ...
+    except Exception as e:  # noqa: BLE001 -- truncated or corrupt: OSError, SyntaxError, struct.error, ...
         return None, f"corrupt image: {type(e).__name__}: {e}"

@@ -36,12 +36,12 @@ POSITIONS: tuple[str, ...] = (
     "left", "center", "right",
     "bottom left", "bottom", "bottom right",
 )  # row-major: index = 3 * row + col
-ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position")  # what names an object, in checking order
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position")  # of an object, in the order checked
 HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("purple", "square"), ("orange", "triangle"), ("green", "circle")}
 )
-# training-only colours outside the palette (words of the tokenizer from OpenMoji's names), each drawn with every
-# shape: data in which colour and shape vary independently
+# training-only colours outside the palette (words of the tokenizer from OpenMoji's names), each drawn
+# with every shape: data in which colour and shape vary independently
 EXTRA_COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (240, 110, 190),
     "brown": (130, 80, 35),
