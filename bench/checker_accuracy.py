@@ -24,17 +24,16 @@ import numpy as np
 from PIL import Image
 
 from latentgen.data.shapes import (
+    ATTRIBUTES,
     COLORS,
     POSITIONS,
     SHAPES,
     SIZES,
     ShapeObject,
-    add_gaussian_noise,
-    attribute_accuracy,
-    check_image,
     render_scene,
     sample_scene,
 )
+from latentgen.eval.shapes import add_gaussian_noise, attribute_accuracy, check_image
 
 TARGETS = {0.0: 0.99, 0.1: 0.95}  # spec: share of true scenes judged correct, by noise sigma
 NEGATIVES = ("one_attribute", "swap_colors", "missing_object", "extra_object", "blank")
@@ -43,7 +42,7 @@ NEGATIVES = ("one_attribute", "swap_colors", "missing_object", "extra_object", "
 def change_one_attribute(objects: list[ShapeObject], rng: random.Random) -> list[ShapeObject]:
     """The scene with one attribute of one object set to another legal value."""
     i = rng.randrange(len(objects))
-    attr = rng.choice(("color", "shape", "size", "position"))
+    attr = rng.choice(ATTRIBUTES)
     used = {getattr(o, attr) for o in objects}
     values = {"color": list(COLORS), "shape": SHAPES, "size": SIZES, "position": POSITIONS}[attr]
     unique = attr in ("color", "position")  # a scene never repeats a colour or a cell

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from bench.common import read_json
+from latentgen.data.captions import METADATA_FILE
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.eval.clip_probe import probe_shapes, retrieval
 from latentgen.models.clip import load_clip
@@ -42,14 +43,14 @@ def shapes_folders(n_train: int, n_test: int, test_seed: int = 1) -> tuple[str, 
     train = os.path.join(WORK, f"clip_shapes_train_{n_train}")
     test = os.path.join(WORK, f"clip_shapes_test_{n_test}" + (f"_s{test_seed}" if test_seed != 1 else ""))
     for folder, n, seed in ((train, n_train, 0), (test, n_test, test_seed)):
-        if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
+        if not os.path.isfile(os.path.join(folder, METADATA_FILE)):
             print(f"writing {n} shapes scenes to {folder}")
             write_shapes_folder(folder, n, size=64, seed=seed)
     return train, test
 
 
 def read_folder(folder: str, limit: int) -> tuple[list[Image.Image], list[str]]:
-    with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(folder, METADATA_FILE), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f][:limit]
     images = [Image.open(os.path.join(folder, r["file_name"])).convert("RGB") for r in rows]
     return images, [r["text"] for r in rows]

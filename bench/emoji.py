@@ -33,14 +33,15 @@ DISTANCES = (("pixel", "pixels"), ("feature", "features"))
 
 def recipe_heldout(size: int, n_test: int) -> str:
     """``train.recipe``'s held-out emoji (its data stage at seed 0), written once under ``bench/_work``."""
+    from latentgen.data.captions import METADATA_FILE
     from latentgen.data.emoji import split_emoji_folder, write_emoji_folder
 
     every = os.path.join(WORK, f"emoji{size}")
     split = os.path.join(WORK, f"emoji{size}-split{n_test}")
-    if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(every, METADATA_FILE)):
         write_emoji_folder(every + ".tmp", size=size)
         os.replace(every + ".tmp", every)
-    if not os.path.isfile(os.path.join(split, "heldout", "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(split, "heldout", METADATA_FILE)):
         split_emoji_folder(every, os.path.join(split, "train"), os.path.join(split, "heldout"), n_test, seed=0)
     return os.path.join(split, "heldout")
 

@@ -8,7 +8,7 @@
 (``latentgen.data.shapes.EXTRA_SHAPES``) in the palette's colours, captioned canonically
 (``a large teal circle at center``, ``a small red star at top``). Before and after fine-tuning, ``--n``
 seeded prompts of that form are drawn and judged with the checker's blob finder
-(``latentgen.data.shapes.find_blobs``), the new colour added to its palette or the new shape to its
+(``latentgen.eval.shapes.find_blobs``), the new colour added to its palette or the new shape to its
 shapes: a sample is right when it holds one object of the right colour, shape, size and position. The
 model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object groups, same n
 and seeds) shows what the fine-tune cost.
@@ -44,7 +44,9 @@ from PIL import Image
 from bench.common import machine, read_json, write_results
 from bench.vae import emoji_split
 from latentgen.data import shapes
+from latentgen.data.captions import METADATA_FILE
 from latentgen.eval.adherence import evaluate_shapes
+from latentgen.eval.shapes import find_blobs
 from latentgen.lora import LORA_FILE
 from latentgen.pipeline import (
     DEFAULT_GUIDANCE,
@@ -97,11 +99,11 @@ class NewWord:
     def verdict(self, image, obj: shapes.ShapeObject) -> dict:
         """Per attribute, and ``correct`` (all of them): one object, of the right colour (nearer the new colour
         than every palette colour), shape (best fit among the spec's and the new one), size and position."""
-        blobs = shapes.find_blobs(image, palette=self.palette, shapes=self.shapes)
+        blobs = find_blobs(image, palette=self.palette, shapes=self.shapes)
         big = blobs[0] if blobs else None
         v = {"one_object": len(blobs) == 1,
              **{a: big is not None and getattr(big, a) == (getattr(obj, a) or self.word)
-                for a in ("color", "shape", "size", "position")}}
+                for a in shapes.ATTRIBUTES}}
         return {**v, "correct": all(v.values())}
 
 
@@ -110,15 +112,15 @@ NEW_WORDS = {"teal": NewWord("teal", fill=(0, 150, 150)), "star": NewWord("star"
 
 def write_new_word_folder(word: NewWord, out: str, size: int, seed: int) -> str:
     """``N_NEW_WORD_IMAGES`` renders of ``word`` and their captions as an image folder (``metadata.jsonl``)."""
-    if os.path.isfile(os.path.join(out, "metadata.jsonl")):
+    if os.path.isfile(os.path.join(out, METADATA_FILE)):
         return out
     os.makedirs(out, exist_ok=True)
     rng = random.Random(f"bench-finetune-{word.word}-train:{seed}")
-    with open(os.path.join(out, "metadata.jsonl.tmp"), "w") as meta:
+    with open(os.path.join(out, METADATA_FILE + ".tmp"), "w") as meta:
         for i, obj in enumerate(word.objects(N_NEW_WORD_IMAGES, rng)):
             word.render(obj, size, rng).save(os.path.join(out, f"{i:05d}.png"))
             meta.write(json.dumps({"file_name": f"{i:05d}.png", "text": word.prompt(obj)}) + "\n")
-    os.replace(os.path.join(out, "metadata.jsonl.tmp"), os.path.join(out, "metadata.jsonl"))
+    os.replace(os.path.join(out, METADATA_FILE + ".tmp"), os.path.join(out, METADATA_FILE))
     return out
 
 
@@ -265,7 +267,8 @@ def new_word_case(name: str, args, s: dict) -> dict:
 
 def heldout_emoji(test: str, n: int, seed: int, size: int) -> list[tuple[str, Image.Image]]:
     """``n`` seeded (name, image) pairs of the held-out split, resized as the trainer resizes images."""
-    from latentgen.data.folder import load_rgb, resize_center_crop, scan_folder
+    from latentgen.data.folder import scan_folder
+    from latentgen.data.images import load_rgb, resize_center_crop
 
     items = scan_folder(test).items
     items = random.Random(f"bench-finetune-emoji:{seed}").sample(items, min(n, len(items)))

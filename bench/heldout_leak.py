@@ -72,7 +72,7 @@ def probe(model: str, n: int, sheet: list | None = None) -> dict:
 
     from latentgen import LatentGenPipeline
     from latentgen.data.emoji import render_emoji
-    from latentgen.data.shapes import check_image
+    from latentgen.eval.shapes import check_image
     from latentgen.pipeline import read_model_card_defaults
 
     pipe = LatentGenPipeline.from_pretrained(model)

@@ -127,13 +127,14 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
     """
     from diffusers import AutoencoderKL
 
+    from latentgen.data.captions import METADATA_FILE
     from latentgen.data.folder import ImageCaptionDataset
     from latentgen.data.shapes import write_shapes_folder
     from latentgen.eval.psnr import psnr_table, reconstruction_psnr
 
     work = os.path.join(HERE, "_work")
     shapes = os.path.join(work, f"run_all_shapes_{n}")
-    if not os.path.isfile(os.path.join(shapes, "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(shapes, METADATA_FILE)):
         write_shapes_folder(shapes, n, size=64, seed=12345)  # scenes no training run drew (seed)
     vae = AutoencoderKL.from_pretrained(os.path.join(teacher, "vae")).eval()
     rows = [{"data": "shapes, fresh scenes", "images": n, "target_db": 32,
@@ -148,7 +149,7 @@ def codec(teacher: str, n: int, emoji_test: str | None = None) -> str:
     emoji = ImageCaptionDataset([emoji_test], size=64)
     rows.append({"data": label, "images": len(emoji), "target_db": 26, "psnr": reconstruction_psnr(vae, emoji)})
     extras = os.path.join(work, "openmoji_extras_64")
-    if not os.path.isfile(os.path.join(extras, "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(extras, METADATA_FILE)):
         from latentgen.data.emoji import write_emoji_folder
 
         write_emoji_folder(extras, size=64, extras=True)

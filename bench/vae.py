@@ -23,6 +23,7 @@ import time
 import torch
 
 from bench.common import read_json
+from latentgen.data.captions import METADATA_FILE
 from latentgen.data.emoji import split_emoji_folder, write_emoji_folder
 from latentgen.data.shapes import write_shapes_folder
 from latentgen.models.vae import get_vae_config
@@ -39,7 +40,7 @@ NOTES = "<!-- notes: kept when the table above is rewritten -->"
 def shapes_split(n_train: int, n_test: int) -> tuple[str, str]:
     train, test = os.path.join(WORK, f"shapes_train-{n_train}"), os.path.join(WORK, f"shapes_test-{n_test}")
     for folder, n, seed in ((train, n_train, 0), (test, n_test, 1)):
-        if not os.path.isfile(os.path.join(folder, "metadata.jsonl")):
+        if not os.path.isfile(os.path.join(folder, METADATA_FILE)):
             write_shapes_folder(folder, n, size=64, seed=seed)
     return train, test
 
@@ -49,9 +50,9 @@ def emoji_split(n_test: int, seed: int = 0) -> tuple[str, str]:
     folders per ``(n_test, seed)``, so a split once made is reused only for the same request."""
     every = os.path.join(WORK, "emoji_all")
     train, test = (os.path.join(WORK, f"emoji_{part}-{n_test}-s{seed}") for part in ("train", "test"))
-    if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(every, METADATA_FILE)):
         write_emoji_folder(every, size=64)
-    if not os.path.isfile(os.path.join(test, "metadata.jsonl")):
+    if not os.path.isfile(os.path.join(test, METADATA_FILE)):
         split_emoji_folder(every, train, test, n_test, seed)
     return train, test
 

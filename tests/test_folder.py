@@ -11,15 +11,9 @@ import torch
 from PIL import Image
 
 from latentgen import cli
-from latentgen.data import folder
-from latentgen.data.folder import (
-    ImageCaptionDataset,
-    NoUsableImagesError,
-    load_rgb,
-    require_usable,
-    resize_center_crop,
-    scan_folder,
-)
+from latentgen.data import folder, images
+from latentgen.data.folder import ImageCaptionDataset, NoUsableImagesError, require_usable, scan_folder
+from latentgen.data.images import load_rgb, resize_center_crop
 from latentgen.limits import MAX_CAPTION_CHARS
 from tests.data_fixtures import BLUE, RED, make_messy_folder, solid, write_metadata_folder
 
@@ -172,8 +166,8 @@ def test_symlinked_folder_is_followed_once(tmp_path):
 # ---------------------------------------------------------------- bad images
 def test_huge_image_is_refused_from_its_header(messy, monkeypatch):
     decoded = []
-    monkeypatch.setattr(folder, "load_rgb", lambda p: decoded.append(p) or Image.new("RGB", (1, 1)))
-    _, reason = folder.check_image(str(messy.path / "huge.png"))
+    monkeypatch.setattr(images, "load_rgb", lambda p: decoded.append(p) or Image.new("RGB", (1, 1)))
+    _, reason = images.check_image(str(messy.path / "huge.png"))
     assert reason.startswith("too many pixels") and "10000 x 10000" in reason
     assert decoded == [], "the 100 MP image must not be decoded"
 
@@ -192,7 +186,7 @@ def test_permission_error_is_a_skip(tmp_path, monkeypatch):
     def denied(path):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(folder, "load_rgb", denied)
+    monkeypatch.setattr(images, "load_rgb", denied)
     assert [s.reason for s in scan_folder(tmp_path).skipped] == ["unreadable: Permission denied"]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from latentgen.data.shape_spec import object_geometry
 from latentgen.data.shapes import (
     COLORS,
     EXTRA_COLORS,
@@ -16,21 +17,16 @@ from latentgen.data.shapes import (
     SHAPES,
     SIZES,
     ShapeObject,
-    add_gaussian_noise,
-    attribute_accuracy,
     canonical_caption,
-    check_image,
-    find_blobs,
     make_caption,
-    object_geometry,
     paraphrase_caption,
     parse_prompt,
     render_scene,
     sample_scene,
-    score_image,
     write_extra_colors_folder,
     write_shapes_folder,
 )
+from latentgen.eval.shapes import add_gaussian_noise, attribute_accuracy, check_image, find_blobs, score_image
 
 SCENE = [ShapeObject("circle", "red", "large", "top left"),
          ShapeObject("square", "blue", "small", "center"),
@@ -308,7 +304,7 @@ def test_write_extra_colors_folder_draws_what_it_says_in_colours_outside_the_pal
 
 
 def test_extra_shapes_are_drawn_and_told_apart_but_never_sampled():
-    from latentgen.data.shapes import EXTRA_SHAPES, POSITIONS, SHAPES, find_blobs
+    from latentgen.data.shapes import EXTRA_SHAPES, POSITIONS, SHAPES
 
     rng = random.Random(0)
     every = SHAPES + EXTRA_SHAPES

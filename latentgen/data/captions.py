@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 from latentgen.limits import MAX_CAPTION_CHARS
 
+METADATA_FILE = "metadata.jsonl"  # the caption file the data writers write
+METADATA_NAMES = (METADATA_FILE, "captions.jsonl", "metadata.csv", "captions.csv")  # the ones scanned
 MAX_METADATA_LINE_CHARS = 1_000_000  # a metadata line (or a caption file) longer than this is not read
 ONE_OBJECT_PER_LINE = 'write one flat JSON object per line, {"file_name": "cat.png", "text": "a cat"}'
 

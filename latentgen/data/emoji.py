@@ -27,12 +27,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, features
 
+from latentgen.data.captions import METADATA_FILE
 from latentgen.data.emoji_sources import (
     is_blank,  # noqa: F401 (re-exported: callers test blanks here)
     on_white,
     open_noto,
     open_twemoji,
 )
+from latentgen.data.images import DEFAULT_SIZE
 from latentgen.data.shapes import names_heldout_pair
 
 STYLES = ("openmoji", "noto", "twemoji")
@@ -110,7 +112,7 @@ def in_font(seq: str, grid_px: int = 256) -> bool:
     return abs(font.getlength(seq) - font.getlength(REFERENCE)) < 0.01 * grid_px
 
 
-def render_emoji(seq: str, size: int = 64, supersample: int = 4) -> Image.Image | None:
+def render_emoji(seq: str, size: int = DEFAULT_SIZE, supersample: int = 4) -> Image.Image | None:
     """``seq`` drawn ``size`` x ``size`` on white, centred, at OpenMoji's scale; None if blank or missing."""
     big = size * supersample
     if not in_font(seq, big):
@@ -139,7 +141,7 @@ class OpenMojiSource:
     def has(self, seq: str) -> bool:
         return in_font(seq)
 
-    def render(self, seq: str, size: int = 64) -> Image.Image | None:
+    def render(self, seq: str, size: int = DEFAULT_SIZE) -> Image.Image | None:
         return render_emoji(seq, size)
 
 
@@ -166,7 +168,7 @@ def _check_extras(extras: bool, style: str) -> None:
         raise ValueError(f"--extras writes OpenMoji's unnamed glyphs: {style} has none; use --style openmoji")
 
 
-def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | None = None,
+def iter_emoji(size: int = DEFAULT_SIZE, sequences: list[str] | None = None, limit: int | None = None,
                stats: collections.Counter | None = None, extras: bool = False,
                include_heldout: bool = False, source=None) -> Iterator[tuple[str, str, Image.Image]]:
     """Yield ``(sequence, name, image)`` for each named, non-blank, pixel-distinct emoji of ``source``.
@@ -221,7 +223,7 @@ def iter_emoji(size: int = 64, sequences: list[str] | None = None, limit: int | 
         yield seq, caption, img
 
 
-def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
+def write_emoji_folder(out: str, size: int = DEFAULT_SIZE, limit: int | None = None,
                        stats: collections.Counter | None = None, extras: bool = False,
                        include_heldout: bool = False, style: str = "openmoji", where: str | None = None,
                        style_word: bool = False) -> int:
@@ -239,7 +241,7 @@ def write_emoji_folder(out: str, size: int = 64, limit: int | None = None,
     source = open_source(style, where)
     os.makedirs(out, exist_ok=True)
     n = 0
-    with open(os.path.join(out, "metadata.jsonl"), "w", encoding="utf-8") as meta:
+    with open(os.path.join(out, METADATA_FILE), "w", encoding="utf-8") as meta:
         for seq, name, img in iter_emoji(size, limit=limit, stats=stats, extras=extras,
                                          include_heldout=include_heldout, source=source):
             file_name = f"{codepoints(seq)}.png"
@@ -264,7 +266,7 @@ def split_emoji_folder(src: str, train: str, test: str, n_test: int, seed: int =
     so no test image has a skin-tone twin in training. Files are hard-linked (copied where links
     fail). Returns ``(n_train, n_test)`` image counts.
     """
-    with open(os.path.join(src, "metadata.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(src, METADATA_FILE), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     groups: dict[str, list[dict]] = {}
     for row in rows:
@@ -277,7 +279,7 @@ def split_emoji_folder(src: str, train: str, test: str, n_test: int, seed: int =
         (test_rows if len(test_rows) < n_test else train_rows).extend(groups[k])
     for folder, part in ((train, train_rows), (test, test_rows)):
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        with open(os.path.join(folder, METADATA_FILE), "w", encoding="utf-8") as f:
             for row in part:
                 a, b = os.path.join(src, row["file_name"]), os.path.join(folder, row["file_name"])
                 if not os.path.exists(b):

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
+from latentgen.data.images import DEFAULT_SIZE
+
 FACE_SHARE = 172 / 256  # OpenMoji's grinning face spans 172 of 256 pixels (latentgen.data.emoji)
 
 NOTO_SIZE = 109  # the only size of the font's bitmaps
@@ -110,7 +112,7 @@ class PngSource:
     def has(self, seq: str) -> bool:
         return seq in self.index
 
-    def render(self, seq: str, size: int = 64) -> Image.Image | None:
+    def render(self, seq: str, size: int = DEFAULT_SIZE) -> Image.Image | None:
         if seq not in self.index:
             return None
         with Image.open(self.index[seq]) as im:
@@ -145,7 +147,7 @@ class NotoFontSource:
         _, top, _, bottom = self.font.getbbox(seq)
         return abs(self.font.getlength(seq) - self.advance) < 1 and bottom > top
 
-    def render(self, seq: str, size: int = 64) -> Image.Image | None:
+    def render(self, seq: str, size: int = DEFAULT_SIZE) -> Image.Image | None:
         if not self.has(seq):
             return None
         canvas = Image.new("RGBA", (3 * NOTO_SIZE, 3 * NOTO_SIZE), (0, 0, 0, 0))

@@ -26,14 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
-from latentgen.data.shapes import (
-    HELDOUT_PAIRS,
-    ShapeObject,
-    attribute_accuracy,
-    canonical_caption,
-    check_image,
-    sample_scene,
-)
+from latentgen.data.shapes import ATTRIBUTES, HELDOUT_PAIRS, ShapeObject, canonical_caption, sample_scene
+from latentgen.eval.shapes import attribute_accuracy, check_image
 from latentgen.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 # group name -> (objects per prompt, held-out pair required)
@@ -45,7 +39,6 @@ GROUPS: dict[str, tuple[int, bool]] = {
     "heldout_2_objects": (2, True),
 }
 POOLED = ("1_object", "2_objects", "3_objects")  # make up "all"
-ATTRIBUTES = ("color", "shape", "size", "position")
 
 
 def shapes_eval_set(n: int, seed: int, n_objects: int | None = None,

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from latentgen.data.emoji import emoji_caption, iter_emoji, open_source
-from latentgen.data.folder import load_rgb, require_usable, resize_center_crop, scan_folder
+from latentgen.data.folder import require_usable, scan_folder
+from latentgen.data.images import load_rgb, resize_center_crop
 from latentgen.eval.adherence import generate_images, sampler_label
 from latentgen.eval.fid import frechet_distance, image_features
 from latentgen.eval.grid import image_grid
