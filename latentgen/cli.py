@@ -2,64 +2,26 @@
 
 Each command group adds its sub-parser in its own ``_add_*`` function and runs
 through a ``_run_*`` function that imports what it needs only when called, so
-`latentgen --help` stays fast.
+`latentgen --help` stays fast; ``_GROUPS`` lists them. `generate` lives in
+:mod:`latentgen.cli_generate` (``add_parser`` and ``run``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from dataclasses import dataclass
 
-from latentgen.limits import MAX_PROMPT_CHARS, check_prompt
+from latentgen import cli_generate
+from latentgen.cli_generate import BOUNDS, ONE_BATCH
+from latentgen.limits import Bound, check_bounds
 
-
-# ---------------------------------------------------------------- bounds
-@dataclass(frozen=True)
-class Bound:
-    """The accepted range of a numeric flag, checked before any model is loaded; ``why`` explains it."""
-
-    lo: int | float
-    hi: int | float
-    why: str = ""
-
-    def help(self, text: str) -> str:
-        return f"{text} ({self.lo} to {self.hi}{': ' + self.why if self.why else ''})"
-
-
-ONE_BATCH = "all are made in one batch, held in memory together"
-BOUNDS = {  # `latentgen generate`; `latentgen eval shapes` uses EVAL_BOUNDS
-    "--steps": Bound(1, 1000),
-    "--n": Bound(1, 64, ONE_BATCH),
-    "--height": Bound(8, 2048, "a multiple of the model's VAE factor"),
-    "--width": Bound(8, 2048, "a multiple of the model's VAE factor"),
-    "--guidance": Bound(0, 30),
-    "--strength": Bound(0, 1),
-    "--seed": Bound(0, 2**32 - 1),
-}
-EVAL_BOUNDS = {
+EVAL_BOUNDS = {  # `latentgen eval`; `latentgen generate` has its own (cli_generate.BOUNDS)
     "--n": Bound(1, 10_000),
     "--batch-size": Bound(1, 64, ONE_BATCH),
     **{flag: BOUNDS[flag] for flag in ("--steps", "--guidance", "--seed")},
 }
-MAX_INIT_PIXELS = 40_000_000  # an --init-image over 40 MP is refused from its header (as `data check` does)
-
-
-def check_bounds(args, bounds: dict[str, Bound]) -> None:
-    """A ValueError naming the first flag of ``args`` outside its ``bounds`` and the accepted range."""
-    for flag, b in bounds.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is None:
-            continue
-        finite = isinstance(value, int) or math.isfinite(value)  # (isfinite overflows on a huge int)
-        if not (finite and b.lo <= value <= b.hi):
-            kind = "a whole number" if isinstance(value, int) else "a finite number"
-            why = f" ({b.why})" if b.why else ""
-            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:12]}... ({len(str(value))} digits)"
-            raise ValueError(f"{flag} {shown}: must be {kind} from {b.lo} to {b.hi}{why}")
 
 
 # ---------------------------------------------------------------- data
@@ -128,169 +90,6 @@ def _run_data(args) -> int:
             return 1
         return 0
     raise AssertionError(args.data_cmd)
-
-
-# ---------------------------------------------------------------- generate
-_GENERATE_HELP = """Write PNGs whose 'parameters' text chunk holds the prompt and every setting.
-
---out: a path ending in .png is the file for --n 1, and the prefix for more
-(out.png -> out-0.png, out-1.png, ...); any other path is a folder (created if
-needed) that gets latentgen-<seed>.png per image. Image i uses seed --seed + i,
-so any image can be made again alone with its recorded seed and --n 1.
-Existing PNG files at those paths are overwritten. Every number (see the ranges
-below), the prompts, --out and --init-image are checked before the model loads.
-Defaults for --steps, --guidance and --sampler come from the model folder's
-README.md front matter (num_inference_steps, guidance_scale, sampler), else 25,
-5.0 and the model's saved scheduler."""
-
-
-def _add_generate(sub):
-    p = sub.add_parser("generate", help="make images from a prompt (and optionally an init image)",
-                       description=_GENERATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model folder (default: the bundled latentgen/weights/default)")
-    p.add_argument("--prompt", required=True,
-                   help=f'what to draw ("" for an unconditional image; at most {MAX_PROMPT_CHARS:,} characters)')
-    p.add_argument("--negative-prompt", default=None,
-                   help=f"what to steer away from (at most {MAX_PROMPT_CHARS:,} characters)")
-    p.add_argument("--steps", type=int, default=None, help=BOUNDS["--steps"].help("denoising steps"))
-    p.add_argument("--guidance", type=float, default=None,
-                   help=BOUNDS["--guidance"].help("classifier-free guidance scale, 1 = off"))
-    p.add_argument("--seed", type=int, default=None,
-                   help=BOUNDS["--seed"].help("random seed; default: a random one, recorded in the PNG"))
-    p.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_a or dpm++2m")
-    p.add_argument("--n", type=int, default=1, help=BOUNDS["--n"].help("number of images"))
-    p.add_argument("--height", type=int, default=None,
-                   help=BOUNDS["--height"].help("image height in pixels; default: the model's"))
-    p.add_argument("--width", type=int, default=None,
-                   help=BOUNDS["--width"].help("image width in pixels; default: the model's"))
-    p.add_argument("--init-image", default=None, help="image to edit (SDEdit image-to-image)")
-    p.add_argument("--strength", type=float, default=0.8,
-                   help=BOUNDS["--strength"].help("with --init-image: 0 keeps the image, 1 ignores it; default 0.8"))
-    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow .bin/.ckpt pickle weights (they can run code: only for files you trust)")
-    p.add_argument("--out", required=True,
-                   help="output .png file (or prefix), or a folder; existing PNGs are overwritten; see above")
-
-
-def _generate_paths(out: str, seeds: list[int]) -> list[str]:
-    if out.lower().endswith(".png"):
-        if len(seeds) == 1:
-            return [out]
-        stem = out[:-4]
-        return [f"{stem}-{i}.png" for i in range(len(seeds))]
-    return [os.path.join(out, f"latentgen-{s}.png") for s in seeds]
-
-
-def check_out(out: str, paths: list[str]) -> None:
-    """A ValueError, before any work, when the PNGs ``paths`` of ``--out`` cannot be written."""
-    if not out.lower().endswith(".png") and os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is an existing file, not a folder: give a folder for the images, "
-                         "or a path ending in .png")
-    for path in paths:
-        if os.path.isdir(path):
-            raise ValueError(f"--out: {path!r} is an existing folder, not a .png file: give another file name, "
-                             "or a path without .png to write into a folder")
-        if os.path.exists(path) and not os.path.isfile(path):
-            raise ValueError(f"--out: {path!r} exists and is not a regular file: give another path")
-    folder = os.path.dirname(paths[0]) or "."
-    existing = folder
-    while not os.path.lexists(existing):  # the nearest folder that exists: the rest is created
-        existing = os.path.dirname(existing) or "."
-    if not os.path.isdir(existing):
-        raise ValueError(f"--out: cannot create the folder {folder!r}: {existing!r} is not a folder; "
-                         "give another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out: the folder {existing!r} is not writable: give a folder you can write to")
-
-
-def open_init_image(path: str):
-    """The ``--init-image``, fully read; a ValueError for a missing, huge, unreadable or non-image file."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--init-image {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"--init-image {path!r} is a folder: give an image file")
-    too_big = None  # the size, when that is why the image is refused
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)  # reads the header only
-            if img.width * img.height > MAX_INIT_PIXELS:
-                too_big = f"{img.width} x {img.height} pixels"
-                img.close()
-            else:
-                img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        too_big = "larger than Pillow's decompression-bomb limit"
-    except UnidentifiedImageError:
-        raise ValueError(f"--init-image {path!r} is not an image Pillow can read: give a PNG, JPEG or WebP "
-                         "file") from None
-    except (OSError, SyntaxError, EOFError) as e:  # truncated or corrupt data
-        raise ValueError(f"--init-image {path!r} is not a readable image ({e}): save it again") from None
-    if too_big:
-        raise ValueError(f"--init-image {path!r} is {too_big}, over the {MAX_INIT_PIXELS:,}-pixel limit "
-                         "(it is resized to the output size anyway): scale it down first")
-    return img
-
-
-def _check_generate_args(args) -> list[int]:
-    """Every argument of `generate` that can be checked without the model; returns the seeds."""
-    import secrets
-
-    check_bounds(args, BOUNDS)
-    check_prompt(args.prompt, "--prompt")
-    check_prompt(args.negative_prompt, "--negative-prompt")
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    if seed + args.n - 1 > BOUNDS["--seed"].hi:
-        raise ValueError(f"--seed {seed} with --n {args.n}: image i uses seed {seed} + i, which must stay at most "
-                         f"{BOUNDS['--seed'].hi}: give a smaller --seed")
-    seeds = [seed + i for i in range(args.n)]
-    check_out(args.out, _generate_paths(args.out, seeds))
-    return seeds
-
-
-def _run_generate(args) -> int:
-    seeds = _check_generate_args(args)
-    init = None if args.init_image is None else open_init_image(args.init_image)
-
-    import torch
-
-    from latentgen.diffusion import sampler_name
-    from latentgen.pipeline import (
-        DEFAULT_GUIDANCE,
-        DEFAULT_STEPS,
-        LatentGenPipeline,
-        read_model_card_defaults,
-        resolve_model_dir,
-        save_png_with_params,
-    )
-
-    model = resolve_model_dir(args.model, trust_pickle=args.trust_pickle)
-    card = read_model_card_defaults(model)
-    steps = args.steps if args.steps is not None else card.get("num_inference_steps", DEFAULT_STEPS)
-    guidance = args.guidance if args.guidance is not None else card.get("guidance_scale", DEFAULT_GUIDANCE)
-    sampler = args.sampler or card.get("sampler")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
-
-    pipe = LatentGenPipeline.from_pretrained(model, trust_pickle=args.trust_pickle).to(device)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    images = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=steps,
-                  guidance_scale=guidance, generator=generators, height=args.height, width=args.width,
-                  num_images_per_prompt=args.n, image=init, strength=args.strength, sampler=sampler).images
-    for img, s, path in zip(images, seeds, _generate_paths(args.out, seeds)):
-        params = {"prompt": args.prompt, "negative_prompt": args.negative_prompt or "", "steps": steps,
-                  "sampler": sampler or sampler_name(pipe.scheduler), "guidance": guidance, "seed": s,
-                  "width": img.width, "height": img.height, "model": model}
-        if init is not None:
-            params.update(init_image=args.init_image, strength=args.strength)
-        print(save_png_with_params(img, path, params))
-    return 0
 
 
 # ---------------------------------------------------------------- eval
@@ -362,7 +161,8 @@ def _eval_pipeline(args):
     and sampler of the flags, else of the model card; ``where``, the model folder and the device."""
     import torch
 
-    from latentgen.pipeline import LatentGenPipeline, read_model_card_defaults, resolve_model_dir
+    from latentgen.loading import read_model_card_defaults, resolve_model_dir
+    from latentgen.pipeline import LatentGenPipeline
 
     model = resolve_model_dir(args.model)
     card = read_model_card_defaults(model)
@@ -428,7 +228,8 @@ def _run_eval(args) -> int:
 
 
 # ---------------------------------------------------------------- main
-_GROUPS = {"data": (_add_data, _run_data), "generate": (_add_generate, _run_generate),
+# command -> (add its sub-parser, run it): a new command is one more entry
+_GROUPS = {"data": (_add_data, _run_data), "generate": (cli_generate.add_parser, cli_generate.run),
            "eval": (_add_eval, _run_eval)}
 
 

@@ -99,6 +99,12 @@ def sampler_name(scheduler) -> str:
     return type(scheduler).__name__
 
 
+def step_kwargs(scheduler, generator) -> dict:
+    """The keywords of ``scheduler.step`` among ``eta=0`` (DDIM) and ``generator`` (the ancestral samplers)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    return {k: v for k, v in (("eta", 0.0), ("generator", generator)) if k in params}
+
+
 @functools.lru_cache(maxsize=1)
 def _training_alphas_cumprod() -> Tensor:
     return DDPMScheduler.from_config(training_scheduler_config()).alphas_cumprod.clone()
@@ -152,6 +158,18 @@ def pred_x0(prediction_type: str, x_t: Tensor, model_output: Tensor, alpha: Tens
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected v_prediction, epsilon or sample")
 
 
+def sampler_pred_x0(scheduler, x_t: Tensor, model_output: Tensor, t) -> Tensor:
+    """``pred_x0`` at a sampler's timestep ``t`` from the UNet's (variance-preserving) input and output;
+    ``x_t`` itself for a scheduler without ``alphas_cumprod`` (not a DDPM-family schedule).  # (B, C, h, w)"""
+    if getattr(scheduler, "alphas_cumprod", None) is None:
+        return x_t
+    last = len(scheduler.alphas_cumprod) - 1
+    idx = torch.as_tensor(t, device=x_t.device).round().long().clamp(0, last)
+    alpha, sigma = alpha_sigma(scheduler.alphas_cumprod, idx.reshape(1))
+    x0 = pred_x0(scheduler.config.prediction_type, x_t.float(), model_output.float(), alpha, sigma)
+    return x0.to(x_t.dtype)
+
+
 def snr(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
     """SNR(t) = alpha_t^2 / sigma_t^2 = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021).  # (B,)"""
     abar = alphas_cumprod.to(t.device)[t].float()
@@ -173,6 +191,27 @@ def classifier_free_guidance(cond: Tensor, uncond: Tensor, g) -> Tensor:
     g = torch.as_tensor(g, dtype=cond.dtype, device=cond.device)
     g = g.reshape(-1, *([1] * (cond.ndim - 1))) if g.ndim else g  # (B, 1, 1, 1)
     return uncond + g * (cond - uncond)
+
+
+def guidance_scale_embedding(w: Tensor, embedding_dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal embedding of guidance weights ``w`` (B,) for a guidance-conditioned UNet (Meng et al. 2023),
+    by stock diffusers' own ``get_guidance_scale_embedding``.  # (B, D)"""
+    return _stock_pipeline().get_guidance_scale_embedding(None, w, embedding_dim, dtype)  # never reads self
+
+
+@functools.cache
+def _stock_pipeline():
+    """``diffusers.StableDiffusionPipeline``, imported without transformers' note that ``CLIPImageProcessor``
+    falls back to its PIL backend when torchvision is missing (no latentgen code processes images with it)."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers.logging.set_verbosity(level)
+    return StableDiffusionPipeline
 
 
 def sample_timesteps(batch: int, generator: torch.Generator | None, device) -> Tensor:

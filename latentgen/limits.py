@@ -2,10 +2,14 @@
 
 The text encoder reads at most 77 tokens, so no useful prompt is longer than a few hundred
 characters; ``MAX_PROMPT_CHARS`` refuses the rest with a short message (a multi-megabyte
-prompt would otherwise hold the tokenizer and flood the log).
+prompt would otherwise hold the tokenizer and flood the log). A command's numeric flags
+each have a :class:`Bound`, checked by :func:`check_bounds`.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 1000
 
@@ -25,3 +29,29 @@ def check_prompt(text, name: str = "prompt") -> str:
 
 
 MAX_CAPTION_CHARS = 2000  # a training caption; longer ones are skipped and reported by the data scanner
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range of a numeric flag, checked before any model is loaded; ``why`` explains it."""
+
+    lo: int | float
+    hi: int | float
+    why: str = ""
+
+    def help(self, text: str) -> str:
+        return f"{text} ({self.lo} to {self.hi}{': ' + self.why if self.why else ''})"
+
+
+def check_bounds(args, bounds: dict[str, Bound]) -> None:
+    """A ValueError naming the first flag of ``args`` outside its ``bounds`` and the accepted range."""
+    for flag, b in bounds.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        finite = isinstance(value, int) or math.isfinite(value)  # (isfinite overflows on a huge int)
+        if not (finite and b.lo <= value <= b.hi):
+            kind = "a whole number" if isinstance(value, int) else "a finite number"
+            why = f" ({b.why})" if b.why else ""
+            shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+            raise ValueError(f"{flag} {shown}: must be {kind} from {b.lo} to {b.hi}{why}")

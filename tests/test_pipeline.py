@@ -228,7 +228,7 @@ def test_img2img_converts_modes_and_resizes_with_a_warning(pipe, caplog):
     for img in (rgba, grey, _init_image().convert("P")):
         out = pipe("a", image=img, strength=0.0, num_inference_steps=2, output_type="np")
         assert out.images.shape == (1, 16, 16, 3)
-    with caplog.at_level(logging.WARNING, logger="latentgen.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="latentgen.images"):
         out = pipe("a", image=_init_image().resize((40, 30)), strength=0.0, output_type="np")
     assert out.images.shape == (1, 16, 16, 3)
     assert "resizing it to 16x16" in caplog.text
@@ -281,7 +281,7 @@ def test_empty_prompt_is_unconditional_and_needs_one_pass(pipe):
 
 def test_long_prompts_are_truncated_with_a_warning(pipe, caplog):
     long = " ".join(["red circle"] * 20)
-    with caplog.at_level(logging.WARNING, logger="latentgen.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="latentgen.prompts"):
         out = pipe(long, num_inference_steps=2, output_type="np")
     assert np.isfinite(out.images).all()
     assert "longer than the text encoder's 16 tokens" in caplog.text
@@ -340,7 +340,7 @@ def test_a_folder_missing_a_component_is_a_clear_error(model_dir, tmp_path):
 def test_png_parameters_round_trip(tmp_path):
     params = {"prompt": "a red circle ✓", "seed": 3, "guidance": 4.5}
     path = save_png_with_params(PIL.Image.new("RGB", (4, 4)), tmp_path / "sub" / "x.png", params)
-    assert read_png_params(path) == params
+    assert read_png_params(path) == {**params, "negative_prompt": ""}  # none given reads back as ""
     PIL.Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     assert read_png_params(tmp_path / "plain.png") == {}
     with pytest.raises(ValueError, match="does not end in .png"):
@@ -369,7 +369,10 @@ def test_cli_generate_writes_pngs_that_say_how_they_were_made(model_dir, pipe, t
                      "--out", str(out), "--device", "cpu"]) == 0
     params = read_png_params(out)
     assert params == {"prompt": "a red circle", "negative_prompt": "blue", "steps": 3, "sampler": "euler",
-                      "guidance": 4.0, "seed": 5, "width": 16, "height": 16, "model": model_dir}
+                      "guidance": 4.0, "seed": 5, "width": 16, "height": 16, "model": "tiny_model"}
+    assert PIL.Image.open(out).text["parameters"] == (
+        "a red circle\nNegative prompt: blue\n"
+        "Steps: 3, Sampler: Euler, CFG scale: 4, Seed: 5, Size: 16x16, Model: tiny_model")
     # the recorded settings make the same image again
     again = pipe(params["prompt"], negative_prompt=params["negative_prompt"],
                  num_inference_steps=params["steps"], guidance_scale=params["guidance"],
@@ -388,7 +391,7 @@ def test_cli_generate_writes_pngs_that_say_how_they_were_made(model_dir, pipe, t
     p0, p1 = read_png_params(tmp_path / "b-0.png"), read_png_params(tmp_path / "b-1.png")
     assert (p0["seed"], p1["seed"]) == (9, 10)
     assert p0["sampler"] == "dpm++2m" and p0["steps"] == 2 and p0["guidance"] == 3.5
-    assert p0["strength"] == 0.5 and p0["init_image"] == str(out)
+    assert p0["strength"] == 0.5 and p0["init_image"] == out.name  # a file name, never a path
     # a folder
     assert cli_main(["generate", "--model", model_dir, "--prompt", "a", "--seed", "1", "--steps", "1",
                      "--out", str(tmp_path / "folder")]) == 0
@@ -397,7 +400,7 @@ def test_cli_generate_writes_pngs_that_say_how_they_were_made(model_dir, pipe, t
 
 
 def test_cli_generate_bad_input_is_a_clear_error(model_dir, tmp_path, capsys, monkeypatch):
-    import latentgen.pipeline as P
+    import latentgen.loading as P
 
     rc = cli_main(["generate", "--model", model_dir, "--prompt", "a", "--height", "15",
                    "--out", str(tmp_path / "x.png")])

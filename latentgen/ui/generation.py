@@ -4,7 +4,9 @@
 ``ValueError`` that names the control and the fix for anything out of range;
 ``Generator.run`` loads the model (cached), checks the size against its VAE factor, runs
 the pipeline with a step callback for progress, previews and cancelling, and writes each
-image as a PNG whose ``parameters`` chunk reproduces it (one seed per image: seed + i).
+image as a PNG whose ``parameters`` chunk reproduces it (one seed per image: seed + i; A1111's
+form, the sampler by its name even when the model's own was used). A prompt with words the
+model never learned is still drawn; ``Result.warning`` names those words.
 
 Bounds, whatever the client sends: prompts of at most ``MAX_PROMPT_CHARS`` (checked before
 anything touches the tokenizer); sides of at most ``MAX_SIDE_FACTOR`` x the model's native
@@ -76,6 +78,29 @@ class Result:
     interrupted: bool
     steps_done: int
     seconds: float
+    warning: str = ""  # e.g. the prompt's words the model never learned; "" when none
+
+
+EXAMPLES_HINT = "the example prompts (the README lists them)"
+
+
+def unknown_words_warning(pipe, prompt: str) -> str:
+    """A line naming the words of ``prompt`` that ``pipe``'s model never learned; "" when there are none."""
+    from latentgen.prompts import unknown_words, unknown_words_message
+
+    if not (words := unknown_words(pipe.tokenizer, prompt)):
+        return ""
+    text = unknown_words_message(words, EXAMPLES_HINT)
+    return f"{text[0].upper()}{text[1:]}."
+
+
+def png_sampler(req: Request, pipe) -> str:
+    """The sampler a PNG records: the request's, or for ``auto`` the name of the model's own scheduler
+    (``auto`` still, when that scheduler is none of ``SAMPLERS``)."""
+    from latentgen.diffusion import sampler_name
+
+    name = req.sampler if req.sampler != AUTO_SAMPLER else sampler_name(pipe.scheduler)
+    return name if name in SAMPLERS else AUTO_SAMPLER
 
 
 def _int(name: str, value, lo: int, hi: int) -> int:
@@ -300,16 +325,18 @@ class Generator:
                            f"{total}): lower the steps, the batch size or the width/height")
         if out.interrupted or cancel.is_set():
             raise Cancelled(f"cancelled after {out.steps_done} of {total} steps")
-        paths = self.save(req, out.images, width, height)
-        return Result(paths, req.seed, out.interrupted, out.steps_done, seconds)
+        paths = self.save(req, out.images, width, height, png_sampler(req, pipe))
+        return Result(paths, req.seed, out.interrupted, out.steps_done, seconds,
+                      warning=unknown_words_warning(pipe, req.prompt))
 
-    def save(self, req: Request, images, width: int, height: int) -> list[str]:
+    def save(self, req: Request, images, width: int, height: int, sampler: str | None = None) -> list[str]:
+        """The PNGs of ``images``, each with the settings that make it again (``sampler``: the one used)."""
         from latentgen.pngmeta import save_png_with_params
 
         self.prune()
         folder = self.out_dir / uuid.uuid4().hex[:12]
         paths = []
         for i, img in enumerate(images):
-            params = dict(req.params(i), width=width, height=height)
+            params = dict(req.params(i), width=width, height=height, sampler=sampler or req.sampler)
             paths.append(save_png_with_params(img, folder / f"latentgen-{req.seed + i}.png", params))
         return paths
