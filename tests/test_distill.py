@@ -200,9 +200,9 @@ def test_a_student_that_reproduces_its_teacher_has_zero_loss():
 def _cfg(model, data, out, **kw):
     from latentgen.train.distill import DistillConfig
 
-    base = dict(model=model, data=(data,), out=out, teacher_steps=4, min_steps=1, stage1_steps=10,
-                steps_per_round=40, batch_size=8, lr=2e-3, log_every=5, time_cond_proj_dim=16, progress=False,
-                val_prompts=2)
+    base = {"model": model, "data": (data,), "out": out, "teacher_steps": 4, "min_steps": 1, "stage1_steps": 10,
+            "steps_per_round": 40, "batch_size": 8, "lr": 2e-3, "log_every": 5, "time_cond_proj_dim": 16,
+            "progress": False, "val_prompts": 2}
     return DistillConfig(**{**base, **kw})
 
 
@@ -227,7 +227,8 @@ def test_trainer_writes_every_round(run):
         folder = os.path.join(out, name)
         card = read_model_card_defaults(folder)
         assert card == {"sampler": "ddim", "num_inference_steps": steps, "guidance_scale": 5.0}, name
-        text = open(os.path.join(folder, "README.md")).read()
+        with open(os.path.join(folder, "README.md")) as f:
+            text = f.read()
         assert "negative_prompt` is ignored" in text and "guidance_range: [1.0, 8.0]" in text
         assert "latentgen train distill --out" in text  # the command that made it
         sched = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))
@@ -235,7 +236,8 @@ def test_trainer_writes_every_round(run):
         assert sched["prediction_type"] == "v_prediction"
         assert sched["set_alpha_to_one"] and not sched["clip_sample"]
         assert json.load(open(os.path.join(folder, "unet", "config.json")))["time_cond_proj_dim"] == 16
-    saved = json.load(open(os.path.join(out, "round-2", "run_config.json")))  # the config, with the round's keys
+    with open(os.path.join(out, "round-2", "run_config.json")) as f:  # the config, with the round's keys
+        saved = json.load(f)
     assert saved["config_version"] == 1 and saved["trainer"] == "distill" and saved["data"] == [run["data"]]
     assert (saved["stage"], saved["stage_teacher_steps"], saved["student_steps"], saved["stage_max_steps"]) == \
         ("round-2", 4, 2, 40)

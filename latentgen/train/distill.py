@@ -197,8 +197,8 @@ def model_card(cfg: DistillConfig, stage: str, steps: int, guidance: float, reco
     sample = (f"Sample it with DDIM at `num_inference_steps={steps}` (this folder's scheduler) and a guidance "
               f"scale from {gmin} to {gmax}.")
     if cfg.two_pass:
-        how = [f"{sample} It is a plain UNet sampled with classifier-free guidance, as its teacher: two passes "
-               "a step (one batched call), and `negative_prompt` works."]
+        how = [(f"{sample} It is a plain UNet sampled with classifier-free guidance, as its teacher: two passes "
+                "a step (one batched call), and `negative_prompt` works.")]
     else:
         how = [(f"{sample} The guidance scale is an input of the UNet (the embedding of `guidance_scale - 1`, "
                 "as stock diffusers computes it for a UNet with `time_cond_proj_dim`), so each step is one "

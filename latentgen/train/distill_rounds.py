@@ -57,7 +57,7 @@ def logged_losses(folder: str) -> list[float]:
 def print_summary(records: list[dict], final: str):
     print("\ndistillation summary")
     print(f"{'stage':<12}{'steps':>6}{'trained':>9}{'loss first':>12}{'loss last':>11}{'seconds':>9}")
-    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"
     for r in records:
         print(f"{r['run']['stage']:<12}{r['student_steps']:>6}{r['steps_trained']:>9}"
               f"{fmt(r['loss_first']):>12}{fmt(r['loss_last']):>11}{r['seconds']:>9}"
