@@ -26,7 +26,7 @@ def main(argv=None) -> list[str]:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from train.bundle import copy_model
+    from latentgen.export import copy_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default="latentgen/weights/default")

@@ -4,7 +4,8 @@ A model folder is the diffusers layout (``model_index.json``, ``unet/``, ``vae/`
 ``tokenizer/``, ``scheduler/``), weights as safetensors, each part's ``latentgen_config.json`` (the
 preset that made it) where one is known, ``clip/`` (the scorer) when the source has one, and a card
 (:mod:`latentgen.modelcard`). A run that trains one part (the VAE, the CLIP) writes that part's folders
-in the same layout, with the same card (:func:`export_vae`, :func:`export_clip`).
+in the same layout, with the same card (:func:`export_vae`, :func:`export_clip`). :func:`copy_model`
+copies a model folder's parts alone (no checkpoints, logs or caches of a run folder).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from latentgen.modelcard import write_card
 from latentgen.models.presets import copy_config, save_config
 
 PARTS = ("unet", "vae", "text_encoder")
+FOLDER_PARTS = ("model_index.json", *PARTS, "tokenizer", "scheduler")
 
 
 def part_dir(folder: str, part: str) -> str:
@@ -64,3 +66,19 @@ def export_clip(out: str, model, tokenizer, config, *, card: dict | None = None)
     if card:
         write_card(out, **card)
     return out
+
+
+def copy_model(src: str, dst: str, extra: tuple[str, ...] = ()) -> None:
+    """Copy the model parts of the model folder ``src`` (:data:`FOLDER_PARTS` and ``extra``, e.g. ``clip``;
+    no checkpoints, logs, caches or pickle weights) to a fresh ``dst``."""
+    from latentgen.pipeline import check_model_folder
+
+    check_model_folder(src)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    for part in FOLDER_PARTS + tuple(extra):
+        s = os.path.join(src, part)
+        if os.path.isdir(s):
+            shutil.copytree(s, os.path.join(dst, part), ignore=shutil.ignore_patterns("*.bin", "*.pt"))
+        elif os.path.isfile(s):
+            shutil.copy2(s, os.path.join(dst, part))

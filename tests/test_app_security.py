@@ -172,7 +172,8 @@ def _finetune_config(argv):
 
 
 def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
-    from train import distill
+    from latentgen.train.config import parser_for
+    from latentgen.train.distill import DistillConfig
 
     got = parse_extra_flags("--lr 1e-4 --ema-decay=0.999 --train-text-encoder --instance-prompt '--out=/x'",
                             "train.finetune")
@@ -181,7 +182,8 @@ def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
     args = _finetune_config([*base, *got])
     assert args.instance_prompt == "--out=/x" and args.out == str(tmp_path / "o")  # a value stays a value
     samples = {"int": "10", "float": "0.5", "switch": None, "text": "a cat"}
-    for module, parser in (("train.finetune", _finetune_config), ("train.distill", distill.parse_args)):
+    distill_flags = parser_for(DistillConfig, "").parse_args
+    for module, parser in (("train.finetune", _finetune_config), ("train.distill", distill_flags)):
         tokens = []
         for name, flag in ALLOWED[module].items():
             if name != "--train-text-encoder":  # it excludes --shuffle-summary

@@ -1,5 +1,6 @@
 """Guided + progressive distillation: the equations, the student, the trainer, and stock-diffusers parity."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -196,23 +197,26 @@ def test_a_student_that_reproduces_its_teacher_has_zero_loss():
 
 
 # ----------------------------------------------------------------------------- the trainer
-def _args(model, data, out, *extra):
-    return ["--model", model, "--data", data, "--out", out, "--teacher-steps", "4", "--min-steps", "1",
-            "--stage1-steps", "10", "--steps-per-round", "40", "--batch-size", "8", "--lr", "2e-3",
-            "--log-every", "5", "--time-cond-proj-dim", "16", "--no-progress", "--val-prompts", "2", *extra]
+def _cfg(model, data, out, **kw):
+    from latentgen.train.distill import DistillConfig
+
+    base = {"model": model, "data": (data,), "out": out, "teacher_steps": 4, "min_steps": 1, "stage1_steps": 10,
+            "steps_per_round": 40, "batch_size": 8, "lr": 2e-3, "log_every": 5, "time_cond_proj_dim": 16,
+            "progress": False, "val_prompts": 2}
+    return DistillConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from latentgen.data.shapes import write_shapes_folder
-    from train import distill
+    from latentgen.train import distill
 
     root = tmp_path_factory.mktemp("distill")
     model = make_tiny_pipeline(root)
     data = str(root / "data")
     write_shapes_folder(data, n=16, size=16, seed=0)
     out = str(root / "out")
-    res = distill.main(_args(model, data, out))
+    res = distill.run(_cfg(model, data, out))
     return {"model": model, "data": data, "out": out, "res": res}
 
 
@@ -223,12 +227,21 @@ def test_trainer_writes_every_round(run):
         folder = os.path.join(out, name)
         card = read_model_card_defaults(folder)
         assert card == {"sampler": "ddim", "num_inference_steps": steps, "guidance_scale": 5.0}, name
-        assert "negative_prompt` is ignored" in open(os.path.join(folder, "README.md")).read()
+        with open(os.path.join(folder, "README.md")) as f:
+            text = f.read()
+        assert "negative_prompt` is ignored" in text and "guidance_range: [1.0, 8.0]" in text
+        assert "latentgen train distill --out" in text  # the command that made it
         sched = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))
         assert sched["_class_name"] == "DDIMScheduler" and sched["timestep_spacing"] == "trailing"
         assert sched["prediction_type"] == "v_prediction"
         assert sched["set_alpha_to_one"] and not sched["clip_sample"]
         assert json.load(open(os.path.join(folder, "unet", "config.json")))["time_cond_proj_dim"] == 16
+    with open(os.path.join(out, "round-2", "run_config.json")) as f:  # the config, with the round's keys
+        saved = json.load(f)
+    assert saved["config_version"] == 1 and saved["trainer"] == "distill" and saved["data"] == [run["data"]]
+    assert (saved["stage"], saved["stage_teacher_steps"], saved["student_steps"], saved["stage_max_steps"]) == \
+        ("round-2", 4, 2, 40)
+    assert saved["guidance_max"] == 8.0 and saved["size"] == 16 and saved["examples"] == 16
 
 
 def _cache_batch(out):
@@ -274,26 +287,28 @@ def test_student_runs_in_stock_diffusers_with_the_same_image(run):
 
 
 def test_finished_rounds_are_reused_and_settings_are_checked(run):
-    from train import distill
+    from latentgen.train import distill
+    from latentgen.train.config import TrainerError
 
     marker = os.path.join(run["out"], "round-1", "distill_round.json")
     before = os.stat(marker).st_mtime_ns
-    res = distill.main(_args(run["model"], run["data"], run["out"]))
+    res = distill.run(_cfg(run["model"], run["data"], run["out"], log_every=2, resume="latest"))  # bookkeeping
     assert all(r["reused"] for r in res["rounds"]) and os.stat(marker).st_mtime_ns == before
-    for extra in (["--guidance-max", "6"], ["--lr-schedule", "linear"]):  # a schedule is a setting too
-        with pytest.raises(SystemExit, match="other settings"):
-            distill.main(_args(run["model"], run["data"], run["out"], *extra))
+    for extra in ({"guidance_max": 6.0}, {"lr_schedule": "linear"}):  # a schedule is a setting too
+        with pytest.raises(TrainerError, match="other settings"):
+            distill.run(_cfg(run["model"], run["data"], run["out"], **extra))
 
 
 def test_resume_within_a_round_gives_the_same_student(run, tmp_path):
     from safetensors.torch import load_file
 
-    from train import distill
+    from latentgen.train import distill
+    from latentgen.train.config import TrainerError
 
     out = str(tmp_path / "out")
-    args = _args(run["model"], run["data"], out, "--teacher-steps", "2", "--steps-per-round", "6",
-                 "--checkpoint-every", "2", "--keep-checkpoints", "5")
-    distill.main(args)
+    cfg = _cfg(run["model"], run["data"], out, teacher_steps=2, steps_per_round=6, checkpoint_every=2,
+               keep_checkpoints=5)
+    distill.run(cfg)
     weights_file = os.path.join(out, "round-1", "unet", "diffusion_pytorch_model.safetensors")
     unbroken = load_file(weights_file)
     # as if killed after step 4 of round 1: no exported model, no later checkpoint
@@ -301,9 +316,9 @@ def test_resume_within_a_round_gives_the_same_student(run, tmp_path):
     for name in ("distill_round.json", "unet", "checkpoints/checkpoint-6"):
         path = os.path.join(rnd, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    with pytest.raises(SystemExit, match="--resume latest"):
-        distill.main(args)
-    res = distill.main(args + ["--resume", "latest"])
+    with pytest.raises(TrainerError, match="--resume latest"):
+        distill.run(cfg)
+    res = distill.run(dataclasses.replace(cfg, resume="latest"))
     assert [r["reused"] for r in res["rounds"]] == [True, False]
     resumed = load_file(weights_file)
     assert unbroken.keys() == resumed.keys()
@@ -312,14 +327,29 @@ def test_resume_within_a_round_gives_the_same_student(run, tmp_path):
 
 
 def test_bad_settings_are_clear_errors(run, tmp_path):
+    from latentgen.train import distill
+    from latentgen.train.config import TrainerError
+
+    for extra, msg in (({"teacher_steps": 6}, "power of two"), ({"min_steps": 8}, "no larger than"),
+                       ({"guidance_min": 5.0, "guidance_max": 2.0}, "guidance-min")):
+        with pytest.raises(ValueError, match=msg):
+            _cfg(run["model"], run["data"], str(tmp_path / "x"), **extra)
+    with pytest.raises(TrainerError, match="no model folder"):
+        distill.run(_cfg(str(tmp_path / "missing"), run["data"], str(tmp_path / "x")))
+    with pytest.raises(TrainerError, match="up to 1024"):  # a power of two, but past the teacher's timesteps
+        distill.run(_cfg(run["model"], run["data"], str(tmp_path / "x"), teacher_steps=2048))
+
+
+def test_flags_name_the_problem_on_stderr(run, tmp_path, capsys):
     from train import distill
 
-    for extra, msg in ((["--teacher-steps", "6"], "power of two"), (["--min-steps", "8"], "no larger than"),
-                       (["--guidance-min", "5", "--guidance-max", "2"], "guidance-min")):
-        with pytest.raises(SystemExit, match=msg):
-            distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), *extra))
-    with pytest.raises(SystemExit, match="no model folder"):
-        distill.main(_args(str(tmp_path / "missing"), run["data"], str(tmp_path / "x")))
+    argv = ["--model", run["model"], "--data", run["data"], "--out", str(tmp_path / "x"), "--no-progress"]
+    with pytest.raises(SystemExit):
+        distill.main([*argv, "--teacher-steps", "6"])
+    assert "--teacher-steps 6 must be a power of two" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        distill.main([*argv, "--model", str(tmp_path / "missing")])
+    assert "error: --model: no model folder" in capsys.readouterr().err
 
 
 def test_bench_distill_teacher_vae_shares_the_decoder_and_refuses_another_latent_space(tmp_path):
@@ -340,11 +370,11 @@ def test_bench_distill_teacher_vae_shares_the_decoder_and_refuses_another_latent
 def test_freeze_text_kv_keeps_how_every_student_reads_the_prompt(run, tmp_path):
     from safetensors.torch import load_file
 
-    from train import distill
+    from latentgen.train import distill
 
     out = str(tmp_path / "out")
-    res = distill.main(_args(run["model"], run["data"], out, "--teacher-steps", "2", "--stage1-steps", "3",
-                             "--steps-per-round", "3", "--freeze-text-kv"))
+    res = distill.run(_cfg(run["model"], run["data"], out, teacher_steps=2, stage1_steps=3, steps_per_round=3,
+                           freeze_text_kv=True))
     assert res["finished"] and all(r["run"]["freeze_text_kv"] for r in res["rounds"])
     teacher = load_file(os.path.join(run["model"], "unet", "diffusion_pytorch_model.safetensors"))
     for name in ("stage1", "round-1"):
@@ -355,29 +385,29 @@ def test_freeze_text_kv_keeps_how_every_student_reads_the_prompt(run, tmp_path):
 
 
 def test_last_round_steps_lengthens_only_the_last_halving(run, tmp_path):
-    from train import distill
+    from latentgen.train import distill
 
     out = str(tmp_path / "out")
-    short = ["--teacher-steps", "4", "--stage1-steps", "2", "--steps-per-round", "2"]
-    res = distill.main(_args(run["model"], run["data"], out, *short, "--min-steps", "2"))
+    short = {"teacher_steps": 4, "stage1_steps": 2, "steps_per_round": 2}
+    res = distill.run(_cfg(run["model"], run["data"], out, **short, min_steps=2))
     assert [r["steps_trained"] for r in res["rounds"]] == [2, 2]
     # one more halving, longer: the earlier rounds keep their records and are reused
-    res = distill.main(_args(run["model"], run["data"], out, *short, "--last-round-steps", "5"))
+    res = distill.run(_cfg(run["model"], run["data"], out, **short, last_round_steps=5))
     assert [(r["run"]["stage"], r["steps_trained"], r["reused"]) for r in res["rounds"]] == \
         [("stage1", 2, True), ("round-2", 2, True), ("round-1", 5, False)]
-    with pytest.raises(SystemExit, match="last-round-steps"):
-        distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--last-round-steps", "0"))
+    with pytest.raises(ValueError, match="last-round-steps"):
+        _cfg(run["model"], run["data"], str(tmp_path / "x"), last_round_steps=0)
 
 
 def test_lora_students_are_plain_unets_that_moved_off_the_teacher(run, tmp_path):
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from train import distill
+    from latentgen.train import distill
 
     out = str(tmp_path / "out")
-    res = distill.main(_args(run["model"], run["data"], out, "--teacher-steps", "2", "--stage1-steps", "3",
-                             "--steps-per-round", "3", "--lora-rank", "4"))
+    res = distill.run(_cfg(run["model"], run["data"], out, teacher_steps=2, stage1_steps=3, steps_per_round=3,
+                           lora_rank=4))
     assert res["finished"] and all(r["run"]["lora_rank"] == 4 for r in res["rounds"])
     teacher = load_file(os.path.join(run["model"], "unet", "diffusion_pytorch_model.safetensors"))
     for name in ("stage1", "round-1"):
@@ -387,8 +417,8 @@ def test_lora_students_are_plain_unets_that_moved_off_the_teacher(run, tmp_path)
         assert set(teacher) <= set(student), name
         assert any(not torch.equal(student[k], teacher[k]) for k in teacher if ".attn2.to_q." in k), name
         UNet2DConditionModel.from_pretrained(os.path.join(out, name, "unet"), use_safetensors=True)
-    with pytest.raises(SystemExit, match="give one"):
-        distill.main(_args(run["model"], run["data"], str(tmp_path / "x"), "--lora-rank", "4", "--freeze-text-kv"))
+    with pytest.raises(ValueError, match="give one"):
+        _cfg(run["model"], run["data"], str(tmp_path / "x"), lora_rank=4, freeze_text_kv=True)
 
 
 def test_interpolated_students_span_teacher_to_student(run, tmp_path):
@@ -412,11 +442,12 @@ def test_interpolated_students_span_teacher_to_student(run, tmp_path):
 
 
 def test_two_pass_students_are_plain_guided_unets_that_learn_two_teacher_steps(run, tmp_path):
-    from train import distill
+    from latentgen.train import distill
+    from latentgen.train.config import TrainerError
 
     out = str(tmp_path / "out")
-    res = distill.main(_args(run["model"], run["data"], out, "--two-pass", "--teacher-steps", "4",
-                             "--min-steps", "2", "--steps-per-round", "40", "--lr", "5e-4"))
+    res = distill.run(_cfg(run["model"], run["data"], out, two_pass=True, teacher_steps=4, min_steps=2,
+                           steps_per_round=40, lr=5e-4))
     assert res["finished"] and [r["run"]["stage"] for r in res["rounds"]] == ["round-2"]  # no stage 1
     assert not os.path.isdir(os.path.join(out, "stage1")) and res["rounds"][0]["run"]["two_pass"]
     folder = os.path.join(out, "final")
@@ -452,5 +483,5 @@ def test_two_pass_students_are_plain_guided_unets_that_learn_two_teacher_steps(r
     c = sd(**kw, negative_prompt=["green"], generator=_gen(3)).images
     assert b.shape == (1, 16, 16, 3) and np.abs(b - c).max() > 0
 
-    with pytest.raises(SystemExit, match="two-pass"):
-        distill.main(_args(os.path.join(run["out"], "stage1"), run["data"], str(tmp_path / "x"), "--two-pass"))
+    with pytest.raises(TrainerError, match="two-pass"):
+        distill.run(_cfg(os.path.join(run["out"], "stage1"), run["data"], str(tmp_path / "x"), two_pass=True))

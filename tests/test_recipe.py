@@ -116,23 +116,26 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
     from safetensors.torch import load_file
 
     from latentgen import LatentGenPipeline
+    from latentgen.data.notice import notice_text
     from latentgen.pipeline import read_model_card_defaults
-    from train import bundle
+    from latentgen.train import bundle
 
     out = tiny_recipe
     weights = str(tmp_path / "weights")
-    res = bundle.main(["--recipe", out, "--out", weights, "--steps", "4", "--guidance", "3"])
+    res = bundle.run(bundle.BundleConfig(recipe=out, out=weights, steps=4, guidance=3.0))
     teacher, student = os.path.join(weights, "default"), os.path.join(weights, "default-4step")
     assert set(res["folders"].values()) == {teacher, student}
-    assert "OpenMoji" in open(os.path.join(weights, "NOTICE")).read()
+    with open(os.path.join(weights, "NOTICE"), encoding="utf-8") as f:
+        notice = f.read()
+    assert notice == notice_text() and all(s in notice for s in ("OpenMoji", "Noto Color Emoji", "Twemoji"))
     assert read_model_card_defaults(teacher) == {"sampler": "dpm++2m", "num_inference_steps": 4,
                                                  "guidance_scale": 3.0}
     assert read_model_card_defaults(student)["num_inference_steps"] == 4
     assert os.path.isdir(os.path.join(teacher, "clip")) and not os.path.exists(os.path.join(teacher, "cache"))
     # the teacher's scorer is the recipe's scorer stage (image tower trained on, text tower frozen), stored in fp16
-    from train.bundle import _tensors
+    from latentgen.train.bundle import tensors
 
-    scorer, before, shipped = (_tensors(os.path.join(d, "clip")) for d in (os.path.join(out, "scorer"),
+    scorer, before, shipped = (tensors(os.path.join(d, "clip")) for d in (os.path.join(out, "scorer"),
                                                                              os.path.join(out, "finetune"), teacher))
     assert shipped.keys() == scorer.keys() and all(torch.equal(shipped[k], scorer[k].half()) for k in scorer)
     assert any(not torch.equal(scorer[k], before[k]) for k in scorer if k.startswith("vision_model."))
@@ -158,7 +161,8 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     """--clip / --vae take parts improved with the UNet's inputs kept, and refuse any other."""
     from safetensors.torch import load_file
 
-    from train import bundle
+    from latentgen.train import bundle
+    from latentgen.train.config import TrainerError
     from train import clip as train_clip
     from train import vae as train_vae
 
@@ -172,13 +176,13 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     train_vae.main(["--data", shapes, "--model", teacher, "--out", str(tmp_path / "vae-all"),
                     "--validate-every", "0", *fast])
     weights = str(tmp_path / "weights")
-    with pytest.raises(SystemExit, match="text tower differs.*--freeze-text"):
-        bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip-all")])
-    with pytest.raises(SystemExit, match="encoder or scaling factor differs.*--decoder-only"):
-        bundle.main(["--recipe", out, "--out", weights, "--vae", str(tmp_path / "vae-all")])
+    with pytest.raises(TrainerError, match="text tower differs.*--freeze-text"):
+        bundle.run(bundle.BundleConfig(recipe=out, out=weights, clip=str(tmp_path / "clip-all")))
+    with pytest.raises(TrainerError, match="encoder or scaling factor differs.*--decoder-only"):
+        bundle.run(bundle.BundleConfig(recipe=out, out=weights, vae=str(tmp_path / "vae-all")))
     assert not os.path.exists(weights)  # refused before anything was written
-    bundle.main(["--recipe", out, "--out", weights, "--clip", str(tmp_path / "clip"), "--vae", str(tmp_path / "dec"),
-                 "--student-runs", str(tmp_path / "vae-all")])  # any run folder: only its note is read
+    bundle.run(bundle.BundleConfig(recipe=out, out=weights, clip=str(tmp_path / "clip"), vae=str(tmp_path / "dec"),
+                                   student_runs=(str(tmp_path / "vae-all"),)))  # any run folder: only its note is read
 
     def half(path):
         return {k: v.half() for k, v in load_file(path).items()}
@@ -248,86 +252,6 @@ def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tm
     assert [os.path.basename(f) for f in folders] == ["shapes", "shapes-extra", "emoji", "shapes-2obj"]
 
 
-def test_card_says_which_held_out_pairs_the_recipe_s_data_kept_out():
-    from train.bundle import heldout_note
-
-    note = lambda kept: heldout_note({"done": {"data": {} if kept is None else {"heldout_pairs": kept}}})
-    assert "appear in no training image" in note("excluded") and "left out" in note("excluded")
-    assert "do not measure" in note("included")
-    assert "U+1F7E2" in note(None) and "only **orange triangle**" in note(None)  # a recipe older than the key
-
-
-def test_bundle_run_note_sums_the_time_of_each_sitting_not_the_gap_between_them(tmp_path):
-    from train.bundle import run_note
-
-    run = tmp_path / "vaedec"
-    (run / "logs").mkdir(parents=True)
-    (run / "run_config.json").write_text(json.dumps({"trainer": "vae", "decoder_only": True,
-                                                     "data": ["/x/emoji", "/x/shapes4k/"]}))
-    times = [60.0 * i for i in range(10)] + [20_000 + 60.0 * i for i in range(5)]  # 9 + 4 minutes, hours apart
-    (run / "logs" / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": 10 * (i + 1), "time": t, "loss": 1.0}) + "\n" for i, t in enumerate(times)))
-    note = run_note(str(run))
-    assert note.startswith("`train.vae --decoder-only`: 150 steps on emoji, shapes4k (13 min"), note
-
-    (run / "run_config.json").write_text(json.dumps({"trainer": "finetune", "lora_rank": 0, "data": ["/x/shapes"],
-                                                     "text_encoder": "/runs/clipt/"}))
-    assert run_note(str(run)).startswith("`train.finetune --lora-rank 0 --text-encoder clipt`: 150 steps on shapes")
-    (run / "run_config.json").write_text(json.dumps({"trainer": "distill", "stage": "round-4", "teacher_steps": 8,
-                                                     "student_steps": 4, "data": ["/x/shapes"]}))
-    assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`: 150 steps on shapes")
-
-
-def test_bundle_card_lists_the_later_runs_data_and_times_only_the_stages_the_recipe_finished(tmp_path):
-    from train.bundle import extra_data_note, model_card
-
-    folder = tmp_path / "shapes-2obj"
-    folder.mkdir()
-    rows = [{"file_name": f"{i}.png", "text": f"caption {i}"} for i in range(3)]
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = extra_data_note(str(folder))
-    assert line.startswith("- `shapes-2obj`: 3 more image-caption pairs") and "`caption 0`" in line
-    with pytest.raises(SystemExit, match="no metadata.jsonl"):
-        extra_data_note(str(tmp_path))
-    # distill was started and stopped by the recipe (seconds, no done entry); clip2 skipped
-    recipe = {"preset": "ship", "config": {}, "seconds": {"unet": 600.0, "clip2": 0.0, "distill": 1200.0},
-              "done": {"unet": {"finished": True}, "clip2": {"skipped": True}}}
-    card = model_card("teacher", {}, recipe, [], [], ["- a later run"], [line])
-    assert "Minutes per stage: unet 10.0 (total 10.0)." in card and line in card
-
-
-def test_bundle_names_a_student_s_guidance_range_in_its_run_note_and_card(tmp_path):
-    from train.bundle import guidance_note, run_note
-
-    run = tmp_path / "round-4"
-    (run / "logs").mkdir(parents=True)
-    (run / "logs" / "metrics.jsonl").write_text(json.dumps({"step": 1000, "time": 0.0}) + "\n")
-    cfg = {"trainer": "distill", "stage": "round-4", "teacher_steps": 8, "student_steps": 4}
-    (run / "run_config.json").write_text(json.dumps({**cfg, "guidance": [1.0, 5.0]}))
-    assert run_note(str(run)).startswith("`train.distill --guidance-max 5 round-4: 8 -> 4 steps`: 1000 steps")
-    assert guidance_note(str(run))[-1] == ("The guidance scale is an input the student learned for scales 1 to 5 "
-                                           "(`--guidance-max 5`); above 5 it extrapolates.")
-    (run / "run_config.json").write_text(json.dumps({**cfg, "guidance": [1.0, 8.0]}))  # the default: no flag
-    assert run_note(str(run)).startswith("`train.distill round-4: 8 -> 4 steps`")
-    assert "scales 1 to 8" in guidance_note(str(run))[-1]
-    assert guidance_note(str(tmp_path)) == []  # a folder without a run_config.json (a recipe's final/)
-
-
-def test_bundle_eval_codec_puts_the_vae_table_in_both_cards_and_clip_probing_in_the_teacher_s(tmp_path):
-    from train.bundle import _codec_figures
-
-    res = {"vae": [{"data": "shapes, fresh scenes", "images": 150, "target_db": 32, "psnr": 38.6636}],
-           "clip": {"shapes_probing": {"color": 0.999, "shape": 0.941, "size": 0.997, "position": 0.996,
-                                       "swap": 0.991}}}
-    path = tmp_path / "codec.json"
-    path.write_text(json.dumps(res))
-    teacher = "\n".join(_codec_figures(str(path), with_clip=True))
-    student = "\n".join(_codec_figures(str(path), with_clip=False))
-    assert "| shapes, fresh scenes | 150 | 38.66 | 32 |" in teacher and "| shapes, fresh scenes | 150 | 38.66 | 32 |" in student
-    assert "shape 94.1%" in teacher and "probing" not in student
-    assert _codec_figures(None, with_clip=True) == []
-
-
 def test_ship_preset_distils_as_student_v7(tmp_path, monkeypatch):
     """The ship preset's distillation is the bundled student's: guidance 1-5 and a 1000-step last round;
     presets without those fields keep train.distill's defaults (no --last-round-steps)."""
@@ -362,7 +286,8 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     what the extra colours are."""
     from dataclasses import asdict, replace
 
-    from train import bundle, clip, finetune, recipe, unet
+    from latentgen.train.bundle_card import model_card
+    from train import clip, finetune, recipe, unet
 
     seen = {}
     for mod in (clip, unet, finetune):
@@ -387,7 +312,7 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
         stage(str(tmp_path), plain, args)
     assert not any(f in argv for argv in seen.values() for f in ("--token-loss", "--shuffle-summary"))
     assert not any("shapes-extra" in a for argv in seen.values() for a in argv)
-    card = lambda p: bundle.model_card("teacher", {}, {"config": asdict(p)}, [], [])
+    card = lambda p: model_card("teacher", {}, {"config": asdict(p)}, [], [])
     assert "16 more scenes" in card(pr) and "outside the palette" not in card(plain)
     assert "16 more scenes of exactly 2 objects" in card(pr)
     assert "exactly 2 objects" not in card(replace(pr, two_object_shapes=0))

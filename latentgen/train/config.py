@@ -15,7 +15,8 @@ field's name is also its flag's, and :func:`config_from_args` builds the config 
     cfg = config_from_args(UNetConfig, parser_for(UNetConfig, "...").parse_args(argv))  # from flags
 
 A field's ``metadata`` may hold ``help``, ``choices``, ``type`` (an argparse converter), ``flag`` (another
-flag name) and ``group``. A class lists the fields a run needs in ``REQUIRED`` and the fields that may
+flag name), ``group``, ``metavar`` and, for a tuple, ``nargs`` (``"+"``: one flag takes several values).
+A class lists the fields a run needs in ``REQUIRED`` and the fields that may
 change when a run is resumed in ``MAY_CHANGE`` (the loop's bookkeeping always may): the run saves
 :meth:`RunConfig.record` in ``run_config.json`` and a resume with other values of the rest is refused.
 """
@@ -161,7 +162,9 @@ def parser_for(cls: type[RunConfig], description: str) -> argparse.ArgumentParse
             kw["type"] = meta.get("type", kind)
             kw["metavar"] = meta.get("metavar", {int: "N", float: "X"}.get(kind, "DIR" if f.name in
                                                                             ("out", "data", "model") else None))
-            if repeated:
+            if repeated and "nargs" in meta:  # --flag A B C (given again, the last one counts)
+                kw["nargs"] = meta["nargs"]
+            elif repeated:
                 kw["action"] = "append"
             if "choices" in meta:
                 kw["choices"], kw["metavar"] = meta["choices"], None
@@ -211,9 +214,12 @@ def config_argv(cfg: RunConfig) -> list[str]:
         value = getattr(cfg, f.name)
         if f.default is not dataclasses.MISSING and value == f.default:
             continue
-        flag = {**_base_meta().get(f.name, {}), **f.metadata}.get("flag", _flag(f.name))
+        meta = {**_base_meta().get(f.name, {}), **f.metadata}
+        flag = meta.get("flag", _flag(f.name))
         if isinstance(value, bool):
             argv.append(flag)
+        elif isinstance(value, tuple) and "nargs" in meta:
+            argv += [flag, *map(str, value)]
         elif isinstance(value, tuple):
             for v in value:
                 argv += [flag, str(v)]
