@@ -341,7 +341,7 @@ def test_bad_settings_are_clear_errors(run, tmp_path):
 
 
 def test_flags_name_the_problem_on_stderr(run, tmp_path, capsys):
-    from train import distill
+    from latentgen.train import distill
 
     argv = ["--model", run["model"], "--data", run["data"], "--out", str(tmp_path / "x"), "--no-progress"]
     with pytest.raises(SystemExit):

@@ -11,10 +11,10 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     from diffusers import StableDiffusionPipeline
 
     from latentgen import LatentGenPipeline
-    from train import recipe
+    from latentgen.train import recipe
 
     out = str(tmp_path / "recipe")
-    state = recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
+    state = recipe.run(recipe.RecipeConfig(out=out, preset="tiny", progress=False))
     assert set(state["done"]) == set(recipe.STAGES)
     teacher, student = recipe.teacher_dir(out, state["config"]), os.path.join(out, "distill", "final")
     assert teacher == os.path.join(out, "finetune")  # the tiny preset runs clip2 and finetune, as ship does
@@ -95,7 +95,7 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
                                                                                        "clip2"))
     assert runs["clip"]["token_loss"] == runs["clip2"]["token_loss"] == 1.0
     assert runs["unet"]["shuffle_summary"] == runs["finetune"]["shuffle_summary"] == 1.0
-    # a second run finds every stage done and trains nothing
+    # a second run (from the flags) finds every stage done and trains nothing
     capsys.readouterr()
     recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
     assert capsys.readouterr().out.count(": done") == len(recipe.STAGES)
@@ -103,10 +103,10 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_recipe(tmp_path_factory):
-    from train import recipe
+    from latentgen.train import recipe
 
     out = str(tmp_path_factory.mktemp("tiny") / "recipe")
-    recipe.main(["--out", out, "--preset", "tiny", "--no-progress"])
+    recipe.run(recipe.RecipeConfig(out=out, preset="tiny", progress=False))
     return out
 
 
@@ -161,20 +161,16 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
     """--clip / --vae take parts improved with the UNet's inputs kept, and refuse any other."""
     from safetensors.torch import load_file
 
-    from latentgen.train import bundle
+    from latentgen.train import bundle, clip, vae
     from latentgen.train.config import TrainerError
-    from train import clip as train_clip
-    from train import vae as train_vae
 
     out, teacher = tiny_recipe, os.path.join(tiny_recipe, "finetune")
-    shapes = os.path.join(out, "data", "shapes")
-    fast = ["--max-steps", "2", "--batch-size", "8", "--lr", "1e-2", "--warmup-steps", "0", "--no-progress"]
-    train_clip.main(["--data", shapes, "--model", teacher, "--freeze-text", "--out", str(tmp_path / "clip"), *fast])
-    train_clip.main(["--data", shapes, "--model", teacher, "--out", str(tmp_path / "clip-all"), *fast])
-    train_vae.main(["--data", shapes, "--model", teacher, "--decoder-only", "--out", str(tmp_path / "dec"),
-                    "--validate-every", "0", *fast])
-    train_vae.main(["--data", shapes, "--model", teacher, "--out", str(tmp_path / "vae-all"),
-                    "--validate-every", "0", *fast])
+    fast = {"data": (os.path.join(out, "data", "shapes"),), "model": teacher, "max_steps": 2, "batch_size": 8,
+            "lr": 1e-2, "warmup_steps": 0, "progress": False}
+    clip.run(clip.Config(out=str(tmp_path / "clip"), freeze_text=True, **fast))
+    clip.run(clip.Config(out=str(tmp_path / "clip-all"), **fast))
+    vae.run(vae.Config(out=str(tmp_path / "dec"), decoder_only=True, validate_every=0, **fast))
+    vae.run(vae.Config(out=str(tmp_path / "vae-all"), validate_every=0, **fast))
     weights = str(tmp_path / "weights")
     with pytest.raises(TrainerError, match="text tower differs.*--freeze-text"):
         bundle.run(bundle.BundleConfig(recipe=out, out=weights, clip=str(tmp_path / "clip-all")))
@@ -209,7 +205,8 @@ def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, 
 def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
     from dataclasses import asdict, replace
 
-    from train.recipe import PRESETS, reopen_stages
+    from latentgen.train.config import TrainerError
+    from latentgen.train.recipe import PRESETS, reopen_stages
 
     pr = PRESETS["tiny"]
     for stage in ("unet", "distill"):
@@ -229,7 +226,7 @@ def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
     assert "unet" in state["seconds"] and "distill" not in state["seconds"]
 
     # a data field cannot reopen anything: every stage trained on the data, so it is an error
-    with pytest.raises(SystemExit, match="emoji_holdout 8 then, 0 now.*new --out"):
+    with pytest.raises(TrainerError, match="emoji_holdout 8 then, 0 now.*new --out"):
         reopen_stages(str(tmp_path), state, replace(pr, emoji_holdout=0))
     old = dict(state["config"])
     del old["emoji_holdout"]  # a recipe folder made before the field existed held nothing out
@@ -237,39 +234,40 @@ def test_raised_step_count_reopens_stage_and_moves_later_ones_aside(tmp_path):
 
 
 def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tmp_path):
-    from argparse import Namespace
     from dataclasses import replace
 
-    from train.recipe import PRESETS, stage_data
+    from latentgen.train.config import TrainerError
+    from latentgen.train.recipe_data import stage_data
+    from latentgen.train.recipe_presets import PRESETS
 
     pr = replace(PRESETS["tiny"], emoji_holdout=0)
     for folder, text in (("shapes", "a large red circle at center"), ("emoji", "green circle")):
         os.makedirs(tmp_path / "data" / folder)
         (tmp_path / "data" / folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": text}))
-    with pytest.raises(SystemExit, match="1 caption.*'green circle'.*delete the folder"):
-        stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=False))
-    folders = stage_data(str(tmp_path), pr, Namespace(seed=0, include_heldout=True))["folders"]
+    with pytest.raises(TrainerError, match="1 caption.*'green circle'.*delete the folder"):
+        stage_data(str(tmp_path), pr, seed=0, include_heldout=False)
+    folders = stage_data(str(tmp_path), pr, seed=0, include_heldout=True)["folders"]
     assert [os.path.basename(f) for f in folders] == ["shapes", "shapes-extra", "emoji", "shapes-2obj"]
 
 
-def test_ship_preset_distils_as_student_v7(tmp_path, monkeypatch):
-    """The ship preset's distillation is the bundled student's: guidance 1-5 and a 1000-step last round;
-    presets without those fields keep train.distill's defaults (no --last-round-steps)."""
-    from train import distill, recipe
+def test_ship_preset_distillation_settings(tmp_path, monkeypatch):
+    """The ship preset distils with guidance 1-5 and a 1000-step last round; presets without those fields keep
+    the distiller's defaults (no last_round_steps)."""
+    from latentgen.train import distill, recipe
 
     seen = []
-    monkeypatch.setattr(distill, "main", lambda argv: seen.append(argv) or {"finished": True})
-    args = recipe.parse_args(["--out", str(tmp_path), "--no-progress"])
+    monkeypatch.setattr(distill, "run", lambda cfg: seen.append(cfg) or {"finished": True})
+    cfg = recipe.RecipeConfig(out=str(tmp_path), progress=False)
     for name in ("ship", "tiny"):
-        recipe.stage_distill(str(tmp_path), recipe.PRESETS[name], args)
+        recipe.stage_distill(cfg, recipe.PRESETS[name])
     ship, tiny = seen
 
-    def value(argv, flag):
-        return argv[argv.index(flag) + 1]
-
-    assert value(ship, "--guidance-max") == "5.0" and value(ship, "--last-round-steps") == "1000"
-    assert value(ship, "--stage1-steps") == "2000" and value(ship, "--steps-per-round") == "500"
-    assert value(tiny, "--guidance-max") == "8.0" and "--last-round-steps" not in tiny
+    assert isinstance(ship, distill.DistillConfig) and ship.resume == "latest" and ship.progress is False
+    assert ship.out == os.path.join(str(tmp_path), "distill") and ship.model == os.path.join(str(tmp_path), "finetune")
+    assert ship.guidance_max == 5.0 and ship.last_round_steps == 1000 and ship.lr_schedule == "linear"
+    assert ship.stage1_steps == 2000 and ship.steps_per_round == ship.max_steps == 500
+    assert (ship.teacher_steps, ship.min_steps, ship.batch_size) == (16, 4, 32)
+    assert tiny.guidance_max == 8.0 and tiny.last_round_steps is None
     # raising the last round reopens the distill stage alone
     from dataclasses import asdict, replace
     pr = recipe.PRESETS["ship"]
@@ -286,32 +284,35 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     what the extra colours are."""
     from dataclasses import asdict, replace
 
+    from latentgen.train import clip, finetune, recipe, unet
     from latentgen.train.bundle_card import model_card
-    from train import clip, finetune, recipe, unet
 
     seen = {}
     for mod in (clip, unet, finetune):
-        monkeypatch.setattr(mod, "main", lambda argv, name=mod.__name__: seen.setdefault(name, argv) and {})
+        monkeypatch.setattr(mod, "run", lambda cfg, name=mod.__name__: seen.setdefault(name, cfg) and {})
     pr = replace(recipe.PRESETS["tiny"], clip2_steps=0, clip_token_loss=0.5, shuffle_summary=0.25)
-    args = recipe.parse_args(["--out", str(tmp_path), "--no-progress"])
+    cfg = recipe.RecipeConfig(out=str(tmp_path), progress=False)
     for stage in (recipe.stage_clip, recipe.stage_unet, recipe.stage_finetune):
-        stage(str(tmp_path), pr, args)
-    ft = seen["train.finetune"]
-    assert "--text-encoder" not in ft and ft[ft.index("--model") + 1] == os.path.join(str(tmp_path), "unet")
-    value = lambda argv, flag: argv[argv.index(flag) + 1]
-    assert value(seen["train.clip"], "--token-loss") == "0.5"
-    assert value(seen["train.unet"], "--shuffle-summary") == value(ft, "--shuffle-summary") == "0.25"
-    assert not any("--shuffle-summary-multi" in argv for argv in seen.values())
+        stage(cfg, pr)
+    ft = seen["latentgen.train.finetune"]
+    assert isinstance(ft, finetune.FinetuneConfig) and ft.text_encoder is None
+    assert ft.model == os.path.join(str(tmp_path), "unet") and ft.lora_rank == 0 and ft.lr == pr.finetune_lr
+    assert (ft.tune_decoder, ft.prior, ft.lr_schedule, ft.ema_decay) == ("off", "off", "linear", 0.999)
+    assert seen["latentgen.train.clip"].token_loss == 0.5
+    assert seen["latentgen.train.unet"].shuffle_summary == ft.shuffle_summary == 0.25
+    assert seen["latentgen.train.unet"].text_encoder == os.path.join(str(tmp_path), "clip")
+    assert all(c.shuffle_summary_multi is None for c in (ft, seen["latentgen.train.unet"]))
     seen.clear()
-    recipe.stage_finetune(str(tmp_path), replace(pr, finetune_shuffle_multi=0.0), args)
-    assert value(seen["train.finetune"], "--shuffle-summary-multi") == "0.0"
-    assert all(os.path.join(str(tmp_path), "data", "shapes-extra") in argv for argv in seen.values())
+    recipe.stage_finetune(cfg, replace(pr, finetune_shuffle_multi=0.0))
+    assert seen["latentgen.train.finetune"].shuffle_summary_multi == 0.0
+    assert all(os.path.join(str(tmp_path), "data", "shapes-extra") in c.data for c in seen.values())
     plain = replace(pr, extra_color_shapes=0, clip_token_loss=0.0, shuffle_summary=0.0)
     seen.clear()
     for stage in (recipe.stage_clip, recipe.stage_unet, recipe.stage_finetune):
-        stage(str(tmp_path), plain, args)
-    assert not any(f in argv for argv in seen.values() for f in ("--token-loss", "--shuffle-summary"))
-    assert not any("shapes-extra" in a for argv in seen.values() for a in argv)
+        stage(cfg, plain)
+    assert seen["latentgen.train.clip"].token_loss == 0.0
+    assert all(c.shuffle_summary == 0.0 for n, c in seen.items() if n != "latentgen.train.clip")
+    assert not any("shapes-extra" in d for c in seen.values() for d in c.data)
     card = lambda p: model_card("teacher", {}, {"config": asdict(p)}, [], [])
     assert "16 more scenes" in card(pr) and "outside the palette" not in card(plain)
     assert "16 more scenes of exactly 2 objects" in card(pr)

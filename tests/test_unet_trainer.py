@@ -56,7 +56,7 @@ def test_unet_trains_saves_and_generates(parts, tmp_path):
 
 
 def test_missing_components_is_a_clear_error(parts, tmp_path, capsys):
-    from train import unet as train_unet
+    from latentgen.train import unet as train_unet
 
     data, vae_dir, _ = parts
     with pytest.raises(SystemExit):
@@ -66,7 +66,7 @@ def test_missing_components_is_a_clear_error(parts, tmp_path, capsys):
 
 
 def test_unet_with_shuffled_summaries_trains_and_records_it(parts, tmp_path, capsys):
-    from train import unet as train_unet
+    from latentgen.train import unet as train_unet
 
     data, vae_dir, clip_dir = parts
     out = str(tmp_path / "shuf")

@@ -49,6 +49,7 @@ from latentgen.train.bundle_card import (
     vocabulary,
 )
 from latentgen.train.config import TrainerError, main_for, opt
+from latentgen.train.recipe_presets import teacher_dir
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,6 @@ class BundleConfig:
 
 
 Config = BundleConfig
-
-
-def teacher_dir(recipe_dir: str, config: dict) -> str:
-    """The teacher a recipe ends with: ``<recipe>/finetune``, or ``<recipe>/unet`` where its preset has no
-    finetune stage (``config``: the preset, as ``recipe.json`` holds it)."""
-    return os.path.join(recipe_dir, "finetune" if config.get("finetune_steps") else "unet")
 
 
 def tensors(folder: str, prefix: str = "") -> dict[str, torch.Tensor]:

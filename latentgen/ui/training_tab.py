@@ -1,7 +1,7 @@
 """The Fine-tune and Distill tabs: start a background training run, watch it, stop and resume it.
 
 Each tab builds the trainer's command line (``train.finetune`` / ``train.distill``, the
-shared flags of ``train/common.py``) and hands it to the :class:`JobManager`. A timer
+flags of ``latentgen.train.config.RunConfig`` and the trainer's config) and hands it to the :class:`JobManager`. A timer
 polls the run folder once a second while a run is going: progress bar, loss curve, the
 newest sample image and the end of the log. The finished model is written to
 ``<models>/<name>/`` and shows up in the model lists (press ↻ there).
