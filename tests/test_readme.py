@@ -191,12 +191,27 @@ def _set(argv: list[str], flag: str, value: str | None) -> list[str]:
     return out + ([flag, value] if value is not None else [])
 
 
+FLAGS_RUN: dict[str, set[str]] = {}  # per command, the flags some README command already ran with
+
+
+def _new_flags(cmd: str, args: list[str]) -> bool:
+    """Whether ``args`` use a flag of ``cmd`` that no earlier run used (``--model`` aside: always the tiny one)."""
+    flags = {a for a in args if a.startswith("--")} - {"--model"}
+    seen = FLAGS_RUN.setdefault(cmd, set())
+    new = cmd not in ("generate", "eval shapes") or not seen or bool(flags - seen)
+    seen |= flags
+    return new
+
+
 def cheap_run(argv: list[str], tiny: dict) -> list[str] | None:
-    """The command to run for a README command, on the tiny model (``python -m ...`` form), or None: parse only."""
+    """The command to run for a README command, on the tiny model (``python -m ...`` form), or None: parse only.
+    A ``generate`` or ``eval shapes`` that differs from one already run only in its values is parsed only."""
     prog, *args = argv
     if prog != "latentgen" or not args:
         return None
     cmd = args[0] if args[0] not in ("data", "eval", "train") else " ".join(args[:2])
+    if not _new_flags(cmd, args):
+        return None
     if cmd == "generate":
         return ["latentgen.cli", *_set(args, "--model", tiny["model"])]
     if cmd == "data shapes":
