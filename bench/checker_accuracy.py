@@ -1,4 +1,4 @@
-"""How often the shapes checker is right, on true scenes and on wrong ones (``specs/shapes.md``).
+"""How often the shapes checker is right, on true scenes and on wrong ones (``docs/shapes.md``).
 
 For each image side and noise level: ``--n`` seeded scenes (held-out pairs included)
 are rendered and checked against themselves (the spec wants ``correct`` on >= 99% clean,

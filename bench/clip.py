@@ -109,8 +109,8 @@ def write(result: dict, stem: str = "clip"):
               f"{result.get('train_wall_s', '?')} s wall / {result.get('train_cpu_s', '?')} s CPU."
               if "steps" in result else
               "measured only (`--model`), not trained here: the test images are new shapes scenes, but "
-              "the OpenMoji test split is held out only if that model's training held it out (the "
-              "bundled model's quick recipe trained on every emoji, so there they were seen).")), "",
+              "the OpenMoji test split is held out only if that model's training held it out (a recipe "
+              "holds out its own split, data/emoji-heldout, not this one).")), "",
              "| retrieval (N candidates) | t2i R@1 | t2i R@5 | i2t R@1 | i2t R@5 |", "|---|---|---|---|---|"]
     for name in ("shapes_retrieval", "emoji_retrieval"):
         if name in result:

@@ -56,6 +56,6 @@ def add_text_model_arg(p) -> None:
 
 
 def footer(meta: dict) -> list[str]:
-    """The markdown lines that end a text-encoder benchmark: machine, command and date."""
-    return ["", f"machine: {meta['machine']}", "", f"command: `{meta['command']}` ({meta['date']})", ""]
+    """The markdown lines that end a text-encoder benchmark: the machine and the command."""
+    return ["", f"machine: {meta['machine']}", "", f"command: `{meta['command']}`", ""]
 

@@ -100,7 +100,7 @@ def markdown(entries: dict, prefix: str) -> str:
                   + (f"; {s['excluded_names']} names of `{s['exclude']}` not drawn" if s.get("exclude") else "")
                   + f". First by both distances: {', '.join(right) or 'none'}.", "",
                   f"![{key}]({prefix}-{key}.png)", "",
-                  (f"Each render above the model's image. Command: `{meta['command']}` ({meta['date']}; "
+                  (f"Each render above the model's image. Command: `{meta['command']}` ("
                   f"{meta['machine']})."), ""]
     return "\n".join(lines)
 

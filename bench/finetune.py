@@ -335,7 +335,7 @@ def _footer(case: dict) -> list[str]:
     done = (f"Fine-tune (`python -m train.finetune --model M --data D --out O {' '.join(f.get('flags', []))}`, "
             f"{f['steps']} steps): {f['wall_s']:.1f} s wall ({f['wall_s'] / 60:.1f} min), {f['cpu_s']:.1f} s CPU, "
             f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{cfg['model']}`.")
-    return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}` ({case['date']})", ""]
+    return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}`", ""]
 
 
 def write(args, cases: dict) -> dict:

@@ -3,8 +3,8 @@
     python -m bench.heldout_leak --model latentgen/weights/default --student latentgen/weights/default-4step
 
 OpenMoji names two of the shapes set's held-out pairs: U+1F7E2 *green circle* and U+1F7EA *purple
-square* (a disc and a rounded square, each with OpenMoji's black outline). Until 2026-12-05 the data
-stage kept them, so every bundled model up to then saw those two pairs, once each, as emoji. For each
+square* (a disc and a rounded square, each with OpenMoji's black outline): a model trained on them
+(`latentgen data emoji --include-heldout`) has seen those two pairs, once each, as emoji. For each
 prompt this draws ``--n`` images at the model card's settings (seeds 0..n-1) and counts
 
 * ``checker``: images the shapes checker passes (colour and shape of the one object, nothing else drawn);
@@ -25,7 +25,6 @@ each glyph and the first 7 images of every prompt.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 
@@ -105,8 +104,7 @@ def markdown(results: list[dict], n: int, argv: list[str]) -> str:
             glyph = "" if row["psnr_to_glyph"] is None else f"{row['psnr_to_glyph']:.2f} dB"
             lines.append(f"| `{r['model']}` | {prompt} | {row['checker']}/{n} | {row['named_colour']}/{n} | {row['outlined']}/{n} | "
                          f"{row['dark']:.3f} | {glyph} |")
-    lines += ["", f"machine: {machine()}; {datetime.date.today()}; command: `python -m bench.heldout_leak "
-              f"{' '.join(argv)}`", ""]
+    lines += ["", f"machine: {machine()}; command: `python -m bench.heldout_leak {' '.join(argv)}`", ""]
     return "\n".join(lines)
 
 

@@ -17,7 +17,6 @@ samplers sheet``) the report is only reassembled from ``bench/results``, keeping
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -202,15 +201,14 @@ def sheet(teacher: str, student: str | None) -> str:
 def header(command: str, teacher: str, student: str | None, seconds: dict, ran: bool) -> str:
     """The report's opening paragraph: what this run measured, or, when it only reassembled the
     report from the results files (every section skipped), the previous paragraph plus a note."""
-    stamp = datetime.datetime.now().isoformat(timespec="minutes")
-    note = f" Reassembled from bench/results by `{command}` on {stamp}."
+    note = f" Reassembled from bench/results by `{command}`."
     if not ran and os.path.isfile(REPORT):
         with open(REPORT, encoding="utf-8") as f:
             previous = f.read().split("\n\n")
         if len(previous) > 1 and not previous[1].startswith("#"):
             return previous[1].split(" Reassembled from bench/results by")[0] + note
     rel = os.path.dirname(HERE)
-    return (f"`{command}` on {stamp}: teacher `{os.path.relpath(teacher, rel)}`, student "
+    return (f"`{command}`: teacher `{os.path.relpath(teacher, rel)}`, student "
             f"`{student and os.path.relpath(student, rel)}`; {platform.machine()}, {os.cpu_count()} CPU threads, "
             f"torch {torch.__version__}. Seconds per section: {json.dumps(seconds)} (sections not run this time "
             "keep their last results).")
@@ -226,7 +224,7 @@ def main(argv=None) -> dict:
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
     p.add_argument("--checker", action="store_true", help="also rerun the checker benchmark")
     p.add_argument("--emoji-test", help="OpenMoji images the model never saw, for the VAE row: a recipe's "
-                                        "data/emoji-heldout (default: bench.vae's split, seen by the quick recipe)")
+                                        "data/emoji-heldout (default: bench.vae's split, which a recipe's models may have seen)")
     args = p.parse_args(argv)
     teacher = args.model or _weights("default")
     root = args.student_root or os.path.dirname(teacher)

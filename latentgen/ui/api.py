@@ -1,4 +1,4 @@
-"""The public API: ``/generate``, ``/edit``, ``/models`` and ``/png_params`` (see the README, section API).
+"""The public API: ``/generate``, ``/edit``, ``/models`` and ``/png_params`` (the README's "Over HTTP").
 
 Each endpoint takes named parameters and returns when the images are ready, e.g.
 ``Client(url).predict(prompt="a red circle", seed=1, api_name="/generate")`` gives
