@@ -138,8 +138,8 @@ def resolve_model_dir(model: str | os.PathLike | None, trust_pickle: bool = Fals
     if not os.path.isdir(DEFAULT_MODEL_DIR):
         raise FileNotFoundError(
             f"no model given and no bundled default model at {DEFAULT_MODEL_DIR}: pass --model DIR "
-            "(a folder written by train/unet.py or LatentGenPipeline.save_pretrained), or train one with "
-            "`python -m train.unet --data DIR --out DIR`"
+            "(a folder written by the trainers or LatentGenPipeline.save_pretrained), or train one with "
+            "`latentgen train recipe --out DIR` (or `latentgen train unet --data DIR --out DIR`)"
         )
     return check_model_folder(DEFAULT_MODEL_DIR)
 

@@ -412,7 +412,7 @@ def test_cli_generate_bad_input_is_a_clear_error(model_dir, tmp_path, capsys, mo
     monkeypatch.setattr(P, "DEFAULT_MODEL_DIR", str(tmp_path / "no_default"))
     rc = cli_main(["generate", "--prompt", "a", "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
-    assert rc == 2 and "no bundled default model" in err and "--model DIR" in err and "train.unet" in err
+    assert rc == 2 and "no bundled default model" in err and "--model DIR" in err and "latentgen train unet" in err
     monkeypatch.setattr(P, "DEFAULT_MODEL_DIR", model_dir)
     assert cli_main(["generate", "--prompt", "a", "--steps", "1", "--out", str(tmp_path / "d.png")]) == 0
     assert not os.path.exists(tmp_path / "x.png")

@@ -1,4 +1,4 @@
-"""The shapes benchmark against its spec (specs/shapes.md): geometry, captions, prompts, checker, folders."""
+"""The shapes benchmark against its spec (docs/shapes.md): geometry, captions, prompts, checker, folders."""
 
 import json
 import random

@@ -1,4 +1,4 @@
-"""Captions of shapes scenes and the prompt grammar that reads them back (``specs/shapes.md``).
+"""Captions of shapes scenes and the prompt grammar that reads them back (``docs/shapes.md``).
 
 The canonical caption names every attribute of every object (``a large red circle at top left
 and a small blue square at center``); paraphrases vary prepositions, word order and drop sizes.

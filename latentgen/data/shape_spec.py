@@ -1,4 +1,4 @@
-"""The shapes benchmark's scenes (``specs/shapes.md``): vocabulary, held-out pairs, sampling and rendering.
+"""The shapes benchmark's scenes (``docs/shapes.md``): vocabulary, held-out pairs, sampling and rendering.
 
 A scene is 1 to 3 coloured shapes on a 3 x 3 grid of a white square canvas. Captions and the
 prompt grammar are in :mod:`latentgen.data.shape_captions`, folders of scenes in

@@ -1,4 +1,4 @@
-"""The shapes data set (``specs/shapes.md``): folders of rendered scenes with their captions.
+"""The shapes data set (``docs/shapes.md``): folders of rendered scenes with their captions.
 
 A scene is 1 to 3 coloured shapes on a 3 x 3 grid of a white square canvas. The scenes
 (vocabulary, sampling, rendering) are :mod:`latentgen.data.shape_spec`'s, the captions and the

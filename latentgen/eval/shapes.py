@@ -1,4 +1,4 @@
-"""The shapes checker (``specs/shapes.md``): does an image show the scene its prompt names?
+"""The shapes checker (``docs/shapes.md``): does an image show the scene its prompt names?
 
 :func:`check_image` takes the blobs of :func:`latentgen.eval.blobs.find_blobs`, gives each
 object of the scene (ShapeObjects, their dicts, or a prompt string) its best blob, and judges

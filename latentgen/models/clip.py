@@ -270,7 +270,7 @@ def clip_folder(path: str | os.PathLike) -> str:
             return candidate
     raise FileNotFoundError(
         f"{path!r} is not a CLIP export: expected {os.path.join(path, 'clip')}/config.json with its "
-        f"tokenizer (train one with `python -m train.clip --data DIR --out {path}`)"
+        f"tokenizer (train one with `latentgen train clip --data DIR --out {path}`)"
     )
 
 

@@ -105,7 +105,7 @@ def vae_folder(path: str | os.PathLike) -> str:
                 f.endswith(".safetensors") for f in os.listdir(folder)):
             return folder
     raise FileNotFoundError(f"{path} is not a VAE export: expected config.json and safetensors weights there "
-                            f"or in {os.path.join(path, 'vae')} (train one with `python -m train.vae`)")
+                            f"or in {os.path.join(path, 'vae')} (train one with `latentgen train vae`)")
 
 
 def preset_from_vae(vae: AutoencoderKL) -> VAEConfig:

@@ -63,7 +63,7 @@ class SummaryShuffle:
     probability ``p`` per caption those states are taken from another caption with as many tokens (so the
     word states stay where they are), drawn uniformly, and the UNet has to read each word where it is
     named. Needs a text encoder whose word states carry their words (``train.clip --token-loss``); used by
-    ``train.unet`` and ``train.finetune`` (``--shuffle-summary``).
+    ``latentgen.train.unet`` and ``latentgen.train.finetune`` (``shuffle_summary``).
     ``p_multi`` (default ``p``) is the probability for captions naming two or more shapes (``shapes_named``):
     0 spares them: their summary stays their own.
     The empty caption (classifier-free guidance's) is left alone.
