@@ -1,8 +1,8 @@
-"""The `latentgen` command: data, generate, eval.
+"""The `latentgen` command: data, generate, eval, train, app.
 
 Each command group adds its sub-parser in its own ``_add_*`` function and runs
 through a ``_run_*`` function that imports what it needs only when called, so
-`latentgen --help` stays fast.
+`latentgen --help` stays fast. `train` and `app` live in ``latentgen/cli_train.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from latentgen.cli_train import add_app, add_train, run_app, run_train
 from latentgen.limits import MAX_PROMPT_CHARS, check_prompt
 
 
@@ -429,7 +430,7 @@ def _run_eval(args) -> int:
 
 # ---------------------------------------------------------------- main
 _GROUPS = {"data": (_add_data, _run_data), "generate": (_add_generate, _run_generate),
-           "eval": (_add_eval, _run_eval)}
+           "eval": (_add_eval, _run_eval), "train": (add_train, run_train), "app": (add_app, run_app)}
 
 
 def build_parser() -> argparse.ArgumentParser:
