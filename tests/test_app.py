@@ -24,7 +24,6 @@ from tests.conftest import free_port
 from tests.tiny_models import make_tiny_pipeline
 
 
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")

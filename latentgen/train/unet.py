@@ -76,6 +76,9 @@ class UNetTrainConfig(RunConfig):
                              "and tokenizer/): train them with `latentgen train vae` and `latentgen train clip`")
 
 
+Config = UNetTrainConfig
+
+
 def vae_path(folder: str) -> str:
     """The VAE of a model folder (``folder/vae``) or of a VAE run (``folder``)."""
     sub = os.path.join(folder, "vae")
