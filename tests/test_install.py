@@ -64,14 +64,18 @@ def venv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("install")
     src = _copy_sources(root / "src")
     wheels, env_dir = root / "wheels", root / "venv"
-    quiet = {"check": True, "capture_output": True, "text": True, "timeout": 300}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(src)], cwd=root, **quiet)
+    _must(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+          str(src), cwd=root)
     (wheel,) = wheels.glob("latentgen-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], **quiet)
-    subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                   cwd=root, env=_env(env_dir), **quiet)
+    _must(sys.executable, "-m", "venv", "--system-site-packages", str(env_dir), cwd=root)
+    _must(str(env_dir / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel), cwd=root,
+          env=_env(env_dir))
     return env_dir
+
+
+def _must(*command: str, cwd: Path, env: dict | None = None) -> None:
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"{' '.join(command)}: {proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
