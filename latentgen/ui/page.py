@@ -81,7 +81,7 @@ def _generate_controls(registry: ModelRegistry, default: str | None, d: dict) ->
     with gr.Row():
         c["go"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
         c["stop"] = gr.Button("Cancel", variant="stop", scale=1)
-    gr.Examples([[p] for p in EXAMPLE_PROMPTS], [c["prompt"]], label="Example prompts (click one)",
+    gr.Examples([[p] for p in EXAMPLE_PROMPTS], [c["prompt"]], label="Example prompts the bundled model draws (click one)",
                 examples_per_page=len(EXAMPLE_PROMPTS), api_visibility="private")
     with gr.Row():
         c["model"] = gr.Dropdown(registry.choices(), value=default, label="Model", allow_custom_value=True,
