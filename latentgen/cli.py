@@ -1,9 +1,9 @@
-"""The `latentgen` command: data, generate, eval.
+"""The `latentgen` command: data, generate, eval, train, app.
 
 Each command group adds its sub-parser in its own ``_add_*`` function and runs
 through a ``_run_*`` function that imports what it needs only when called, so
 `latentgen --help` stays fast; ``_GROUPS`` lists them. `generate` lives in
-:mod:`latentgen.cli_generate` (``add_parser`` and ``run``).
+:mod:`latentgen.cli_generate` (``add_parser`` and ``run``), `train` and `app` in :mod:`latentgen.cli_train`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 
 from latentgen import cli_generate
 from latentgen.cli_generate import BOUNDS, ONE_BATCH
+from latentgen.cli_train import add_app, add_train, run_app, run_train
 from latentgen.limits import Bound, check_bounds
 
 EVAL_BOUNDS = {  # `latentgen eval`; `latentgen generate` has its own (cli_generate.BOUNDS)
@@ -230,7 +231,7 @@ def _run_eval(args) -> int:
 # ---------------------------------------------------------------- main
 # command -> (add its sub-parser, run it): a new command is one more entry
 _GROUPS = {"data": (_add_data, _run_data), "generate": (cli_generate.add_parser, cli_generate.run),
-           "eval": (_add_eval, _run_eval)}
+           "eval": (_add_eval, _run_eval), "train": (add_train, run_train), "app": (add_app, run_app)}
 
 
 def build_parser() -> argparse.ArgumentParser:

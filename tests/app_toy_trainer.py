@@ -1,8 +1,9 @@
 """A stand-in trainer for the app's job-manager tests: the shared loop on the toy regression.
 
-Runs as ``python -m tests.app_toy_trainer --out DIR --max-steps N [--resume latest]`` like
-every trainer: metrics.jsonl, checkpoints and sample PNGs from the real loop, and a
-``model_index.json`` in ``--out`` only when the run reached ``--max-steps``.
+Runs as ``python -m tests.app_toy_trainer --out DIR --max-steps N [--resume latest]`` like every
+``latentgen.train.<name>``: a config dataclass and ``run(cfg)``; metrics.jsonl, checkpoints and
+sample PNGs from the real loop, and a ``model_index.json`` in ``--out`` only when the run reached
+``--max-steps``.
 """
 
 import json
@@ -20,12 +21,16 @@ from tests.toy import ToyData, toy_model, toy_step
 @dataclass(frozen=True)
 class ToyConfig(RunConfig):
     TRAINER = "toy"
+    MAY_CHANGE = ("step_sleep",)
 
     batch_size: int = 8
     lr: float = 1e-2
     checkpoint_every: int = 5
     log_every: int = 1
     step_sleep: float = opt(0.0, "seconds to sleep in each step")
+
+
+Config = ToyConfig
 
 
 def run(cfg: ToyConfig) -> dict:
@@ -38,17 +43,17 @@ def run(cfg: ToyConfig) -> dict:
         trainer.log_images("sample", Image.new("RGB", (16, 16), (shade, 0, 255 - shade)), step=step_no)
         return {}
 
-    trainer = Trainer(cfg.loop(progress=False), toy_model(), ToyData(), step, validate_fn=validate,
-                      run_config=cfg.record(), may_change=cfg.may_change())
+    trainer = Trainer(cfg.loop(), toy_model(), ToyData(), step, validate_fn=validate, run_config=cfg.record(),
+                      may_change=cfg.may_change())
     trainer.fit()
     if trainer.finished:
         with open(os.path.join(cfg.out, "model_index.json"), "w") as f:
             json.dump({"_class_name": "ToyModel"}, f)
-    return {"finished": trainer.finished}
+    return {"finished": trainer.finished, "step": trainer.step}
 
 
-def main(argv=None):
-    return main_for(run, ToyConfig, "toy trainer for the app tests", argv)
+def main(argv=None) -> dict:
+    return main_for(run, ToyConfig, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

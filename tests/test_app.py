@@ -23,8 +23,6 @@ from latentgen.ui.registry import ModelRegistry
 from tests.conftest import free_port
 from tests.tiny_models import make_tiny_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -70,6 +68,30 @@ def test_loopback_by_default_and_endpoints(app, client):
     params = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert params[:7] == ["prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height"]
     assert client.predict(api_name="/models") == ["tiny", "tiny-4step"]
+
+
+def test_the_generate_tab_offers_the_example_prompts(app):
+    from latentgen.examples import EXAMPLE_PROMPTS
+
+    config = requests.get(app.demo.local_url.rstrip("/") + "/config", timeout=10).json()
+    datasets = [c["props"] for c in config["components"] if c.get("type") == "dataset"]
+    assert [[p] for p in EXAMPLE_PROMPTS] in [d.get("samples") for d in datasets]
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert "load_example" in names  # clicking one fills the prompt (a private event: not in the API)
+
+
+def test_example_prompts_are_in_the_bundled_models_vocabulary():
+    from latentgen.data.emoji import emoji_name, openmoji_sequences
+    from latentgen.data.shapes import HELDOUT_PAIRS, canonical_clause, parse_prompt
+    from latentgen.examples import EMOJI, EXAMPLE_PROMPTS, HELDOUT, SHAPES
+
+    assert EXAMPLE_PROMPTS == SHAPES + HELDOUT + EMOJI and len(set(EXAMPLE_PROMPTS)) == len(EXAMPLE_PROMPTS)
+    for prompt in SHAPES + HELDOUT:
+        objects = parse_prompt(prompt)  # every word in the shapes vocabulary
+        assert " and ".join(map(canonical_clause, objects)) == prompt, prompt  # canonical and complete
+        assert all(None not in (o.size, o.color, o.shape, o.position) for o in objects), prompt
+        assert any((o.color, o.shape) in HELDOUT_PAIRS for o in objects) == (prompt in HELDOUT), prompt
+    assert set(EMOJI) <= {emoji_name(seq) for seq in openmoji_sequences()}  # OpenMoji names, as captioned
 
 
 def test_generate_is_reproducible_and_png_holds_settings(client):
@@ -270,10 +292,11 @@ def _wait(cond, timeout, what):
 
 
 def test_job_start_progress_stop_resume(tmp_path):
-    jobs = JobManager(REPO, tmp_path / "models", python=sys.executable)
-    assert jobs.available("tests.app_toy_trainer") and not jobs.available("train.no_such_trainer")
+    jobs = JobManager(tmp_path / "models", python=sys.executable)
+    assert jobs.available("tests.app_toy_trainer") and jobs.available("latentgen.train.unet")
+    assert not jobs.available("latentgen.train.no_such_trainer") and not jobs.available("train/unet")
     with pytest.raises(ValueError, match="not available in this version"):
-        jobs.start("train.no_such_trainer", "x", 10, [])
+        jobs.start("latentgen.train.no_such_trainer", "x", 10, [])
     argv = ["--step-sleep", "0.1", "--validate-every", "3", "--no-progress"]
     job = jobs.start("tests.app_toy_trainer", "toy", 20, argv)
     with pytest.raises(ValueError, match="already going"):
@@ -291,7 +314,7 @@ def test_job_start_progress_stop_resume(tmp_path):
         jobs.start("tests.app_toy_trainer", "toy", 20, argv)
 
     # a fresh manager (an app restart) finds the run folder and resumes it
-    jobs2 = JobManager(REPO, tmp_path / "models", python=sys.executable)
+    jobs2 = JobManager(tmp_path / "models", python=sys.executable)
     assert jobs2.status("toy").state == "stopped"
     job = jobs2.resume("toy")
     job.proc.wait(120)
@@ -303,6 +326,44 @@ def test_job_start_progress_stop_resume(tmp_path):
 
 
 # ---------------------------------------------------------------- the command line
+def test_latentgen_train_lists_the_trainers_and_runs_one(capsys, monkeypatch):
+    from latentgen.cli import main
+    from latentgen.train import TRAINERS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    listing = capsys.readouterr().out
+    assert all(f"\n  {name} " in listing for name in TRAINERS), listing
+    with pytest.raises(SystemExit):
+        main(["train", "unet", "--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: latentgen train unet") and "--preset" in usage and "--max-steps" in usage
+    seen = []
+    monkeypatch.setattr("latentgen.train.unet.main", seen.append)
+    assert main(["train", "unet", "--out", "runs/u", "--lr=1e-3", "--no-progress"]) == 0
+    assert seen == [["--out", "runs/u", "--lr=1e-3", "--no-progress"]]  # every flag after the name, as given
+    with pytest.raises(SystemExit):
+        main(["train", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_latentgen_app_takes_the_apps_flags(capsys):
+    import app as app_module
+    from latentgen.cli import build_parser, main
+
+    argv = ["--port", "0", "--auth", "bob:pa:ss", "--queue-size", "5", "--no-training"]
+    args = build_parser().parse_args(["app", *argv])
+    expected = vars(app_module.parse_args(argv))
+    assert {k: v for k, v in vars(args).items() if k != "cmd"} == {**expected, "auth": "bob:pa:ss"}
+    assert main(["app", "--auth", "bob"]) == 2 and "--auth must be USER:PASS" in capsys.readouterr().err
+    assert main(["app", "--queue-size", "0"]) == 2
+    for abbreviated in (["--mod", "x"], ["--por", "1"]):
+        with pytest.raises(SystemExit):
+            main(["app", *abbreviated])
+    with pytest.raises(SystemExit, match=re.escape("--auth USER:PASS")):  # before anything listens
+        main(["app", "--host", "0.0.0.0", "--port", str(free_port())])
+
+
 def test_app_command_line_defaults_and_errors():
     import app as app_module
 

@@ -27,7 +27,7 @@ from PIL import Image
 from latentgen.fsutil import RunLock
 from latentgen.ui import AppConfig, serve
 from latentgen.ui.flags import ALLOWED, parse_extra_flags
-from latentgen.ui.jobs import JobManager
+from latentgen.ui.jobs import JobManager, module_available
 from latentgen.ui.registry import ModelRegistry
 from tests.conftest import free_port
 from tests.tiny_models import make_tiny_pipeline
@@ -35,6 +35,9 @@ from tests.tiny_models import make_tiny_pipeline
 REPO = Path(__file__).resolve().parents[1]
 ATTACK = "--ou=/any/dir --max-step 1000000000 --mod /elsewhere --resu /elsewhere"
 TOY = "tests.app_toy_trainer"
+FINETUNE, DISTILL = "latentgen.train.finetune", "latentgen.train.distill"
+needs_finetune = pytest.mark.skipif(not module_available(FINETUNE),
+                                    reason="latentgen.train.finetune is not in this package: no Fine-tune tab")
 
 
 def call(url: str, api_name: str, *data, timeout: float = 60) -> tuple[str, object]:
@@ -136,6 +139,7 @@ def client(url):
 
 
 # ---------------------------------------------------------------- 1. extra trainer flags
+@needs_finetune
 def test_the_attack_string_is_refused_over_http(app, url, site):
     message = error_of(call(url, "finetune_start", *start_values(name="attack", flags=ATTACK)))
     assert "'--ou' is not allowed in the extra flags" in message and "--lr, --warmup-steps" in message
@@ -161,42 +165,40 @@ def test_the_attack_string_is_refused_over_http(app, url, site):
 ])
 def test_extra_flags_outside_the_allow_list_are_refused(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        parse_extra_flags(text, "train.finetune")
+        parse_extra_flags(text, FINETUNE)
 
 
-def _finetune_config(argv):
-    from latentgen.train.config import parse_config
-    from latentgen.train.finetune import FinetuneConfig
+def _trainer_parser(module: str):
+    """The flag parser of an installed trainer (``latentgen.train.<name>``), as its ``main`` builds it."""
+    from latentgen.train.config import parser_for
 
-    return parse_config(FinetuneConfig, "", argv)
+    return parser_for(pytest.importorskip(module).Config, module).parse_args
 
 
 def test_allowed_flags_become_single_tokens_the_trainers_accept(tmp_path):
-    from latentgen.train.config import parser_for
-    from latentgen.train.distill import DistillConfig
-
     got = parse_extra_flags("--lr 1e-4 --ema-decay=0.999 --train-text-encoder --instance-prompt '--out=/x'",
-                            "train.finetune")
+                            FINETUNE)
     assert got == ["--lr=0.0001", "--ema-decay=0.999", "--train-text-encoder", "--instance-prompt=--out=/x"]
     base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    args = _finetune_config([*base, *got])
+    args = _trainer_parser(FINETUNE)([*base, *got])
     assert args.instance_prompt == "--out=/x" and args.out == str(tmp_path / "o")  # a value stays a value
     samples = {"int": "10", "float": "0.5", "switch": None, "text": "a cat"}
-    distill_flags = parser_for(DistillConfig, "").parse_args
-    for module, parser in (("train.finetune", _finetune_config), ("train.distill", distill_flags)):
+    for module in (FINETUNE, DISTILL):
         tokens = []
         for name, flag in ALLOWED[module].items():
             if name != "--train-text-encoder":  # it excludes --shuffle-summary
                 tokens += [name] if flag.kind == "switch" else [name, (flag.choices or [samples[flag.kind]])[0]]
         text = shlex.join(tokens)
-        parser([*base, *parse_extra_flags(text, module)])  # every allowed flag is a real flag
+        _trainer_parser(module)([*base, *parse_extra_flags(text, module)])  # every allowed flag is a real flag
 
 
-def test_the_trainers_refuse_abbreviated_flags(tmp_path, capsys):
+@pytest.mark.parametrize("module", ["latentgen.train.unet", FINETUNE, DISTILL])
+def test_the_trainers_refuse_abbreviated_flags(module, tmp_path, capsys):
+    parse = _trainer_parser(module)
     base = ["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     for abbreviated in (["--max-step", "5"], ["--ou=/any/dir"], ["--resu", "latest"]):
         with pytest.raises(SystemExit):
-            _finetune_config([*base, *abbreviated])
+            parse([*base, *abbreviated])
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
@@ -235,6 +237,7 @@ def test_insecure_no_auth_gives_a_loud_warning():
 
 
 # ---------------------------------------------------------------- 3. training endpoints
+@needs_finetune
 def test_private_events_are_hidden_but_reachable_so_the_server_checks(url, client):
     api = client.view_api(return_format="dict", print_info=False)
     assert "/finetune_start" not in api["named_endpoints"]
@@ -243,6 +246,7 @@ def test_private_events_are_hidden_but_reachable_so_the_server_checks(url, clien
     assert call(url, "finetune_status", "nope")[0] == "complete"  # any HTTP client reaches it
 
 
+@needs_finetune
 @pytest.mark.parametrize("values, message", [
     ({"steps": 20001}, "max steps must be a whole number from 1 to 20,000"),
     ({"steps": 1e12}, "max steps must be a whole number from 1 to 20,000"),
@@ -255,6 +259,7 @@ def test_training_caps_are_enforced_by_the_server(app, url, values, message):
     assert not app.jobs.jobs()
 
 
+@needs_finetune
 @pytest.mark.parametrize("folder, message", [
     ("/", "is outside the data folder"),
     ("../outside", "contains '..'"),
@@ -278,6 +283,7 @@ def _upload(url: str, paths: list[Path]) -> list[dict]:
     return [{"path": p, "orig_name": Path(p).name, "meta": {"_type": "gradio.FileData"}} for p in r.json()]
 
 
+@needs_finetune
 def test_upload_caps(app, url, site, tmp_path):
     small = [png(tmp_path / f"s{i}.png") for i in range(4)]
     message = error_of(call(url, "finetune_start", *start_values(folder="", files=_upload(url, small))))
@@ -303,7 +309,7 @@ def staged_gone(staged: Path):
 
 
 def test_staged_uploads_go_when_the_run_finishes_or_fails(tmp_path):
-    jobs = JobManager(REPO, tmp_path / "models")
+    jobs = JobManager(tmp_path / "models")
     for name, argv in (("done", ["--no-progress"]), ("broken", ["--no-such-flag"])):
         staged = jobs.uploads_dir(name)
         staged.mkdir(parents=True)
@@ -315,7 +321,7 @@ def test_staged_uploads_go_when_the_run_finishes_or_fails(tmp_path):
 
 
 def test_no_training_hides_the_tabs_and_refuses_the_handlers(tmp_path):
-    jobs = JobManager(REPO, tmp_path / "models", enabled=False)
+    jobs = JobManager(tmp_path / "models", enabled=False)
     with pytest.raises(ValueError, match="training is turned off"):
         jobs.start(TOY, "x", 3, [])
     write_job(tmp_path / "models", "old", [])
@@ -380,6 +386,7 @@ def test_a_4_mb_prompt_is_refused_fast_without_flooding_the_log(client, capfd, c
 
 
 # ---------------------------------------------------------------- 6. SIGTERM
+@needs_finetune
 def test_sigterm_stops_the_training_children_then_the_app(tmp_path):
     import psutil
 
@@ -420,6 +427,7 @@ def _up(url: str) -> bool:
 
 
 # ---------------------------------------------------------------- 7. a second writer
+@needs_finetune
 def test_a_run_another_process_trains_is_not_resumed_or_restarted(app, url, site):
     out = write_job(site / "models", "locked", [])
     code = ("import sys, time\nfrom latentgen.fsutil import RunLock\n"
@@ -437,6 +445,7 @@ def test_a_run_another_process_trains_is_not_resumed_or_restarted(app, url, site
 
 
 # ---------------------------------------------------------------- 8. no absolute paths in messages
+@needs_finetune
 def test_messages_name_folders_without_absolute_paths(app, url, site, client):
     assert str(site) not in app.startup_message
     with pytest.raises(Exception) as info:
@@ -446,7 +455,7 @@ def test_messages_name_folders_without_absolute_paths(app, url, site, client):
     with pytest.raises(Exception) as info:
         client.predict(prompt="x", model="aaa-incomplete", api_name="/generate")
     assert "aaa-incomplete" in str(info.value) and str(site) not in str(info.value)
-    jobs = JobManager(REPO, site / "models")
+    jobs = JobManager(site / "models")
     jobs.start(TOY, "toydone", 3, ["--no-progress"]).proc.wait(120)
     kind, outputs = call(url, "finetune_status", "toydone")
     assert kind == "complete", outputs

@@ -74,7 +74,7 @@ COMMON = {
     "--max-bad-steps": _int(0, 1000),
 }
 ALLOWED = {
-    "train.finetune": {
+    "latentgen.train.finetune": {
         **COMMON,
         "--lora-alpha": _float(0.01, 1024.0),
         "--caption-dropout": PROBABILITY,
@@ -89,7 +89,7 @@ ALLOWED = {
         "--prior": Flag("choice", choices=("on", "off")),
         "--prior-loss-weight": _float(0.0, 10.0),
     },
-    "train.distill": {
+    "latentgen.train.distill": {
         **COMMON,
         "--teacher-steps": Flag("choice", choices=tuple(str(2**k) for k in range(1, 9))),
         "--guidance-min": GUIDANCE,

@@ -1,11 +1,11 @@
-"""Training runs started from the app, as background subprocesses.
+"""Training runs started from the app, as background processes of the installed trainers.
 
-A job is ``python -m <module> --out <models>/<name> --max-steps N ...`` run from the
-repository root (so ``train.finetune`` and ``train.distill`` are importable), with its
-output in ``<models>/<name>/``: the shared training loop writes ``logs/metrics.jsonl``,
-``samples/*.png`` and ``checkpoints/`` there (or in one subfolder per stage, as
-``train.distill`` does), and the finished model lands there too (``model_index.json``,
-LoRA weights, or ``final/``), where the model list finds it.
+A job is ``<python> -m latentgen.train.<name> --out <models>/<name> --max-steps N ...``, run by
+the app's own Python (``sys.executable``) in the app's working folder: the installed trainers,
+imported as any module is, never from a ``train/`` folder. The shared training loop writes
+``logs/metrics.jsonl``, ``samples/*.png`` and ``checkpoints/`` in ``<models>/<name>/`` (or in
+one subfolder per stage, as ``latentgen.train.distill`` does), and the finished model lands
+there too (``model_index.json``, LoRA weights, or ``final/``), where the model list finds it.
 
 The app never imports the trainers: a job is a child process at lower CPU priority, so
 generation keeps running while it trains. Stop sends SIGTERM (the loop writes a
@@ -19,6 +19,7 @@ the run finishes or fails, stale ones at startup. Messages never show absolute s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -63,10 +64,14 @@ def run_finished(out: Path) -> bool:
     return is_finished_model(out) or is_finished_model(out / "final")
 
 
-def module_available(repo_root: str | os.PathLike, module: str) -> bool:
-    """Whether ``python -m module`` can run from ``repo_root`` (checked on disk, nothing imported)."""
-    base = Path(repo_root, *module.split("."))
-    return base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()
+def module_available(module: str) -> bool:
+    """Whether ``python -m module`` finds ``module`` from here (its parent packages are imported, it is not)."""
+    if not MODULE_RE.match(module):
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or fails to import
+        return False
 
 
 @dataclass
@@ -106,9 +111,7 @@ class Job:
     def load(cls, name: str, out: Path) -> Job:
         path = out / JOB_FILE
         if not path.is_file():
-            raise FileNotFoundError(
-                f"no run named {name!r} to resume: its {JOB_FILE} is missing; start a new run instead"
-            )
+            raise FileNotFoundError(f"no run named {name!r} to resume: its {JOB_FILE} is missing; start a new run instead")
         data = json.loads(path.read_text())
         return cls(name, out, data["module"], list(data["argv"]), int(data["max_steps"]))
 
@@ -128,7 +131,7 @@ class Job:
     # -- progress
     def _stages(self) -> list[Path]:
         """Folders of this run the loop writes into: ``<out>`` itself, or one per stage/round
-        (``train.distill`` writes ``<out>/stage1``, ``<out>/round-32``, ...), oldest first."""
+        (``latentgen.train.distill`` writes ``<out>/stage1``, ``<out>/round-32``, ...), oldest first."""
         found = [
             d for d in [self.out, *sorted(self.out.iterdir())] if (d / "logs" / "metrics.jsonl").is_file()
         ]
@@ -213,21 +216,22 @@ class JobManager:
     """Starts, watches, stops and resumes training subprocesses; at most ``max_running`` at once.
 
     ``enabled=False`` (the app's ``--no-training``) refuses every start and resume. ``roots``
-    (label -> folder) name folders in messages; the models folder is always one of them.
+    (label -> folder) name folders in messages; the models folder is always one of them. The
+    trainers run with ``python -m`` in ``cwd`` (default: the app's working folder).
     """
 
     def __init__(
         self,
-        repo_root: str | os.PathLike,
         models_dir: str | os.PathLike,
         python: str = sys.executable,
         max_running: int = 1,
         niceness: int = 10,
         enabled: bool = True,
         roots: dict[str, os.PathLike] | None = None,
+        cwd: str | os.PathLike | None = None,
     ):
-        self.repo_root = Path(repo_root).resolve()
         self.models_dir = Path(models_dir)
+        self.cwd = cwd
         self.python, self.max_running, self.niceness = python, max_running, niceness
         self.enabled = enabled
         self.roots = {self.models_dir.absolute().name: self.models_dir.absolute(), **(roots or {})}
@@ -235,7 +239,7 @@ class JobManager:
         self._lock = threading.Lock()
 
     def available(self, module: str) -> bool:
-        return self.enabled and module_available(self.repo_root, module)
+        return self.enabled and module_available(module)
 
     def out_dir(self, name: str) -> Path:
         return self.models_dir / check_run_name(name)
@@ -247,14 +251,12 @@ class JobManager:
     def _check_can_start(self, module: str):
         if not self.enabled:
             raise ValueError("training is turned off on this server (--no-training): generate images only")
-        if not MODULE_RE.match(module) or not self.available(module):
+        if not self.available(module):
             raise ValueError(f"{module} is not available in this version (no such trainer here)")
         running = [j.name for j in self._jobs.values() if j.running]
         if len(running) >= self.max_running:
-            raise ValueError(
-                f"a training run is already going ({', '.join(running)}): stop it first, "
-                f"or wait until it finishes"
-            )
+            raise ValueError(f"a training run is already going ({', '.join(running)}): stop it first, "
+                             "or wait until it finishes")
 
     @staticmethod
     def _check_unlocked(name: str, out: Path):
@@ -270,23 +272,20 @@ class JobManager:
         self._check_can_start(module)
         self._check_unlocked(name, out)
         if out.exists() and any(out.iterdir()):
-            raise ValueError(
-                f"a run or model named {name} already exists: choose another name, or press Resume to "
-                "continue that run"
-            )
+            raise ValueError(f"a run or model named {name} already exists: choose another name, or press "
+                             "Resume to continue that run")
         return out
 
     def _spawn(self, job: Job, resume: bool):
         job.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = job.command(self.python, resume)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.repo_root), env.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")  # the log follows the run
         with open(job.log_path, "ab") as log:  # the child keeps its own handle
             log.write(f"\n$ {' '.join(cmd)}\n".encode())
             log.flush()
             job.proc = subprocess.Popen(
                 cmd,
-                cwd=self.repo_root,
+                cwd=self.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

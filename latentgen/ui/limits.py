@@ -18,6 +18,7 @@ MIN_CHECKPOINT_EVERY = 10  # steps between checkpoints / samples
 MAX_UPLOAD_FILES = 2000  # uploaded files of one run
 MAX_UPLOAD_BYTES = 200_000_000  # their total size (also Gradio's max_file_size, per file)
 UPLOAD_MAX_AGE_S = 24 * 3600  # staged uploads older than this are removed at startup
+MAX_QUEUE_SIZE = 10_000  # --queue-size: requests waiting at most
 
 
 # ---------------------------------------------------------------- exposure

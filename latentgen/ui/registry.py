@@ -33,11 +33,11 @@ STUDENT_SUFFIX = "-4step"
 SKIP_DIRS = {"checkpoints", "logs", "samples", "cache", "class_images"}  # parts of a run, never models
 NO_MODEL_HELP = (
     "No model is installed. Train one with the recipe in the README (the last stage writes "
-    "latentgen/weights/default), or start the app with: python app.py --model DIR "
+    "latentgen/weights/default), or start the app with: latentgen app --model DIR "
     "(a model folder with model_index.json), or put model folders in the models folder ({models_dir}/)."
 )
 LORA_FILE = "pytorch_lora_weights.safetensors"
-LORA_INFO = "finetune.json"  # train/finetune.py: {"base": <base model folder>, ...}
+LORA_INFO = "finetune.json"  # written by latentgen train finetune: {"base": <base model folder>, ...}
 
 
 def is_lora_folder(path: Path) -> bool:
@@ -45,7 +45,7 @@ def is_lora_folder(path: Path) -> bool:
 
 
 def _is_model_folder(path: Path) -> bool:
-    """A full model folder, or LoRA weights from train/finetune.py (loaded on top of their base)."""
+    """A full model folder, or LoRA weights from ``latentgen train finetune`` (loaded on top of their base)."""
     return (path / "model_index.json").is_file() or is_lora_folder(path)
 
 
@@ -171,7 +171,7 @@ class ModelRegistry:
         if names:
             return (
                 f"No usable model: {names} (incomplete, or failed to load). Fix or replace them, or start "
-                "the app with: python app.py --model DIR (a model folder with model_index.json)."
+                "the app with: latentgen app --model DIR (a model folder with model_index.json)."
             )
         return NO_MODEL_HELP.format(models_dir=self.models_dir.name)
 

@@ -1,6 +1,6 @@
 """Build the page and serve it: loopback by default, an optional password, a bounded queue.
 
-``serve(AppConfig(...))`` is what ``python app.py`` runs; tests and the load benchmark
+``serve(AppConfig(...))`` is what ``latentgen app`` runs; tests and the load benchmark
 call it with ``block=False`` to get the running server's URL. ``AppConfig`` refuses to
 expose the app (``--share``, a non-loopback ``--host``) without ``--auth`` unless
 ``insecure_no_auth`` is set; a blocking ``serve`` stops its training runs on SIGTERM.
@@ -23,6 +23,7 @@ from latentgen.ui.api import build_api
 from latentgen.ui.generation import MAX_COST, REQUEST_TIMEOUT_S, Generator
 from latentgen.ui.jobs import JobManager
 from latentgen.ui.limits import (
+    MAX_QUEUE_SIZE,
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_FILES,
     check_data_root,
@@ -35,8 +36,6 @@ from latentgen.ui.streaming import Sessions
 from latentgen.ui.training_tab import DISTILL, FINETUNE, TabLimits, build_training_tab
 
 log = logging.getLogger("latentgen.ui")
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding latentgen/ and train/
-MAX_QUEUE_SIZE = 10_000  # --queue-size: requests waiting at most (app.py checks the same bound)
 CSS = "#gallery {min-height: 260px} footer {display: none !important}"
 
 
@@ -49,7 +48,6 @@ class AppConfig:
     auth: tuple[str, str] | None = None
     share: bool = False
     concurrency: int = 1
-    repo_root: str = str(REPO_ROOT)
     bundled_dir: str = str(BUNDLED_DIR)  # bundled models: default/ and default-4step/
     max_loaded: int = 2
     queue_size: int = 256
@@ -128,9 +126,7 @@ def build_app(config: AppConfig) -> App:
     )
     generator = Generator(registry, max_cost=config.max_cost, timeout_s=config.request_timeout_s)
     data_root = check_data_root(config.data_dir)
-    jobs = JobManager(
-        config.repo_root, registry.models_dir, enabled=config.training, roots={data_root.name: data_root}
-    )
+    jobs = JobManager(registry.models_dir, enabled=config.training, roots={data_root.name: data_root})
     removed = jobs.clean_uploads()
     if removed:
         log.info("removed stale uploads of %s", ", ".join(removed))

@@ -1,7 +1,8 @@
 """The Fine-tune and Distill tabs: start a background training run, watch it, stop and resume it.
 
-Each tab builds the trainer's command line (``train.finetune`` / ``train.distill``, the
-flags of ``latentgen.train.config.RunConfig`` and the trainer's config) and hands it to the :class:`JobManager`. A timer
+Each tab builds the flags of an installed trainer (``latentgen.train.finetune`` /
+``latentgen.train.distill``, the loop's flags of ``latentgen.train.config``) and hands them to
+the :class:`JobManager`, which runs the trainer as a background process. A timer
 polls the run folder once a second while a run is going: progress bar, loss curve, the
 newest sample image and the end of the log. The finished model is written to
 ``<models>/<name>/`` and shows up in the model lists (press ↻ there).
@@ -57,9 +58,14 @@ class TrainerSpec:
     steps_label: str
     intro: str
 
+    @property
+    def key(self) -> str:
+        """The trainer's name (``finetune``): ``latentgen train <key>``, and the page's element ids."""
+        return self.module.rsplit(".", 1)[-1]
+
 
 FINETUNE = TrainerSpec(
-    "train.finetune",
+    "latentgen.train.finetune",
     "Fine-tune",
     "Base model",
     500,
@@ -68,7 +74,7 @@ FINETUNE = TrainerSpec(
     "trains the whole UNet. The result appears in the model list as the name you give.",
 )
 DISTILL = TrainerSpec(
-    "train.distill",
+    "latentgen.train.distill",
     "Distill",
     "Teacher model",
     1000,
@@ -104,107 +110,93 @@ def build_training_tab(spec: TrainerSpec, registry: ModelRegistry, jobs: JobMana
             f"**{spec.title} is not available in this version**: the trainer `{spec.module}` is not installed."
         )
         return
-    finetune = spec.module == "train.finetune"
-    key = spec.module.rsplit(".", 1)[-1]  # element ids: finetune-name, distill-steps, ...
-
-    def ids(part: str) -> dict:
-        return {"elem_id": f"{key}-{part}"}
-
     with gr.Row():
         with gr.Column():
-            name = gr.Textbox(
-                label="New model name",
-                placeholder="my-model",
-                **ids("name"),
-                info=f"the result is saved as {registry.models_dir.name}/<name> in the models folder",
-            )
-            base = gr.Dropdown(
-                registry.choices(),
-                value=registry.default_choice(),
-                label=spec.model_label,
-                allow_custom_value=True,
-                **ids("model"),
-            )
-            data_dir = gr.Textbox(
-                label="Image folder on the server",
-                **ids("data"),
-                info=f"a folder in the data folder {limits.data_root.name}/ (--data-dir): images with .txt "
-                "captions, or a metadata.jsonl / captions.csv",
-            )
-            uploads = gr.File(label="...or upload images (+ same-name .txt captions)", file_count="multiple")
-            caption = gr.Textbox(label="Caption for uploaded images without one")
-            with gr.Row():
-                steps = gr.Number(spec.default_steps, precision=0, label=spec.steps_label, minimum=1,
-                                  info=f"at most {MAX_JOB_STEPS:,}", **ids("steps"))
-                batch = gr.Number(8, precision=0, label="Batch size", minimum=1, **ids("batch"))
-                every = gr.Number(100, precision=0, label="Checkpoint + sample every", minimum=1, **ids("every"))
-            if finetune:
-                own = [
-                    gr.Radio(["LoRA", "Full"], value="LoRA", label="Method", **ids("method")),
-                    gr.Textbox(label="Sample prompt (rendered at each sample step)", **ids("prompt")),
-                ]
-            else:
-                own = [
-                    gr.Radio(
-                        [4, 2, 1],
-                        value=4,
-                        label="Student steps",
-                        info="distil down to this many steps",
-                        **ids("student"),
-                    )
-                ]
-            extra = gr.Textbox(
-                label="Extra trainer flags",
-                placeholder="--lr 1e-4 --ema-decay 0.999",
-                info=f"passed to python -m {spec.module}",
-                **ids("flags"),
-            )
-            with gr.Row():
-                start = gr.Button("Start", variant="primary", **ids("start"))
-                stop = gr.Button("Stop", variant="stop", **ids("stop"))
-                resume = gr.Button("Resume", **ids("resume"))
+            inputs, buttons = _settings(spec, registry, limits)
         with gr.Column():
-            bar = gr.HTML(progress_html(JobStatus("", "", 0, 0)))
-            status = gr.Markdown("No run yet.", **ids("status"))
-            plot = gr.LinePlot(
-                loss_frame(JobStatus("", "", 0, 0)), x="step", y="loss", title="Loss", height=220
-            )
-            sample = gr.Image(label="Newest sample", interactive=False, height=220)
-            log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
+            shown = _progress_view(spec)
     timer = gr.Timer(1.0, active=False)
+    _wire(spec, registry, jobs, limits, inputs, buttons, [*shown, timer], model_lists)
+
+
+def _ids(spec: TrainerSpec, part: str) -> dict:
+    return {"elem_id": f"{spec.key}-{part}"}  # finetune-name, distill-steps, ...
+
+
+def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> tuple[list, dict]:
+    """The run's controls, in ``start_run``'s order, and the Start / Stop / Resume buttons."""
+    name = gr.Textbox(label="New model name", placeholder="my-model", **_ids(spec, "name"),
+                      info=f"the result is saved as {registry.models_dir.name}/<name> in the models folder")
+    base = gr.Dropdown(registry.choices(), value=registry.default_choice(), label=spec.model_label,
+                       allow_custom_value=True, **_ids(spec, "model"))
+    data_dir = gr.Textbox(label="Image folder on the server", **_ids(spec, "data"),
+                          info=f"a folder in the data folder {limits.data_root.name}/ (--data-dir): images with "
+                          ".txt captions, or a metadata.jsonl / captions.csv")
+    uploads = gr.File(label="...or upload images (+ same-name .txt captions)", file_count="multiple")
+    caption = gr.Textbox(label="Caption for uploaded images without one")
+    with gr.Row():
+        steps = gr.Number(spec.default_steps, precision=0, label=spec.steps_label, minimum=1,
+                          info=f"at most {MAX_JOB_STEPS:,}", **_ids(spec, "steps"))
+        batch = gr.Number(8, precision=0, label="Batch size", minimum=1, **_ids(spec, "batch"))
+        every = gr.Number(100, precision=0, label="Checkpoint + sample every", minimum=1, **_ids(spec, "every"))
+    if spec.key == "finetune":
+        own = [gr.Radio(["LoRA", "Full"], value="LoRA", label="Method", **_ids(spec, "method")),
+               gr.Textbox(label="Sample prompt (rendered at each sample step)", **_ids(spec, "prompt"))]
+    else:
+        own = [gr.Radio([4, 2, 1], value=4, label="Student steps", info="distil down to this many steps",
+                        **_ids(spec, "student"))]
+    extra = gr.Textbox(label="Extra trainer flags", placeholder="--lr 1e-4 --ema-decay 0.999",
+                       info=f"added to latentgen train {spec.key}'s flags", **_ids(spec, "flags"))
+    with gr.Row():
+        buttons = {"start": gr.Button("Start", variant="primary", **_ids(spec, "start")),
+                   "stop": gr.Button("Stop", variant="stop", **_ids(spec, "stop")),
+                   "resume": gr.Button("Resume", **_ids(spec, "resume"))}
+    return [name, base, data_dir, uploads, caption, steps, batch, every, *own, extra], buttons
+
+
+def _progress_view(spec: TrainerSpec) -> list:
+    """Progress bar, status line, loss curve, newest sample and log tail (``_view``'s outputs, in order)."""
+    idle = JobStatus("", "", 0, 0)
+    return [
+        gr.HTML(progress_html(idle)),
+        gr.Markdown("No run yet.", **_ids(spec, "status")),
+        gr.LinePlot(loss_frame(idle), x="step", y="loss", title="Loss", height=220),
+        gr.Image(label="Newest sample", interactive=False, height=220),
+        gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True),
+    ]
+
+
+def _view(jobs: JobManager, registry: ModelRegistry, model_lists):
+    """The handler that shows a run's state (and refreshes ``model_lists`` once it has finished)."""
 
     def view(job_name: str):
         job_name = job_name.strip() if isinstance(job_name, str) else ""
         st = jobs.status(job_name) if job_name else JobStatus("", "", 0, 0)
         live = st.state in ("running", "stopping")
         text = f"**{st.state}**: {st.message}" if st.name else "No run yet."
-        lists = [
-            gr.Dropdown(choices=registry.choices()) if st.state == "finished" else gr.skip()
-            for _ in model_lists
-        ]
-        return (
-            progress_html(st),
-            text,
-            loss_frame(st),
-            st.sample,
-            st.log_tail,
-            gr.Timer(active=live),
-            *lists,
-        )
+        lists = [gr.Dropdown(choices=registry.choices()) if st.state == "finished" else gr.skip()
+                 for _ in model_lists]
+        return (progress_html(st), text, loss_frame(st), st.sample, st.log_tail, gr.Timer(active=live), *lists)
 
-    outputs = [bar, status, plot, sample, log, timer, *model_lists]
+    return view
+
+
+def _wire(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: TabLimits, inputs: list,
+          buttons: dict, shown: list, model_lists):
+    """The tab's events: Start, Stop, Resume, and the status on leaving the name box and on each tick."""
+    view = _view(jobs, registry, model_lists)
+    outputs = [*shown, *model_lists]
+    name, timer, key = inputs[0], shown[-1], spec.key
 
     @readable_errors
     def on_start(*values):
         start_run(spec, registry, jobs, limits, *values)
         return view(values[0].strip())
 
-    inputs = [name, base, data_dir, uploads, caption, steps, batch, every]
-    inputs += [*own, extra]
-    start.click(on_start, inputs, outputs, concurrency_id="jobs", api_name=f"{key}_start", **PRIVATE)
-    for verb, button, action in (("stop", stop, jobs.stop), ("resume", resume, jobs.resume)):
-        button.click(_then(action, view), name, outputs, concurrency_id="jobs", api_name=f"{key}_{verb}",
-                     **PRIVATE)
+    buttons["start"].click(on_start, inputs, outputs, concurrency_id="jobs", api_name=f"{key}_start", **PRIVATE)
+    for verb, action in (("stop", jobs.stop), ("resume", jobs.resume)):
+        buttons[verb].click(_then(action, view), name, outputs, concurrency_id="jobs", api_name=f"{key}_{verb}",
+                            **PRIVATE)
     name.blur(view, name, outputs, queue=False, api_name=f"{key}_status", **PRIVATE)
     timer.tick(view, name, outputs, queue=False, api_name=f"{key}_poll", **PRIVATE)
 
@@ -250,7 +242,7 @@ def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limi
 
 def trainer_flags(spec: TrainerSpec, ckpt_every: int, rest) -> list[str]:
     """The trainer's own controls (method, sample prompt / student steps) and the extra flags."""
-    if spec.module == "train.finetune":
+    if spec.key == "finetune":
         method, sample_prompt, flags = rest
         argv = [f"--lora-rank={8 if method == 'LoRA' else 0}"]
         sample_prompt = check_prompt(sample_prompt, "sample prompt").strip()
