@@ -12,7 +12,7 @@ import os
 import sys
 
 from latentgen.limits import MAX_PROMPT_CHARS, Bound, check_bounds, check_prompt
-from latentgen.prompts import EXAMPLE_PROMPTS
+from latentgen.examples import EXAMPLE_PROMPTS
 
 ONE_BATCH = "all are made in one batch, held in memory together"
 BOUNDS = {  # `latentgen eval` shares the steps, guidance and seed bounds

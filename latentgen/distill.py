@@ -40,8 +40,8 @@ __all__ = [
     "grid_alpha_sigma",
     "grid_timesteps",
     "guidance_embedding",
-    "guided_forward",
     "guided_distillation_loss",
+    "guided_forward",
     "make_student",
     "progressive_distillation_loss",
     "progressive_target",
@@ -63,13 +63,12 @@ def guidance_embedding(guidance_scale, dim: int, dtype: torch.dtype = torch.floa
 
     ``guidance_scale`` is a number (repeated ``batch`` times, default 1) or a (B,) tensor.
     """
-    from diffusers import StableDiffusionPipeline
+    from latentgen.diffusion import guidance_scale_embedding
 
     g = torch.as_tensor(guidance_scale, dtype=torch.float64).cpu()
     w = (g - 1).float()  # as stock: torch.tensor(guidance_scale - 1), the subtraction in double precision
     w = w.repeat(batch or 1) if w.ndim == 0 else w  # (B,)
-    # the method never reads ``self``: calling it unbound runs diffusers' own code, not a copy of it
-    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim, dtype=dtype)
+    return guidance_scale_embedding(w, dim, dtype)
 
 
 # ----------------------------------------------------------------------------- the step grid

@@ -9,7 +9,7 @@ The bundled model knows two kinds of prompt:
   image draws: the model composes them from the words alone.
 * OpenMoji names (``latentgen data emoji``): round yellow faces, hearts, fruit and flags come out best.
 
-Each shapes prompt here is drawn right by the shapes checker (``latentgen.data.shapes.check_image``)
+Each shapes prompt here is drawn right by the shapes checker (``latentgen.eval.shapes.check_image``)
 at the model card's settings for seeds 0 to 3, and each emoji is drawn nearer its own OpenMoji render
 than most of the 4,000 others.
 """

@@ -17,13 +17,6 @@ import unicodedata
 logger = logging.getLogger(__name__)
 
 EOW = "</w>"
-EXAMPLE_PROMPTS = (  # the bundled model draws these well (its card lists its whole vocabulary)
-    "a large red circle at center",
-    "a small blue square at top left",
-    "a large yellow triangle at bottom right and a small green square at top left",
-    "a large purple circle at left and a large orange square at right",
-    "grinning face",
-)
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters, as CLIP's pre-tokenizer splits them (\p{L}+)
 
 

@@ -391,3 +391,22 @@ def test_app_config_refuses_a_queue_size_out_of_range():
     for bad in (0, -5, MAX_QUEUE_SIZE + 1):
         with pytest.raises(ValueError, match="--queue-size must be from 1 to 10,000"):
             AppConfig(queue_size=bad)
+
+
+def test_unknown_words_are_named_in_the_status_line_and_the_image_is_still_made():
+    from types import SimpleNamespace
+
+    from latentgen.ui.generation import Result
+    from latentgen.ui.streaming import Sessions, stream
+
+    class Gen:
+        def check(self, req):
+            pass
+
+        def run(self, req, on_step, cancel):
+            on_step(1, 1, None)
+            return Result(paths=["x.png"], seed=req.seed, interrupted=False, steps_done=1, seconds=0.1,
+                          warning="The model never learned: dog, park.")
+
+    *_, last = stream(Gen(), Sessions(), SimpleNamespace(seed=3), None)
+    assert last[0] == ["x.png"] and "never learned: dog, park" in last[3]

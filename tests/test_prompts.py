@@ -12,8 +12,9 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from latentgen.cli import main as cli
+from latentgen.examples import EXAMPLE_PROMPTS
 from latentgen.loading import DEFAULT_MODEL_DIR
-from latentgen.prompts import EXAMPLE_PROMPTS, unknown_words
+from latentgen.prompts import unknown_words
 from latentgen.ui.generation import Generator, check_request
 from latentgen.ui.registry import ModelRegistry
 from tests.tiny_models import make_tiny_pipeline, make_tiny_tokenizer

@@ -81,7 +81,7 @@ class Result:
     warning: str = ""  # e.g. the prompt's words the model never learned; "" when none
 
 
-EXAMPLES_HINT = "the example prompts (the README lists them)"
+EXAMPLES_HINT = "the example prompts under the prompt box"
 
 
 def unknown_words_warning(pipe, prompt: str) -> str:

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentgen.fsutil import RunLock, atomic_write_json
+from latentgen.lora import LORA_FILE
 from latentgen.ui.limits import UPLOAD_MAX_AGE_S, hide_paths
 from latentgen.ui.uploads import clean_stale, staged_dir
 
 JOB_FILE = "job.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 LOG_FILE = "job.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

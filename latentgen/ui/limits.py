@@ -141,3 +141,5 @@ def hide_paths(text: str, roots: dict[str, os.PathLike] | None = None) -> str:
             if len(form) > 1:
                 text = re.sub(re.escape(form.rstrip("/")) + r"(?=/|\b|$)", label, text)
     return _ABS_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
+
+PRIVATE = {"api_visibility": "private"}  # an event kept off the API page (the server still checks every call)

@@ -25,11 +25,11 @@ from latentgen.ui.generation import (
     check_edit_request,
     check_request,
 )
+from latentgen.ui.limits import PRIVATE
 from latentgen.ui.registry import ModelRegistry
 from latentgen.ui.streaming import Sessions, canceller, status_html, stream
 
 log = logging.getLogger("latentgen.ui")
-PRIVATE = {"api_visibility": "private"}
 SAMPLER_CHOICES = [AUTO_SAMPLER, *SAMPLERS]
 FALLBACK = {"sampler": AUTO_SAMPLER, "steps": 25, "guidance": 5.0, "height": 64, "width": 64, "factor": 8}
 

@@ -26,6 +26,8 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from latentgen.lora import LORA_FILE, LORA_INFO  # LORA_INFO: {"base": <base model folder>, ...}
+
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -36,8 +38,6 @@ NO_MODEL_HELP = (
     "latentgen/weights/default), or start the app with: latentgen app --model DIR "
     "(a model folder with model_index.json), or put model folders in the models folder ({models_dir}/)."
 )
-LORA_FILE = "pytorch_lora_weights.safetensors"
-LORA_INFO = "finetune.json"  # written by latentgen train finetune: {"base": <base model folder>, ...}
 
 
 def is_lora_folder(path: Path) -> bool:

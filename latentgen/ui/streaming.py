@@ -106,6 +106,7 @@ def stream(gen: Generator, sessions: Sessions, req, request: gr.Request | None):
             f"{len(res.paths)} image(s) in {res.seconds:.1f} s; seed {res.seed}"
             + (f" to {res.seed + len(res.paths) - 1} (one per image)" if len(res.paths) > 1 else "")
             + ". The PNGs hold their settings: drop one on 'Read settings from a PNG'."
+            + (f" {res.warning}" if res.warning else "")
         )
         yield res.paths, str(res.seed), res.paths, status_html(text)
     finally:

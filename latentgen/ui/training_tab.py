@@ -29,6 +29,7 @@ from latentgen.ui.limits import (
     MAX_JOB_STEPS,
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_FILES,
+    PRIVATE,
     check_job_settings,
     check_uploads,
     data_folder,
@@ -36,8 +37,6 @@ from latentgen.ui.limits import (
 )
 from latentgen.ui.registry import ModelRegistry, is_lora_folder
 from latentgen.ui.uploads import stage_uploads
-
-PRIVATE = {"api_visibility": "private"}
 
 
 @dataclass(frozen=True)

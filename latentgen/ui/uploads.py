@@ -12,13 +12,14 @@ import shutil
 import time
 from pathlib import Path
 
+from latentgen.data.captions import METADATA_NAMES
+from latentgen.data.images import IMAGE_EXTS
 from latentgen.fsutil import RunLock
 from latentgen.limits import MAX_CAPTION_CHARS
 from latentgen.ui.limits import UPLOAD_MAX_AGE_S
 
 UPLOADS = ".uploads"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CAPTION_FILES = ("metadata.jsonl", "captions.jsonl", "metadata.csv", "captions.csv")
+CAPTION_FILES = METADATA_NAMES
 
 
 def staged_dir(models_dir: Path, name: str) -> Path:
