@@ -40,6 +40,10 @@ def main(out):
                    "params": [p.sum().item() for p in model.parameters()]}, f)
     contrastive_step(t.accelerator, out)
     t.accelerator.wait_for_everyone()
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a clean teardown: gloo's threads stopped before the interpreter exits
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -172,13 +172,19 @@ def test_validation_and_images_are_logged(tmp_path):
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """The folder ``tests/ddp_worker.py`` wrote, run on two processes by ``accelerate launch``."""
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tests.ddp_worker", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("ddp") / "run"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "tests.ddp_worker", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env,
+                           cwd=os.path.dirname(os.path.dirname(__file__)))
+        # gloo on CPU can abort a rank while the processes tear down ("terminate called without an active
+        # exception", about 1 run in 20 on a loaded 2-core machine): that one failure is run again, in a
+        # new folder; any other failure, or the same one twice, fails
+        if r.returncode == 0 or "terminate called without an active exception" not in r.stderr or attempt:
+            break
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
