@@ -5,7 +5,8 @@ installed with ``--no-deps`` into a venv that sees this environment's site-packa
 dependencies. From a temporary folder: ``latentgen --help``, ``latentgen train NAME --help`` for
 every trainer in the package, ``latentgen app --help``, ``latentgen data shapes``, then
 ``latentgen app`` on a tiny model answering HTTP, while the app's job manager (``latentgen.ui.jobs``)
-trains the installed ``latentgen.train.unet`` for two steps into a model folder.
+trains the installed ``latentgen.train.unet`` for two steps into a model folder; and the Fine-tune and
+Distill tabs' jobs (``latentgen.train.finetune``, ``latentgen.train.distill``) run from the installed package.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ JOB_SCRIPT = """
 import importlib.util, json, sys
 from latentgen.ui.jobs import JobManager
 
+module, name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 jobs = JobManager("models")
-job = jobs.start("latentgen.train.unet", "unet-run", 2, sys.argv[1:])
+job = jobs.start(module, name, steps, sys.argv[4:])
 job.proc.wait(300)
-st = jobs.status("unet-run")
+st = jobs.status(name)
 print(json.dumps({"state": st.state, "step": st.step, "log": st.log_tail,
-                  "trainer": importlib.util.find_spec("latentgen.train.unet").origin}))
+                  "trainer": importlib.util.find_spec(module).origin}))
 """
 UNET_FLAGS = ["--data=data/shapes", "--model=models/tiny", "--preset=tiny", "--size=16", "--batch-size=4",
               "--checkpoint-every=2", "--validate-every=0", "--val-steps=1", "--no-progress"]
@@ -125,6 +127,31 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _job(venv: Path, workdir: Path, module: str, name: str, flags: list[str], steps: int = 2) -> dict:
+    """Run ``module`` as the app's job manager runs a tab's job; it must finish from the installed package."""
+    job = run(venv, workdir, str(venv / "bin" / "python"), "-c", JOB_SCRIPT, module, name, str(steps), *flags,
+              timeout=400)
+    assert job.returncode == 0, job.stderr[-3000:]
+    result = json.loads(job.stdout.strip().splitlines()[-1])
+    assert result["state"] == "finished" and result["step"] == steps, result["log"]
+    assert Path(result["trainer"]).resolve().is_relative_to(venv.resolve()), result["trainer"]
+    assert f"{venv / 'bin' / 'python'} -m {module}" in (workdir / "models" / name / "logs" / "job.log").read_text()
+    return result
+
+
+def test_the_fine_tune_and_distill_tabs_jobs_run_the_installed_trainers(venv, workdir):
+    """The flags the Fine-tune and Distill tabs pass (``latentgen.ui.training_tab``), on the tiny model."""
+    data = run(venv, workdir, "latentgen", "data", "shapes", "--out", "data/tabs", "--n", "8", "--size", "16")
+    assert data.returncode == 0, data.stderr
+    common = ["--data=data/tabs", "--model=models/tiny", "--batch-size=4", "--checkpoint-every=2", "--no-progress",
+              "--log-every=1"]
+    _job(venv, workdir, "latentgen.train.finetune", "lora-run",
+         [*common, "--lora-rank=4", "--tune-decoder=off", "--prior=off"])
+    assert (workdir / "models" / "lora-run" / "pytorch_lora_weights.safetensors").is_file()
+    _job(venv, workdir, "latentgen.train.distill", "student-run", [*common, "--min-steps=4", "--teacher-steps=8"])
+    assert any((workdir / "models" / "student-run").glob("**/model_index.json"))
+
+
 def test_the_app_serves_while_a_job_trains_the_installed_unet(venv, workdir):
     data = run(venv, workdir, "latentgen", "data", "shapes", "--out", "data/shapes", "--n", "8", "--size", "16")
     assert data.returncode == 0, data.stderr
@@ -134,13 +161,7 @@ def test_the_app_serves_while_a_job_trains_the_installed_unet(venv, workdir):
                                 "models/tiny", "--data-dir", "data"], cwd=workdir, env=_env(venv),
                                stdout=log, stderr=subprocess.STDOUT)
     try:
-        job = run(venv, workdir, str(venv / "bin" / "python"), "-c", JOB_SCRIPT, *UNET_FLAGS, timeout=400)
-        assert job.returncode == 0, job.stderr[-3000:]
-        result = json.loads(job.stdout.strip().splitlines()[-1])
-        assert result["state"] == "finished" and result["step"] == 2, result["log"]
-        assert Path(result["trainer"]).resolve().is_relative_to(venv.resolve()), result["trainer"]
-        assert f"{venv / 'bin' / 'python'} -m latentgen.train.unet" in (
-            workdir / "models" / "unet-run" / "logs" / "job.log").read_text()
+        _job(venv, workdir, "latentgen.train.unet", "unet-run", UNET_FLAGS)
         assert (workdir / "models" / "unet-run" / "model_index.json").is_file()
         deadline = time.monotonic() + 120
         while not _answers(f"http://127.0.0.1:{port}/") and app.poll() is None and time.monotonic() < deadline:
