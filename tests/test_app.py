@@ -325,6 +325,26 @@ def test_job_start_progress_stop_resume(tmp_path):
     assert [s for s, _ in st.losses if s <= stopped_at] and max(s for s, _ in st.losses) == 20
 
 
+def test_the_training_tabs_offer_a_model_made_after_the_page_was_built(app, models):
+    """Opening a training tab's model list reads the models folder again: the model a fine-tune just
+    wrote can be chosen as the Distill tab's teacher without reloading the page."""
+    import json
+    import shutil
+
+    url = app.demo.local_url.rstrip("/")
+    make_tiny_pipeline(models / "models", name="tuned-later")
+    try:
+        for key in ("finetune", "distill"):
+            r = requests.post(f"{url}/gradio_api/call/{key}_models", json={"data": []}, timeout=30)
+            assert r.status_code == 200, r.text
+            text = requests.get(f"{url}/gradio_api/call/{key}_models/{r.json()['event_id']}", timeout=30).text
+            kind, payload = re.findall(r"event: (\w+)\ndata: (.*)", text)[-1]
+            assert kind == "complete", payload
+            assert [c[0] for c in json.loads(payload)[0]["choices"]] == ["tiny", "tiny-4step", "tuned-later"]
+    finally:
+        shutil.rmtree(models / "models" / "tuned-later")
+
+
 # ---------------------------------------------------------------- the command line
 def test_latentgen_train_lists_the_trainers_and_runs_one(capsys, monkeypatch):
     from latentgen.cli import main

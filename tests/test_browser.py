@@ -8,30 +8,12 @@ Set ``LATENTGEN_SCREENSHOTS=DIR`` to keep the screenshots.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests.browser_util import keep, open_page, require_browser
 
 pytestmark = pytest.mark.browser
-if not os.path.exists(CHROMIUM):
-    pytest.skip(
-        f"{CHROMIUM} is absent (apt-get install chromium; .ci/run installs it)", allow_module_level=True
-    )
-sync_api = pytest.importorskip(
-    "playwright.sync_api",
-    reason="the playwright package is not installed (pip install playwright; no browser download is needed)",
-)
+require_browser()
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +35,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(app.demo.local_url)
-        page.wait_for_selector("#generate")
+    with open_page(app.demo.local_url, "#generate") as page:
         yield page
-        browser.close()
-
-
-def _keep(page, tmp_path, name):
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    keep = os.environ.get("LATENTGEN_SCREENSHOTS")
-    if keep:
-        os.makedirs(keep, exist_ok=True)
-        shutil.copy(path, keep)
-    return path
 
 
 def test_type_prompt_click_generate_see_image(page, tmp_path):
@@ -85,7 +51,7 @@ def test_type_prompt_click_generate_see_image(page, tmp_path):
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
     assert img.evaluate("img => img.naturalWidth") == 16  # the tiny model's native size
     assert "Seed used" in page.inner_text("body")
-    assert _keep(page, tmp_path, "generate.png").stat().st_size > 0
+    assert keep(page, tmp_path, "generate.png").stat().st_size > 0
 
 
 def test_bad_model_path_is_an_error_on_the_page(page, tmp_path):
@@ -95,4 +61,4 @@ def test_bad_model_path_is_an_error_on_the_page(page, tmp_path):
     page.click("#generate")
     toast = page.wait_for_selector("text=contains '..'", timeout=60_000)
     assert toast is not None
-    _keep(page, tmp_path, "error.png")
+    keep(page, tmp_path, "error.png")

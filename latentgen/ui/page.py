@@ -87,7 +87,7 @@ def _generate_controls(registry: ModelRegistry, default: str | None, d: dict) ->
         c["model"] = gr.Dropdown(registry.choices(), value=default, label="Model", allow_custom_value=True,
                                  info="a name from the list, or a folder inside the models folder", scale=4,
                                  elem_id="model")
-        c["refresh"] = gr.Button("↻", scale=0, min_width=40)
+        c["refresh"] = gr.Button("↻", scale=0, min_width=40, elem_id="refresh")
         c["fast"] = gr.Button("Fast (4-step student)", scale=2)
     with gr.Row():
         c["sampler"] = gr.Dropdown(SAMPLER_CHOICES, value=d["sampler"], label="Sampler",

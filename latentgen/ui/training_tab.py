@@ -5,7 +5,8 @@ Each tab builds the flags of an installed trainer (``latentgen.train.finetune`` 
 the :class:`JobManager`, which runs the trainer as a background process. A timer
 polls the run folder once a second while a run is going: progress bar, loss curve, the
 newest sample image and the end of the log. The finished model is written to
-``<models>/<name>/`` and shows up in the model lists (press ↻ there).
+``<models>/<name>/`` and shows up in the model lists (press ↻ on the Generate tab; the
+training tabs read their list again each time it is opened).
 
 The events are private (hidden from the API docs and ``gradio_client``) but, like every
 Gradio event, callable over HTTP by anyone who can load the page; so ``start_run`` checks
@@ -157,11 +158,11 @@ def _progress_view(spec: TrainerSpec) -> list:
     """Progress bar, status line, loss curve, newest sample and log tail (``_view``'s outputs, in order)."""
     idle = JobStatus("", "", 0, 0)
     return [
-        gr.HTML(progress_html(idle)),
+        gr.HTML(progress_html(idle), **_ids(spec, "progress")),
         gr.Markdown("No run yet.", **_ids(spec, "status")),
         gr.LinePlot(loss_frame(idle), x="step", y="loss", title="Loss", height=220),
-        gr.Image(label="Newest sample", interactive=False, height=220),
-        gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True),
+        gr.Image(label="Newest sample", interactive=False, height=220, **_ids(spec, "sample")),
+        gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True, **_ids(spec, "log")),
     ]
 
 
@@ -182,10 +183,11 @@ def _view(jobs: JobManager, registry: ModelRegistry, model_lists):
 
 def _wire(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: TabLimits, inputs: list,
           buttons: dict, shown: list, model_lists):
-    """The tab's events: Start, Stop, Resume, and the status on leaving the name box and on each tick."""
+    """The tab's events: Start, Stop, Resume, the status on leaving the name box and on each tick, and
+    the model list read again on opening it (a run of the other tab may have added a model)."""
     view = _view(jobs, registry, model_lists)
     outputs = [*shown, *model_lists]
-    name, timer, key = inputs[0], shown[-1], spec.key
+    name, base, timer, key = inputs[0], inputs[1], shown[-1], spec.key
 
     @readable_errors
     def on_start(*values):
@@ -198,6 +200,8 @@ def _wire(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: 
                             **PRIVATE)
     name.blur(view, name, outputs, queue=False, api_name=f"{key}_status", **PRIVATE)
     timer.tick(view, name, outputs, queue=False, api_name=f"{key}_poll", **PRIVATE)
+    base.focus(lambda: gr.Dropdown(choices=registry.choices()), None, base, queue=False,
+               api_name=f"{key}_models", **PRIVATE)
 
 
 def _then(action, view):

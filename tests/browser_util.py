@@ -1,0 +1,64 @@
+"""Headless Chromium for the browser tests: Debian's ``chromium`` driven by Playwright.
+
+``require_browser()`` skips the calling module, with the reason, where ``/usr/bin/chromium`` or the
+Playwright package is missing (``.ci/run`` installs Chromium); Playwright's own browser downloads are
+never used. ``open_page(url)`` gives a page on the app, ``keep(page, tmp_path, name)`` a screenshot
+(also copied into ``$LATENTGEN_SCREENSHOTS`` when that is set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def require_browser():
+    """Playwright's sync API; skips the calling test module where Chromium or Playwright is missing."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            f"{CHROMIUM} is absent (apt-get install chromium; .ci/run installs it)", allow_module_level=True
+        )
+    return pytest.importorskip(
+        "playwright.sync_api",
+        reason="the playwright package is not installed (pip install playwright; no browser download is needed)",
+    )
+
+
+@contextlib.contextmanager
+def open_page(url: str, ready: str, timeout_ms: int = 60_000):
+    """A page on ``url`` in headless Chromium, once the element ``ready`` (a selector) is there."""
+    sync_api = require_browser()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(timeout_ms)
+            page.goto(url)
+            page.wait_for_selector(ready)
+            yield page
+        finally:
+            browser.close()
+
+
+def keep(page, tmp_path, name: str):
+    """A full-page screenshot at ``tmp_path/name`` (and in ``$LATENTGEN_SCREENSHOTS`` when set)."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    folder = os.environ.get("LATENTGEN_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copy(path, folder)
+    return path
