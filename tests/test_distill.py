@@ -12,8 +12,13 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from latentgen import LatentGenPipeline
-from latentgen.diffusion import make_scheduler, pred_x0_from_v, training_alphas_cumprod, v_target
-from latentgen.diffusion import classifier_free_guidance
+from latentgen.diffusion import (
+    classifier_free_guidance,
+    make_scheduler,
+    pred_x0_from_v,
+    training_alphas_cumprod,
+    v_target,
+)
 from latentgen.distill import (
     copy_unet,
     ddim_step,
@@ -485,3 +490,49 @@ def test_two_pass_students_are_plain_guided_unets_that_learn_two_teacher_steps(r
 
     with pytest.raises(TrainerError, match="two-pass"):
         distill.run(_cfg(os.path.join(run["out"], "stage1"), run["data"], str(tmp_path / "x"), two_pass=True))
+
+
+def test_a_lora_fine_tune_distils_from_its_base_with_the_lora_merged(run, tmp_path):
+    """A LoRA-only folder (as ``latentgen train finetune`` writes it, ``finetune.json`` naming the base) is a
+    teacher: the distiller merges the adapters into the base's weights and takes the base's parts."""
+    import json
+
+    from latentgen import LatentGenPipeline
+    from latentgen.lora import LORA_INFO, add_lora, save_lora
+    from latentgen.train import distill
+    from latentgen.train.base import load_merged
+    from latentgen.train.config import TrainerError
+
+    base = LatentGenPipeline.from_pretrained(run["model"])
+    add_lora(base.unet, 4, None, "to_q,to_k,to_v,to_out.0")
+    with torch.no_grad():  # adapters that change the output (peft starts lora_B at zero)
+        for name, p in base.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    save_lora(str(lora), base.unet)
+    (lora / LORA_INFO).write_text(json.dumps({"base": run["model"]}))
+
+    merged, parts = load_merged(str(lora))
+    assert parts == run["model"]
+    plain = LatentGenPipeline.from_pretrained(run["model"])
+    adapted = LatentGenPipeline.from_pretrained(run["model"])
+    adapted.load_lora_weights(str(lora))
+    x, t = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    emb = torch.randn(1, 16, plain.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want, before = (p.unet(x, t, encoder_hidden_states=emb).sample for p in (merged, adapted, plain))
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, before, atol=1e-3)
+    assert not any("lora" in n for n, _ in merged.unet.named_parameters())  # merged, no adapters left
+
+    res = distill.run(_cfg(str(lora), run["data"], str(tmp_path / "out"), teacher_steps=2, stage1_steps=2,
+                           steps_per_round=2))
+    folders = list((tmp_path / "out").glob("**/model_index.json"))
+    assert res["finished"] and folders, res
+    student = LatentGenPipeline.from_pretrained(str(folders[0].parent))  # the base's VAE, unchanged
+    assert all(torch.equal(a, b) for a, b in zip(student.vae.state_dict().values(), plain.vae.state_dict().values()))
+
+    (lora / LORA_INFO).write_text(json.dumps({"base": str(tmp_path / "gone")}))
+    with pytest.raises(TrainerError, match="merge them into their base first"):
+        load_merged(str(lora))

@@ -1,5 +1,6 @@
-"""The whole journey in a real browser, on a tiny model: fine-tune from a folder on the server and watch
-the run, generate with the new model, distil it into a student, generate with the student.
+"""The whole journey in a real browser, on a tiny model: fine-tune (LoRA) from a folder on the server and
+watch the run, generate with the new model, distil it (the distiller merges the LoRA into its base) into a
+student, generate with the student.
 
 Each training run is a few steps at batch size 1, so the test takes seconds of training; the app
 runs the installed trainers as background jobs, as it does for a user. Skipped, with the reason,
@@ -104,7 +105,7 @@ def test_fine_tune_generate_distil_generate(page, app, tmp_path):
     _number(page, "finetune-steps", 4)
     _number(page, "finetune-batch", 1)
     _number(page, "finetune-every", 4)
-    page.locator("#finetune-method").get_by_label("Full", exact=True).check()
+    page.locator("#finetune-method").get_by_label("LoRA", exact=True).check()  # the distiller merges it
     _text(page, "finetune-prompt", "a red circle")
     _text(page, "finetune-flags", "--tune-decoder off --prior off")
     page.click("#finetune-start")

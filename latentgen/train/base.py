@@ -49,3 +49,36 @@ def swap_text_encoder(pipe, te_dir: str) -> None:
                            f"attends to {want}: continue the base model's own CLIP "
                            "(latentgen train clip --model BASE)")
     pipe.register_modules(text_encoder=te.eval(), tokenizer=tok)
+
+
+def lora_base(folder: str) -> str | None:
+    """The model a LoRA fine-tune in ``folder`` applies to: ``folder`` itself when it also holds a model (a
+    fine-tune that wrote its text encoder or tuned VAE there), else the ``base`` its ``finetune.json``
+    records; None when ``folder`` holds no LoRA weights. A base that is gone is a :class:`TrainerError`."""
+    if not os.path.isfile(os.path.join(folder, LORA_FILE)):
+        return None
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return folder
+    base = _read_json(os.path.join(folder, LORA_INFO)).get("base")
+    if not base or not os.path.isfile(os.path.join(base, "model_index.json")):
+        raise TrainerError(f"{folder} holds LoRA weights whose base model ({base or 'not recorded'}) is not a "
+                           "model folder here: merge them into their base first (LatentGenPipeline."
+                           "from_pretrained(base), load_lora_weights(dir), fuse_lora(), save_pretrained(new))")
+    return base
+
+
+def load_merged(model_dir: str):
+    """``(pipeline, parts folder)``: the model of ``model_dir`` with its LoRA fine-tune (if any) merged into the
+    weights, and the folder whose ``vae/``, ``text_encoder/`` and ``clip/`` the model uses."""
+    from latentgen.pipeline import LatentGenPipeline, check_model_folder
+
+    base = lora_base(model_dir)
+    try:
+        pipe = LatentGenPipeline.from_pretrained(check_model_folder(base or model_dir))
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise TrainerError(f"--model: {e}") from None
+    if base is not None:
+        pipe.load_lora_weights(model_dir)
+        pipe.fuse_lora()  # W + B A, in place
+        pipe.unload_lora_weights()  # the adapters go, the merged weights stay
+    return pipe, base or model_dir

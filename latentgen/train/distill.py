@@ -116,14 +116,12 @@ Config = DistillConfig
 
 
 def load_teacher(model_dir: str):
-    """The teacher pipeline and the DDIM scheduler every student is saved with (trailing, alpha_0 = 1)."""
+    """The teacher pipeline (a LoRA fine-tune merged into its base), the folder its parts come from, and the
+    DDIM scheduler every student is saved with (trailing, alpha_0 = 1)."""
     from latentgen.diffusion import make_scheduler
-    from latentgen.pipeline import LatentGenPipeline, check_model_folder
+    from latentgen.train.base import load_merged
 
-    try:
-        pipe = LatentGenPipeline.from_pretrained(check_model_folder(model_dir))
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise TrainerError(f"--model: {e}") from None
+    pipe, parts = load_merged(model_dir)
     cfg = dict(pipe.scheduler.config)
     if cfg.get("prediction_type") != "v_prediction":
         raise TrainerError(f"the teacher in {model_dir} predicts {cfg.get('prediction_type')!r}; "
@@ -136,7 +134,7 @@ def load_teacher(model_dir: str):
                       f"{float(scheduler.alphas_cumprod[-1]):.2g}); few-step students start from pure noise "
                       "and will be off (Lin et al. 2023): train teachers with latentgen's schedule",
                       stacklevel=2)
-    return pipe, scheduler
+    return pipe, parts, scheduler
 
 
 def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps: int, gmin: float,
@@ -220,13 +218,13 @@ def export(folder: str, cfg: DistillConfig, ctx: dict, unet, steps: int, record:
     from latentgen.models.presets import CONFIG_NAME, load_config
     from latentgen.models.unet import UNetConfig
 
-    configs = {}
-    if os.path.isfile(os.path.join(cfg.model, "unet", CONFIG_NAME)):  # the teacher's preset, with the guidance input
-        configs["unet"] = dataclasses.replace(load_config(UNetConfig, os.path.join(cfg.model, "unet")),
+    configs, parts = {}, ctx["parts"]  # the teacher's folder, or the base of a LoRA fine-tune
+    if os.path.isfile(os.path.join(parts, "unet", CONFIG_NAME)):  # the teacher's preset, with the guidance input
+        configs["unet"] = dataclasses.replace(load_config(UNetConfig, os.path.join(parts, "unet")),
                                               time_cond_proj_dim=unet.config.time_cond_proj_dim)
     card = model_card(cfg, record["stage"], steps, ctx["guidance"], record)
     export_model(folder, build_pipeline(ctx["pipe"], unet, ctx["scheduler"]), configs=configs,
-                 sources={"vae": cfg.model, "text_encoder": cfg.model}, clip_from=cfg.model,
+                 sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
                  card={**card, "command": command_for(cfg)})
 
 
@@ -282,7 +280,7 @@ def prepare(cfg: DistillConfig) -> dict:
     from latentgen.modelcard import read_card_defaults
     from latentgen.pipeline import DEFAULT_GUIDANCE
 
-    pipe, scheduler = load_teacher(cfg.model)
+    pipe, parts, scheduler = load_teacher(cfg.model)
     timesteps = scheduler.config.num_train_timesteps
     if cfg.teacher_steps > timesteps:
         raise TrainerError(f"--teacher-steps {cfg.teacher_steps} must be a power of two up to {timesteps}, the "
@@ -291,7 +289,7 @@ def prepare(cfg: DistillConfig) -> dict:
         raise TrainerError("--two-pass needs a plain guided teacher (two passes a step), but the UNet in "
                            f"{cfg.model} takes a guidance embedding: give the original model, or drop --two-pass")
     guidance = cfg.guidance if cfg.guidance is not None else \
-        read_card_defaults(cfg.model).get("guidance_scale", DEFAULT_GUIDANCE)
+        (read_card_defaults(cfg.model) or read_card_defaults(parts)).get("guidance_scale", DEFAULT_GUIDANCE)
     guidance = min(max(guidance, cfg.guidance_min), cfg.guidance_max)
     size = cfg.size or pipe.default_size()[0]
     data = image_folders(cfg.data, size)
@@ -299,7 +297,7 @@ def prepare(cfg: DistillConfig) -> dict:
         cache = load_or_build_cache(data, pipe.vae.eval(), pipe.tokenizer, pipe.text_encoder.eval(),
                                     os.path.join(cfg.out, "cache"), size)
     return {
-        "pipe": pipe, "scheduler": scheduler, "cache": cache, "guidance": guidance,
+        "pipe": pipe, "parts": parts, "scheduler": scheduler, "cache": cache, "guidance": guidance,
         "scaling": float(pipe.vae.config.scaling_factor), "alphas_cumprod": scheduler.alphas_cumprod.clone(),
         "prompts": list(dict.fromkeys(it.caption for it in data.items))[:cfg.val_prompts] or [""],
         # what the run used where the config leaves it to the teacher, and the data's size

@@ -221,7 +221,7 @@ def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limi
     job_name = check_run_name(job_name)
     max_steps, batch_size, ckpt_every = check_job_settings(max_steps, batch_size, ckpt_every)
     base_dir = registry.resolve(base_model)  # refuses paths outside the models folder
-    if is_lora_folder(base_dir):
+    if is_lora_folder(base_dir) and spec.key != "distill":  # the distiller merges a LoRA into its base
         raise ValueError(f"{base_model} holds LoRA weights, not a full model: choose a full model")
     argv = [f"--model={base_dir}", f"--batch-size={batch_size}", f"--checkpoint-every={ckpt_every}",
             "--no-progress", f"--log-every={max(1, max_steps // 200)}", *trainer_flags(spec, ckpt_every, rest)]
