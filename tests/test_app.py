@@ -430,3 +430,29 @@ def test_unknown_words_are_named_in_the_status_line_and_the_image_is_still_made(
 
     *_, last = stream(Gen(), Sessions(), SimpleNamespace(seed=3), None)
     assert last[0] == ["x.png"] and "never learned: dog, park" in last[3]
+
+
+def test_a_distill_run_without_images_draws_them_and_a_fine_tune_needs_them(tmp_path):
+    from latentgen.ui.training_tab import DISTILL, DRAWN_SCENES, FINETUNE, TabLimits, start_run
+
+    started = []
+
+    class Registry:
+        def resolve(self, name):
+            return tmp_path / name
+
+    class Jobs:
+        def check_new(self, module, name):
+            pass
+
+        def start(self, module, name, steps, argv):
+            started.append((module, argv))
+            return "started"
+
+    limits = TabLimits(data_root=tmp_path)
+    assert start_run(DISTILL, Registry(), Jobs(), limits, "student", "default", "", None, "", 10, 2, 10, 4, "")
+    (module, argv), = started
+    assert module == "latentgen.train.distill" and f"--draw-data={DRAWN_SCENES}" in argv
+    assert not any(a.startswith("--data=") for a in argv)
+    with pytest.raises(ValueError, match="give an image folder"):
+        start_run(FINETUNE, Registry(), Jobs(), limits, "tuned", "default", "", None, "", 10, 2, 10, "LoRA", "", "")

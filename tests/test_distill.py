@@ -536,3 +536,21 @@ def test_a_lora_fine_tune_distils_from_its_base_with_the_lora_merged(run, tmp_pa
     (lora / LORA_INFO).write_text(json.dumps({"base": str(tmp_path / "gone")}))
     with pytest.raises(TrainerError, match="merge them into their base first"):
         load_merged(str(lora))
+
+
+def test_without_data_the_distiller_draws_the_bundled_models_kinds_of_image(run, tmp_path, monkeypatch):
+    from latentgen.data import emoji
+    from latentgen.data.folder import scan_folder
+    from latentgen.train import distill
+
+    with pytest.raises(ValueError, match="--draw-data N"):
+        dataclasses.replace(_cfg(run["model"], run["data"], str(tmp_path / "x")), data=())
+    write = emoji.write_emoji_folder
+    monkeypatch.setattr(emoji, "write_emoji_folder", lambda out, size, **kw: write(out, size=size, limit=6, **kw))
+    out = tmp_path / "drawn"
+    cfg = dataclasses.replace(_cfg(run["model"], run["data"], str(out), teacher_steps=2, stage1_steps=2,
+                                   steps_per_round=2), data=(), draw_data=12)
+    res = distill.run(cfg)
+    assert res["finished"]
+    assert len(scan_folder(str(out / "data" / "shapes")).items) == 12
+    assert len(scan_folder(str(out / "data" / "emoji")).items) == 6

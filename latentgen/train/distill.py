@@ -50,7 +50,7 @@ def is_pow2(n: int) -> bool:
 @dataclass(frozen=True)
 class DistillConfig(RunConfig):
     TRAINER = "distill"
-    REQUIRED = ("model", "data")
+    REQUIRED = ("model",)
     # what a resumed round may change beyond the loop's bookkeeping: the card's guidance, the sample grid,
     # the other rounds' lengths, and this round's length (as --max-steps may grow on resume)
     MAY_CHANGE = ("guidance", "val_prompts", "min_steps", "stage1_steps", "steps_per_round", "last_round_steps",
@@ -80,9 +80,15 @@ class DistillConfig(RunConfig):
                          "guidance (two passes a step, negative prompts work) and learns the guided teacher's "
                          "two steps")
     lora_targets: str = opt(LORA_TARGETS, "comma-separated UNet module names the LoRA adapts")
+    draw_data: int = opt(0, "without --data: draw N shapes scenes and the OpenMoji emoji (as `latentgen data "
+                         "shapes` and `latentgen data emoji` write them: the bundled model's kinds of image) "
+                         "into <out>/data and distil on those")
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.data and self.draw_data < 1:
+            raise ValueError("distillation needs the teacher's kind of images: give --data DIR, or --draw-data N "
+                             "to draw N shapes scenes and the OpenMoji emoji (for the bundled model)")
         if not is_pow2(self.teacher_steps):
             raise ValueError(f"--teacher-steps {self.teacher_steps} must be a power of two (e.g. 64), so each "
                              "halving lands on the teacher's timesteps")
@@ -135,6 +141,21 @@ def load_teacher(model_dir: str):
                       "and will be off (Lin et al. 2023): train teachers with latentgen's schedule",
                       stacklevel=2)
     return pipe, parts, scheduler
+
+
+def draw_folders(root: str, n: int, size: int) -> tuple[str, ...]:
+    """``root/shapes`` (``n`` scenes) and ``root/emoji`` (every OpenMoji emoji), the held-out pairs left out of
+    both, drawn once (a resumed run finds them)."""
+    from latentgen.data.captions import METADATA_FILE
+    from latentgen.data.emoji import write_emoji_folder
+    from latentgen.data.shapes import write_shapes_folder
+
+    shapes, emoji = os.path.join(root, "shapes"), os.path.join(root, "emoji")
+    if not os.path.isfile(os.path.join(shapes, METADATA_FILE)):
+        write_shapes_folder(shapes, n=n, size=size, seed=0)
+    if not os.path.isfile(os.path.join(emoji, METADATA_FILE)):
+        write_emoji_folder(emoji, size=size)
+    return shapes, emoji
 
 
 def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps: int, gmin: float,
@@ -292,7 +313,9 @@ def prepare(cfg: DistillConfig) -> dict:
         (read_card_defaults(cfg.model) or read_card_defaults(parts)).get("guidance_scale", DEFAULT_GUIDANCE)
     guidance = min(max(guidance, cfg.guidance_min), cfg.guidance_max)
     size = cfg.size or pipe.default_size()[0]
-    data = image_folders(cfg.data, size)
+    with PartialState().main_process_first():
+        folders = cfg.data or draw_folders(os.path.join(cfg.out, "data"), cfg.draw_data, size)
+    data = image_folders(folders, size)
     with PartialState().main_process_first():  # under accelerate launch one process builds the cache
         cache = load_or_build_cache(data, pipe.vae.eval(), pipe.tokenizer, pipe.text_encoder.eval(),
                                     os.path.join(cfg.out, "cache"), size)

@@ -80,7 +80,9 @@ DISTILL = TrainerSpec(
     1000,
     "Steps per stage",
     "Guided, then progressive distillation: a student that samples in a few steps. Give the teacher's "
-    "training images. Each halving is a model folder: `<name>/round-8`, ..., and `<name>/final`.",
+    "training images; with no folder and no upload the run draws the bundled model's kinds of image itself "
+    "(2000 shapes scenes and the OpenMoji emoji). Each halving is a model folder: `<name>/round-8`, ..., "
+    "and `<name>/final`.",
 )
 
 
@@ -215,6 +217,9 @@ def _then(action, view):
     return handler
 
 
+DRAWN_SCENES = 2000  # shapes scenes a Distill run without a folder draws (beside every OpenMoji emoji)
+
+
 def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: TabLimits, job_name, base_model,
               folder, files, caption, max_steps, batch_size, ckpt_every, *rest):
     """Check every value the Start button sent (the server's caps, whatever the page allowed) and start."""
@@ -233,6 +238,8 @@ def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limi
         uploads = check_uploads(files, limits.max_upload_files, limits.max_upload_bytes)
         staged = stage_uploads(uploads, caption, jobs.uploads_dir(job_name))
         argv.insert(0, f"--data={staged}")
+    elif spec.key == "distill":  # the bundled model's own kinds of image, drawn by the trainer
+        argv.insert(0, f"--draw-data={DRAWN_SCENES}")
     else:
         raise ValueError("give an image folder on the server, or upload images")
     try:
