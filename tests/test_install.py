@@ -69,7 +69,8 @@ def venv(tmp_path_factory) -> Path:
     _must(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
           str(src), cwd=root)
     (wheel,) = wheels.glob("latentgen-*.whl")
-    _must(sys.executable, "-m", "venv", "--system-site-packages", str(env_dir), cwd=root)
+    # --without-pip: no ensurepip needed; the venv's python runs this environment's pip (system site-packages)
+    _must(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir), cwd=root)
     _must(str(env_dir / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel), cwd=root,
           env=_env(env_dir))
     return env_dir
