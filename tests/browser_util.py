@@ -62,3 +62,21 @@ def keep(page, tmp_path, name: str):
         os.makedirs(folder, exist_ok=True)
         shutil.copy(path, folder)
     return path
+
+
+@contextlib.contextmanager
+def tiny_app(root, data_dir=None):
+    """The app on a tiny model (``tiny``) in ``root/models``, no bundled model, ``data_dir`` as ``--data-dir``."""
+    from latentgen.ui import AppConfig, serve
+    from tests.conftest import free_port
+    from tests.tiny_models import make_tiny_pipeline
+
+    make_tiny_pipeline(root / "models", name="tiny")
+    (root / "no_bundle").mkdir()
+    extra = {"data_dir": str(data_dir)} if data_dir else {}
+    app = serve(AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"), port=free_port(),
+                          **extra), block=False)
+    try:
+        yield app
+    finally:
+        app.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_util import keep, open_page, require_browser
+from tests.browser_util import keep, open_page, require_browser, tiny_app
 
 pytestmark = pytest.mark.browser
 require_browser()
@@ -18,19 +18,8 @@ require_browser()
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from latentgen.ui import AppConfig, serve
-    from tests.conftest import free_port
-    from tests.tiny_models import make_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("browser")
-    make_tiny_pipeline(root / "models", name="tiny")
-    (root / "no_bundle").mkdir()
-    app = serve(
-        AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"), port=free_port()),
-        block=False,
-    )
-    yield app
-    app.close()
+    with tiny_app(tmp_path_factory.mktemp("browser")) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

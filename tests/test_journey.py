@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_util import keep, open_page, require_browser
+from tests.browser_util import keep, open_page, require_browser, tiny_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 require_browser()
@@ -24,18 +24,11 @@ RUN_TIMEOUT_MS = 240_000  # a training run: seconds here, minutes on a machine t
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     from latentgen.data.shapes import write_shapes_folder
-    from latentgen.ui import AppConfig, serve
-    from tests.conftest import free_port
-    from tests.tiny_models import make_tiny_pipeline
 
     root = tmp_path_factory.mktemp("journey")
-    make_tiny_pipeline(root / "models", name="tiny")
     write_shapes_folder(root / "data" / "shapes", n=8, size=16, seed=0)
-    (root / "no_bundle").mkdir()
-    app = serve(AppConfig(models_dir=str(root / "models"), bundled_dir=str(root / "no_bundle"),
-                          data_dir=str(root / "data"), port=free_port()), block=False)
-    yield app
-    app.close()
+    with tiny_app(root, data_dir=root / "data") as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -210,11 +210,12 @@ def parse_config(cls: type[T], description: str, argv=None) -> T:
 def config_argv(cfg: RunConfig) -> list[str]:
     """The flags that give ``cfg`` back (fields left at their defaults are left out)."""
     argv: list[str] = []
+    base = _base_meta()
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.default is not dataclasses.MISSING and value == f.default:
             continue
-        meta = {**_base_meta().get(f.name, {}), **f.metadata}
+        meta = {**base.get(f.name, {}), **f.metadata}
         flag = meta.get("flag", _flag(f.name))
         if isinstance(value, bool):
             argv.append(flag)
