@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from latentgen.limits import MAX_PROMPT_CHARS, Bound, check_bounds, check_prompt
 from latentgen.examples import EXAMPLE_PROMPTS
+from latentgen.limits import MAX_PROMPT_CHARS, Bound, check_bounds, check_prompt
 
 ONE_BATCH = "all are made in one batch, held in memory together"
 BOUNDS = {  # `latentgen eval` shares the steps, guidance and seed bounds
