@@ -119,7 +119,9 @@ def test_batch_seeds_are_per_image_and_random_seed_is_reported(client):
     again = client.predict(
         prompt=p["prompt"], seed=p["seed"], steps=p["steps"], model=p["model"], api_name="/generate"
     )
-    np.testing.assert_array_equal(_pixels(again)[0], np.asarray(Image.open(images[1]["image"])))
+    # batched and alone are different float sums: a value on a rounding edge may move one 8-bit level
+    diff = np.abs(_pixels(again)[0].astype(int) - np.asarray(Image.open(images[1]["image"])).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
 
 
 BAD_REQUESTS = [
