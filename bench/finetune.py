@@ -202,8 +202,11 @@ def trainer_config(data: str, out: str, args) -> train_finetune.FinetuneConfig:
 
 
 def run_dir(case: str, args) -> str:
-    """The case's run folder, one per base model and trainer flags (a killed run resumes there)."""
-    key = json.dumps([os.path.abspath(args.model), trainer_flags(args)])
+    """The case's run folder, one per base model and whole trainer config, the trainer's defaults included
+    (a killed run resumes there; a finished one is reused only while the trainer would run it the same)."""
+    settings = dataclasses.asdict(trainer_config("-", "-", args))
+    settings = {k: v for k, v in settings.items() if k not in ("out", "data", "resume", "progress")}
+    key = json.dumps([os.path.abspath(args.model), settings], sort_keys=True, default=str)
     return os.path.join(args.work, f"{case}_{hashlib.sha1(key.encode()).hexdigest()[:10]}")
 
 

@@ -244,3 +244,19 @@ def diffusion_loss(unet, latents: Tensor, text_emb: Tensor, generator: torch.Gen
     if min_snr_gamma is not None:
         per_sample = per_sample * min_snr_weight(snr(abar, t), min_snr_gamma)
     return per_sample.mean()
+
+
+def preservation_loss(unet, base_unet, latents: Tensor, text_emb: Tensor,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """E_{t, eps} ||v_theta(x_t, t, c) - v_base(x_t, t, c)||^2: the fine-tuned model's prediction held to the
+    frozen base model's on the same noisy latent (the output-preservation loss of Li & Hoiem 2017, Eq. 2,
+    for diffusion). Unlike DreamBooth's prior loss its target carries no sampling noise."""
+    t = sample_timesteps(latents.shape[0], generator, latents.device)  # (B,)
+    x0 = latents.float()
+    eps = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, C, h, w)
+    alpha, sigma = alpha_sigma(training_alphas_cumprod(), t)
+    x_t = q_sample(x0, eps, alpha, sigma).to(latents.dtype)
+    with torch.no_grad():
+        target = base_unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]  # (B, C, h, w)
+    v_pred = unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]
+    return F.mse_loss(v_pred.float(), target.float())

@@ -152,6 +152,7 @@ def _loads_in_both_pipelines(base, out, text_lora=True):
     (["--shuffle-summary", "1.5"], "probability in [0, 1]"),
     (["--shuffle-summary", "0.5", "--train-text-encoder"], "leave out --train-text-encoder"),
     (["--shuffle-summary-multi", "0"], "give --shuffle-summary P"),
+    (["--prior-target", "pixels"], "invalid choice: 'pixels'"),
 ])
 def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
     base, data = base_and_data
@@ -296,7 +297,7 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
     base, data = base_and_data
     out = tmp_path / "dec"
     res = run(_cfg(base, data, out, lora_rank=2, tune_decoder="on", decoder_steps=6, decoder_lr=1e-3,
-                   val_steps=2, max_steps=4))
+                   val_steps=2, max_steps=4, tune_encoder=False))
     assert res["finished"]
     said = capsys.readouterr().out
     assert "codec: the VAE reconstructs the folder at" in said and "tuned decoder:" in said
@@ -304,7 +305,7 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
     assert len([f for f in priors if f.endswith(".png")]) == 12  # one image of the base model per folder image
     assert len([f for f in priors if f.endswith(".txt")]) == 12  # ... with its caption: prior preservation
     record = json.loads((out / "finetune.json").read_text())
-    assert record["decoder"]["tuned"] and record["decoder"]["steps"] == 6
+    assert record["decoder"]["tuned"] and record["decoder"]["steps"] == 6 and not record["decoder"]["encoder"]
     tuned = LatentGenPipeline.from_pretrained(str(out))
     base_pipe = LatentGenPipeline.from_pretrained(base)
     dec, ref = dict(tuned.vae.decoder.named_parameters()), dict(base_pipe.vae.decoder.named_parameters())
@@ -335,3 +336,38 @@ def test_a_lora_folder_as_the_base_model_is_a_clear_error(base_and_data, tmp_pat
     with pytest.raises(TrainerError, match="holds LoRA weights .* not a full model: give the model it was "
                                            "fine-tuned"):
         run(_cfg(out, data, tmp_path / "again"))
+
+
+def test_prior_target_base_holds_the_prior_images_to_the_base_model(base_and_data, tmp_path):
+    """Output preservation: with a large weight on it, the fine-tune moves the base's predictions on the prior
+    images' captions less than DreamBooth's prior loss does, at the same steps and seed."""
+    from latentgen import LatentGenPipeline
+    from latentgen.diffusion import preservation_loss
+
+    base, data = base_and_data
+    pipe = LatentGenPipeline.from_pretrained(base)
+    prior_prompts = ["a large red circle", "a small blue square"]
+
+    def drift(folder):
+        tuned = LatentGenPipeline.from_pretrained(base)
+        tuned.load_lora_weights(str(folder))
+        x = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+        from latentgen.pipeline import encode_prompts
+        emb = encode_prompts(pipe.tokenizer, pipe.text_encoder, prior_prompts * 2, "cpu")
+        with torch.no_grad():
+            return preservation_loss(tuned.unet, pipe.unet, x, emb, torch.Generator().manual_seed(0)).item()
+
+    runs = {}
+    for target in ("images", "base"):
+        out = tmp_path / target
+        with pytest.warns(UserWarning, match="new to the tokenizer"):
+            res = run(_cfg(base, data, out, lora_rank=4, prior_target=target, prior_loss_weight=4.0,
+                           tune_decoder="off", max_steps=12))
+        assert res["finished"]
+        assert json.loads((out / "run_config.json").read_text())["prior_target"] == target
+        runs[target] = drift(out)
+    assert 0 < runs["base"] < runs["images"], runs
+    # the loss itself: zero for the base model against itself, seeded
+    x = torch.randn(2, 4, 8, 8)
+    emb = torch.randn(2, 3, pipe.unet.config.cross_attention_dim)
+    assert preservation_loss(pipe.unet, pipe.unet, x, emb, torch.Generator().manual_seed(0)).item() == 0.0

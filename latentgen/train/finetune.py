@@ -18,8 +18,8 @@ made it.
 
 Before the UNet trains: the caption words new to the tokenizer are named (many of them: a warning, with
 ``text_encoder`` and ``train_text_encoder`` as remedies); the VAE's round trip on the folder is measured,
-and below 30 dB its decoder is tuned on the folder and on the base model's own images (``latentgen.adapt``;
-a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
+and below 30 dB its decoder and encoder are tuned on the folder and on the base model's own images
+(``latentgen.adapt``; a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
 images for the captions without their new words (``prior="on"``), trained beside the folder so the model
 keeps what it drew (:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
 writes the base model with that VAE and text encoder at ``out`` too: ``from_pretrained(out)`` then
@@ -28,6 +28,7 @@ writes the base model with that VAE and text encoder at ``out`` too: ``from_pret
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -72,12 +73,21 @@ class FinetuneConfig(RunConfig):
         "auto", "tune the VAE's decoder on the folder first (encoder unchanged, so the UNet's latents keep "
         "their meaning): auto = when the VAE reconstructs the folder below 30 dB, e.g. colours it never saw",
         choices=("auto", "on", "off"))
+    tune_encoder: bool = opt(
+        True, "tune the decoder alone (by default the encoder is tuned with it: the folder's latents move "
+        "apart from what the base model draws for known words, so a new colour is not drawn where its "
+        "nearest old one is; the base model's own images keep their latents)", flag="--decoder-only")
     decoder_steps: int = opt(150, "steps of decoder tuning")
     decoder_lr: float = opt(1e-4, "learning rate of decoder tuning")
     prior: str = opt(
         "on", "prior preservation: the base model's own images for your captions with their new words left "
         "out (as many as your images) are trained on beside yours, weighted by --prior-loss-weight, so the "
         "model keeps what it drew before", choices=("on", "off"))
+    prior_target: str = opt(
+        "base", "what the model is held to on the prior and class images: images = their own noise "
+        "(DreamBooth's prior loss), base = the frozen base model's prediction on the same noisy latent "
+        "(output preservation: a target without sampling noise, one more UNet pass per prior image)",
+        choices=("images", "base"))
     shuffle_summary: float = opt(
         0.0, "with probability P per caption, the text states from its <|endoftext|> on are another "
         "caption's of the same length in tokens, so the UNet reads each word's own state rather than the "
@@ -169,11 +179,14 @@ def training_set(cfg: FinetuneConfig, pipe, data, prior_dir: str, size: int):
 
 
 def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, captions: list[str],
-                 is_prior: torch.Tensor, prior_weight: float, train_te: bool, shuffle=None):
+                 is_prior: torch.Tensor, prior_weight: float, train_te: bool, shuffle=None,
+                 prior_target: str = "images"):
     """The v-prediction loss on the folder's latents plus ``prior_weight`` times that on the prior images'
-    (Ruiz et al. 2023, Eq. 2); captions dropped to "" with probability ``caption_dropout``."""
+    (Ruiz et al. 2023, Eq. 2), or with ``prior_target="base"`` times the distance of the prior images'
+    prediction to the frozen base model's (``ctx.frozen["base_unet"]``); captions dropped to "" with
+    probability ``caption_dropout``."""
     from latentgen.cache import sample_latents
-    from latentgen.diffusion import diffusion_loss
+    from latentgen.diffusion import diffusion_loss, preservation_loss
     from latentgen.pipeline import encode_prompts
 
     embeddings, uncond = cache["embeddings"], int(cache["uncond_id"])
@@ -191,11 +204,18 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
                 emb = shuffle(ids, emb, ctx.step)
         unet = model["unet"]
         prior = is_prior[batch["index"].cpu()]
-        if not prior.any() or prior.all():
-            loss = diffusion_loss(unet, latents, emb, ctx.generator)
-            return {"loss": loss * (prior_weight if prior.all() else 1.0)}
+
+        def prior_loss(lat, e):
+            if prior_target == "base":
+                return preservation_loss(unet, ctx.frozen["base_unet"], lat, e, ctx.generator)
+            return diffusion_loss(unet, lat, e, ctx.generator)
+
+        if not prior.any():
+            return {"loss": diffusion_loss(unet, latents, emb, ctx.generator)}
+        if prior.all():
+            return {"loss": prior_weight * prior_loss(latents, emb)}
         inst = diffusion_loss(unet, latents[~prior], emb[~prior.to(emb.device)], ctx.generator)
-        pri = diffusion_loss(unet, latents[prior], emb[prior.to(emb.device)], ctx.generator)
+        pri = prior_loss(latents[prior], emb[prior.to(emb.device)])
         return {"loss": inst + prior_weight * pri, "instance_loss": inst, "prior_loss": pri}
 
     return step_fn
@@ -282,14 +302,18 @@ def run(cfg: FinetuneConfig) -> dict:
         shuffle = SummaryShuffle(pipe.tokenizer, distinct, cache["embeddings"], cfg.shuffle_summary, cfg.seed,
                                  cfg.shuffle_summary_multi)
     te = pipe.text_encoder  # frozen unless train_text_encoder
-    model = trainable(cfg, pipe)
     is_prior = torch.arange(len(dataset)) >= n_folder
+    frozen = {} if cfg.train_text_encoder else {"text_encoder": te}
+    if cfg.prior_target == "base" and is_prior.any():  # the base UNet before the adapters or training touch it
+        frozen["base_unet"] = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+    model = trainable(cfg, pipe)
     record = cfg.record(base=os.path.abspath(cfg.model), examples=len(dataset), **found)
     model_card = card(cfg, record, n_folder)  # before training: a base whose card is unreadable fails now
     step_fn = make_step_fn(cache, float(pipe.vae.config.scaling_factor), cfg.caption_dropout, pipe.tokenizer,
-                           distinct, is_prior, cfg.prior_loss_weight, cfg.train_text_encoder, shuffle)
+                           distinct, is_prior, cfg.prior_loss_weight, cfg.train_text_encoder, shuffle,
+                           cfg.prior_target)
     trainer = Trainer(cfg.loop(), model, IndexedLatents(cache), step_fn,
-                      frozen={} if cfg.train_text_encoder else {"text_encoder": te},
+                      frozen=frozen,
                       validate_fn=make_validate_fn(cfg, pipe), run_config=record, may_change=cfg.may_change())
     model = trainer.fit()
     if not trainer.finished or not trainer.is_main:

@@ -50,19 +50,26 @@ def prior_prompts(captions: list[str], new_words: list[str]) -> list[str]:
 
 
 def draw_prior(pipe, prompts: list[str], n: int, out_dir: str, size: int, seed: int, steps: int,
-               guidance: float) -> str:
+               guidance: float, batch_size: int = 8) -> str:
     """``n`` images the base model draws for ``prompts`` (cycled), with their captions, as an image folder in
-    ``out_dir`` (a resumed run reuses what is there). Image ``i`` is seeded ``seed + i``."""
+    ``out_dir`` (a resumed run reuses what is there). Image ``i`` is seeded ``seed + i``; ``batch_size`` are
+    drawn at once."""
     os.makedirs(out_dir, exist_ok=True)
-    for i in range(n):
-        path = os.path.join(out_dir, f"prior-{i:04d}.png")
-        if os.path.isfile(path):
-            continue
-        prompt = prompts[i % len(prompts)]
-        pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-             generator=torch.Generator("cpu").manual_seed(seed + i)).images[0].save(path)
-        with open(path[:-4] + ".txt", "w") as f:
-            f.write(prompt)
+
+    def path(i: int) -> str:
+        return os.path.join(out_dir, f"prior-{i:04d}.png")
+
+    todo = [i for i in range(n) if not os.path.isfile(path(i))]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        batch = [prompts[i % len(prompts)] for i in chunk]
+        images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                      generator=[torch.Generator("cpu").manual_seed(seed + i) for i in chunk]).images
+        for i, prompt, image in zip(chunk, batch, images):
+            with open(path(i)[:-4] + ".txt", "w") as f:  # the caption first: a PNG is the mark of a done image
+                f.write(prompt)
+            image.save(path(i) + ".tmp", format="PNG")
+            os.replace(path(i) + ".tmp", path(i))  # whole, or not there
     return out_dir
 
 
