@@ -1,5 +1,5 @@
 """A fine-tune's first step: the VAE tuned on the user's folder where it reconstructs it poorly
-(:mod:`latentgen.adapt`): the decoder, and by default the encoder, held to its old latents on the base
+(:mod:`latentgen.adapt`): the decoder, and with ``tune_encoder`` the encoder held to its old latents on the base
 model's own images so the latents the UNet knows keep their meaning."""
 
 from __future__ import annotations
