@@ -1,6 +1,5 @@
-"""A fine-tune's first step: the VAE tuned on the user's folder where it reconstructs it poorly
-(:mod:`latentgen.adapt`): the decoder, and with ``tune_encoder`` the encoder held to its old latents on the base
-model's own images so the latents the UNet knows keep their meaning."""
+"""A fine-tune's first step: the VAE's decoder tuned on the user's folder where the VAE reconstructs it
+poorly (:mod:`latentgen.adapt`; the encoder is kept, so the latents the UNet knows keep their meaning)."""
 
 from __future__ import annotations
 
@@ -11,11 +10,10 @@ import torch
 
 def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
     """Measure ``vae``'s round trip on the folder ``data``; below the floor (or with ``tune_decoder="on"``),
-    tune its decoder (and with ``tune_encoder`` its encoder) in place on the folder and on the base model's
-    own images in ``prior_dir``, as a run in ``<out>/decoder``. ``cfg``: a fine-tune's config
-    (``tune_decoder``, ``tune_encoder``, ``decoder_steps``, ``decoder_lr`` and the loop's ``out``, ``seed``,
-    ``resume``, ``progress``, ``mixed_precision``). Returns the report the run records: PSNR before (and
-    after), whether it was tuned, for how many steps, with the encoder or not."""
+    tune its decoder in place on the folder and on the base model's own images in ``prior_dir``, as a run in
+    ``<out>/decoder``. ``cfg``: a fine-tune's config (``tune_decoder``, ``decoder_steps``, ``decoder_lr``
+    and the loop's ``out``, ``seed``, ``resume``, ``progress``, ``mixed_precision``). Returns the report
+    the run records: PSNR before (and after), whether it was tuned, for how many steps."""
     from latentgen.adapt import DECODER_PSNR_FLOOR, Decoder, DecoderData, decoder_step, roundtrip_psnr
     from latentgen.data.folder import ImageCaptionDataset
     from latentgen.training import TrainConfig, Trainer
@@ -27,20 +25,17 @@ def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
     if cfg.tune_decoder == "off" or (cfg.tune_decoder == "auto" and before >= DECODER_PSNR_FLOOR):
         print(f"codec: the VAE reconstructs the folder at {before:.1f} dB; its decoder is kept")
         return report
-    parts = "encoder and decoder" if cfg.tune_encoder else "decoder"
     print(f"codec: the VAE reconstructs the folder at {before:.1f} dB (below {DECODER_PSNR_FLOOR:g}: it maps "
-          f"what it never saw onto what it knows); tuning its {parts} for {cfg.decoder_steps} steps")
+          f"what it never saw onto what it knows); tuning its decoder for {cfg.decoder_steps} steps")
     prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1])
     prior = torch.stack([prior_set[i]["pixels"] for i in range(len(prior_set.items))])  # (P, 3, S, S)
     loop = TrainConfig(out=os.path.join(cfg.out, "decoder"), max_steps=cfg.decoder_steps, batch_size=16,
                        lr=cfg.decoder_lr, seed=cfg.seed, checkpoint_every=max(1, cfg.decoder_steps // 2),
                        log_every=10, resume=cfg.resume, progress=cfg.progress,
                        mixed_precision=cfg.mixed_precision)
-    Trainer(loop, Decoder(vae, cfg.tune_encoder), DecoderData(vae, pixels, prior), decoder_step,
-            run_config={"trainer": "finetune-decoder", "prior_images": len(prior),
-                        "tune_encoder": cfg.tune_encoder}).fit()
+    Trainer(loop, Decoder(vae), DecoderData(vae, pixels, prior), decoder_step,
+            run_config={"trainer": "finetune-decoder", "prior_images": len(prior)}).fit()
     vae.eval()
     after = roundtrip_psnr(vae, pixels)
     print(f"codec: tuned decoder: {before:.1f} -> {after:.1f} dB on the folder")
-    return {**report, "tuned": True, "psnr_after": round(after, 2), "steps": cfg.decoder_steps,
-            "encoder": cfg.tune_encoder}
+    return {**report, "tuned": True, "psnr_after": round(after, 2), "steps": cfg.decoder_steps}

@@ -18,8 +18,8 @@ made it.
 
 Before the UNet trains: the caption words new to the tokenizer are named (many of them: a warning, with
 ``text_encoder`` and ``train_text_encoder`` as remedies); the VAE's round trip on the folder is measured,
-and below 30 dB its decoder (with ``tune_encoder`` its encoder too) is tuned on the folder and on the base model's own images
-(``latentgen.adapt``; a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
+and below 30 dB its decoder is tuned on the folder and on the base model's own images (``latentgen.adapt``;
+a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
 images for the captions without their new words (``prior="on"``), trained beside the folder so the model
 keeps what it drew (:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
 writes the base model with that VAE and text encoder at ``out`` too: ``from_pretrained(out)`` then
@@ -73,9 +73,6 @@ class FinetuneConfig(RunConfig):
         "auto", "tune the VAE's decoder on the folder first (encoder unchanged, so the UNet's latents keep "
         "their meaning): auto = when the VAE reconstructs the folder below 30 dB, e.g. colours it never saw",
         choices=("auto", "on", "off"))
-    tune_encoder: bool = opt(
-        False, "when the decoder is tuned, tune the encoder with it: the folder's latents move apart from the "
-        "base model's (held on its own images), so a new colour need not share its nearest old one's place")
     decoder_steps: int = opt(150, "steps of decoder tuning")
     decoder_lr: float = opt(1e-4, "learning rate of decoder tuning")
     prior: str = opt(
