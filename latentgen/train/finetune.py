@@ -263,6 +263,7 @@ def prepare(cfg: FinetuneConfig):
     from latentgen.train.prior import draw_prior, prior_prompts, warn_new_words
 
     pipe = load_base(cfg.model)
+    pipe.set_progress_bar_config(disable=not cfg.progress)  # the prior images' sampling bars
     if cfg.text_encoder:
         swap_text_encoder(pipe, cfg.text_encoder)
     pipe.vae.eval()
