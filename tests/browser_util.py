@@ -64,6 +64,18 @@ def keep(page, tmp_path, name: str):
     return path
 
 
+def generated_image(page):
+    """Click Generate and return the gallery's finished <img>, at the tiny model's native 16 px. The final
+    status comes first: a preview can fill the gallery before the final image replaces it, and an <img>
+    whose src is being swapped reads naturalWidth 0 meanwhile."""
+    page.click("#generate")
+    page.wait_for_function("() => document.querySelector('#status-line').innerText.includes('image(s) in')")
+    img = page.wait_for_selector("#gallery img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
+    assert img.evaluate("img => img.naturalWidth") == 16
+    return img
+
+
 @contextlib.contextmanager
 def tiny_app(root, data_dir=None):
     """The app on a tiny model (``tiny``) in ``root/models``, no bundled model, ``data_dir`` as ``--data-dir``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_util import keep, open_page, require_browser, tiny_app
+from tests.browser_util import generated_image, keep, open_page, require_browser, tiny_app
 
 pytestmark = pytest.mark.browser
 require_browser()
@@ -32,13 +32,7 @@ def test_type_prompt_click_generate_see_image(page, tmp_path):
     page.fill("#prompt textarea", "a red circle left of a blue square")
     page.fill("#steps input[type=number]", "4")
     page.press("#steps input[type=number]", "Tab")
-    page.click("#generate")
-    # Wait for the final status first: a preview can fill the gallery before the final image
-    # replaces it, and an <img> whose src is being swapped reads naturalWidth 0 meanwhile.
-    page.wait_for_function("() => document.body.innerText.includes('image(s) in')")
-    img = page.wait_for_selector("#gallery img")
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
-    assert img.evaluate("img => img.naturalWidth") == 16  # the tiny model's native size
+    generated_image(page)
     assert "Seed used" in page.inner_text("body")
     assert keep(page, tmp_path, "generate.png").stat().st_size > 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_util import keep, open_page, require_browser, tiny_app
+from tests.browser_util import generated_image, keep, open_page, require_browser, tiny_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 require_browser()
@@ -78,11 +78,7 @@ def _generate_with(page, model: str, tmp_path) -> dict:
     page.wait_for_function("m => document.querySelector('#status-line').innerText.includes(`Model ${m} ready.`)",
                            arg=model)
     page.fill("#prompt textarea", "a red circle")
-    page.click("#generate")
-    page.wait_for_function("() => document.querySelector('#status-line').innerText.includes('image(s) in')")
-    img = page.wait_for_selector("#gallery img")
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img)
-    assert img.evaluate("img => img.naturalWidth") == 16  # the tiny model's native size
+    img = generated_image(page)
     png = tmp_path / f"{model.replace('/', '-')}.png"
     png.write_bytes(page.request.get(img.get_attribute("src")).body())
     keep(page, tmp_path, f"generate-{png.name}")
