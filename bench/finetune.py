@@ -1,4 +1,4 @@
-"""Benchmark of fine-tuning on custom images: a new colour, a new shape, and OpenMoji.
+"""Benchmark of fine-tuning on custom images: a new colour, a new shape, a new style, and OpenMoji.
 
     python -m bench.finetune                                   # the bundled model, the trainer's defaults
     python -m bench.finetune --case teal --case star --n 100 --flags "--caption-dropout 0"
@@ -12,6 +12,9 @@ seeded prompts of that form are drawn and judged with the checker's blob finder
 shapes: a sample is right when it holds one object of the right colour, shape, size and position. The
 model's adherence on the original shapes prompts (``evaluate_shapes``, 1- and 2-object groups, same n
 and seeds) shows what the fine-tune cost.
+*noto*: a real style the model never saw: ``--style-images`` Noto Color Emoji captioned ``<name>, noto
+style``, scored by retrieval among the style's renders, a Fréchet distance and a style share before and
+after (``bench.finetune_style``).
 *emoji*: fine-tune on the OpenMoji training split (``bench.vae.emoji_split``, by emoji group) and
 compare the Fréchet distance (``latentgen.eval.fid``) between images generated for ``--n``
 held-out emoji names and the images of those emoji, before and after; a sample sheet shows a few.
@@ -42,6 +45,7 @@ import torch
 from PIL import Image
 
 from bench.common import machine, read_json, write_results
+from bench.finetune_style import style_case, style_markdown
 from bench.vae import emoji_split
 from latentgen.data import shapes
 from latentgen.data.captions import METADATA_FILE
@@ -169,7 +173,7 @@ def evaluate(pipe, word: NewWord, args, s: dict) -> dict:
 def trainer_fields(args) -> dict:
     """The fine-tune's settings given here (besides model, data and out): only those set, so the trainer's
     own defaults are what is measured unless one says otherwise."""
-    fields = {"lora_rank": args.lora_rank, "seed": args.seed}
+    fields = {"seed": args.seed} | ({"lora_rank": args.lora_rank} if args.lora_rank is not None else {})
     fields |= {"max_steps": args.steps} if args.steps else {}
     fields |= {"lr": args.lr} if args.lr else {}
     fields |= {"train_text_encoder": True} if args.train_text_encoder else {}
@@ -301,11 +305,44 @@ def emoji_case(args, s: dict) -> dict:
 
 
 # ---------------------------------------------------------------- results
+def summary(res: dict) -> list[str]:
+    """One row per case: what it teaches before -> after, what it cost, and the fine-tune's minutes."""
+    rows = []
+    for name in NEW_WORDS:
+        if name in res:
+            t = res[name]
+            b, a = t["before"], t["after"]
+            cost = ", ".join(f"{g.replace('_', ' ')} {100 * (b['adherence'][g] - a['adherence'][g]):+.1f}"
+                             for g in ADHERENCE_GROUPS)
+            rows.append(f"| {name} (new {t['kind']}) | prompts naming it drawn right | "
+                        f"{100 * b['new_word']['correct']:.1f}% | {100 * a['new_word']['correct']:.1f}% | "
+                        f"points lost on shapes prompts: {cost} | {t['finetune']['wall_s'] / 60:.1f} |")
+    if "noto" in res:
+        e = res["noto"]
+        b, a = e["before"], e["after"]
+        rows.append(f"| noto (new style) | style share / feature top-5, names not in the folder | "
+                    f"{b['new']['style_share']:.2f} / {100 * b['new']['feature']['top5']:.0f}% | "
+                    f"{a['new']['style_share']:.2f} / {100 * a['new']['feature']['top5']:.0f}% | bare names, "
+                    f"OpenMoji pixel top-5: {100 * b['bare']['pixel']['top5']:.0f}% -> "
+                    f"{100 * a['bare']['pixel']['top5']:.0f}% | {e['finetune']['wall_s'] / 60:.1f} |")
+    if "emoji" in res:
+        e = res["emoji"]
+        rows.append(f"| emoji (OpenMoji split) | Fréchet distance to held-out names | "
+                    f"{e['before']['frechet_distance']:.1f} | {e['after']['frechet_distance']:.1f} | - | "
+                    f"{e['finetune']['wall_s'] / 60:.1f} |")
+    if not rows:
+        return []
+    return ["| case | measure | before | after | cost | fine-tune minutes (2 CPU cores) |",
+            "|---|---|---:|---:|---|---:|", *rows, ""]
+
+
 def markdown(res: dict) -> str:
-    lines = ["# Fine-tuning on custom images", ""]
+    lines = ["# Fine-tuning on custom images", "", *summary(res)]
     for name in NEW_WORDS:
         if name in res:
             lines += _new_word_section(res[name])
+    if "noto" in res:
+        lines += style_markdown(res["noto"]) + _footer(res["noto"])
     if "emoji" in res:
         e = res["emoji"]
         lines += [f"## emoji: OpenMoji ({e['n_heldout']} held-out names at {e['image_size']} px)", "",
@@ -333,11 +370,17 @@ def _new_word_section(t: dict) -> list[str]:
     return lines + _footer(t)
 
 
+def _model_name(path: str) -> str:
+    """A bundled model as the repository names it (``latentgen/weights/default``), else the path."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-3:]) if parts[-3:-1] == ["latentgen", "weights"] else path
+
+
 def _footer(case: dict) -> list[str]:
     f, cfg = case["finetune"], case["settings"]
     done = (f"Fine-tune (`python -m train.finetune --model M --data D --out O {' '.join(f.get('flags', []))}`, "
             f"{f['steps']} steps): {f['wall_s']:.1f} s wall ({f['wall_s'] / 60:.1f} min), {f['cpu_s']:.1f} s CPU, "
-            f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{cfg['model']}`.")
+            f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{_model_name(cfg['model'])}`.")
     return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}`", ""]
 
 
@@ -353,20 +396,25 @@ def write(args, cases: dict) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="base model folder (default: the bundled one)")
-    p.add_argument("--case", choices=[*NEW_WORDS, "emoji", "all"], action="append",
-                   help="repeatable (default: all): teal (a new colour), star (a new shape), emoji (OpenMoji)")
+    p.add_argument("--case", choices=[*NEW_WORDS, "noto", "emoji", "all"], action="append",
+                   help="repeatable (default: all): teal (a new colour), star (a new shape), noto (a new style: "
+                   "Noto Color Emoji), emoji (OpenMoji)")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the trainer's)")
     p.add_argument("--n", type=int, default=100,
                    help="teal prompts, shapes prompts per group, held-out emoji names")
-    p.add_argument("--lora-rank", type=int, default=8, help="0 = full fine-tuning of the UNet")
+    p.add_argument("--lora-rank", type=int, help="0 = full fine-tuning of the UNet (default: the trainer's)")
     p.add_argument("--train-text-encoder", action="store_true")
     p.add_argument("--flags", default="", help="more trainer flags (latentgen train finetune), e.g. "
                    "\"--caption-dropout 0\"")
-    p.add_argument("--lr", type=float, help="default: the trainer's (1e-4 LoRA, 2e-5 full)")
+    p.add_argument("--lr", type=float, help="default: the trainer's (1e-4)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model card's, else 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style-images", type=int, default=300, help="Noto emoji in the noto case's folder")
+    p.add_argument("--style-source", help="the noto case's source (a folder of Noto PNGs; default: the font)")
+    p.add_argument("--heldout-names", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave the recipe's held-out emoji names out of the noto case (made once in bench/_work)")
     p.add_argument("--emoji-test-groups", type=int, default=256,
                    help="held-out emoji groups of bench.vae's split (made once in bench/_work, then reused)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -375,7 +423,7 @@ def main(argv=None) -> dict:
     p.add_argument("--results", default=RESULTS, help="path prefix of the .json, .md and sheet results")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
-    if args.n < 2 or (args.steps is not None and args.steps < 1) or args.lora_rank < 0:
+    if args.n < 2 or (args.steps is not None and args.steps < 1) or (args.lora_rank or 0) < 0:
         raise SystemExit("error: --n must be >= 2 (the Fréchet distance needs two images), --steps >= 1, "
                          "--lora-rank >= 0")
     if args.threads:
@@ -389,9 +437,10 @@ def main(argv=None) -> dict:
             "settings": {"model": args.model, "flags": trainer_flags(args), "seed": args.seed, "sampling": s}}
     chosen = set(args.case or ["all"])
     cases = {}
-    for name in [*NEW_WORDS, "emoji"]:
+    for name in [*NEW_WORDS, "noto", "emoji"]:
         if name in chosen or "all" in chosen:
-            res = emoji_case(args, s) if name == "emoji" else new_word_case(name, args, s)
+            res = (emoji_case(args, s) if name == "emoji" else style_case(args, s) if name == "noto"
+                   else new_word_case(name, args, s))
             cases[name] = {**res, **meta}
             write(args, cases)
     return cases

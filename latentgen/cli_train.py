@@ -22,12 +22,13 @@ SUMMARIES = {  # one line per trainer for `latentgen train --help` (read without
     "distill": "guided, then progressive distillation to a few-step student",
     "recipe": "every stage, from data to a model folder, in one run",
     "bundle": "the bundled model folders from a recipe run",
+    "prompts": "a model folder's prompts.txt (what fine-tunes preserve) from its training folders",
 }
 
 
 def add_train(sub) -> None:
     listing = "\n".join(f"  {name:<9} {SUMMARIES.get(name, '')}" for name in TRAINERS)
-    p = sub.add_parser("train", help="train a model (vae, clip, unet, finetune, distill, recipe, bundle)",
+    p = sub.add_parser("train", help="train a model (vae, clip, unet, finetune, distill, recipe, bundle, prompts)",
                        description=f"Run a trainer; its flags follow its name.\n\ntrainers:\n{listing}",
                        epilog="`latentgen train NAME --help` lists that trainer's flags.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

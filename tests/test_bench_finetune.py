@@ -67,8 +67,38 @@ def test_new_word_case_end_to_end_on_a_tiny_model(tmp_path, case):
         assert all(0 <= v <= 1 for v in [*(q[k] for k in q if k != "n"), a["1_object"], a["2_objects"]])
     with open(results + ".md") as f:
         md = f.read()
-    assert f"## {case}" in md and "| before |" in md and "Points lost on the original prompts" in md
+    assert f"| {case} (new " in md and f"## {case}" in md and "| before |" in md and "Points lost on the original prompts" in md
     assert "command: `python -m bench.finetune" in md
     finetune.main(argv)  # a finished run is not trained again
     with open(results + ".json") as f:
         assert json.load(f)[case]["finetune"] == res["finetune"]
+
+
+def test_noto_case_end_to_end_on_a_tiny_model(tmp_path):
+    from bench import finetune
+
+    model = make_tiny_pipeline(tmp_path)
+    results = str(tmp_path / "res" / "finetune")
+    argv = ["--model", model, "--case", "noto", "--steps", "3", "--n", "2", "--style-images", "1",
+            "--style-source", "tests/data/emoji/noto", "--no-heldout-names", "--sample-steps", "2",
+            "--flags", "--batch-size 2 --decoder-steps 2 --val-steps 2", "--work", str(tmp_path / "work"),
+            "--results", results]
+    finetune.main(argv)
+    with open(results + ".json") as f:
+        res = json.load(f)["noto"]
+    assert res["finetune"]["steps"] == 3 and res["images"] == 1
+    with open(tmp_path / "work" / "noto_data_32px_1_seed0" / "metadata.jsonl") as f:
+        (row,) = [json.loads(line) for line in f]
+    assert row["text"].endswith(", noto style")
+    for when in ("before", "after"):
+        for key in ("trained", "new", "bare"):
+            r = res[when][key]
+            assert 0 <= r["pixel"]["top1"] <= r["pixel"]["top5"] <= 1 and r["pixel"]["median_rank"] >= 1
+            assert key == "bare" or 0 <= r["style_share"] <= 1
+        assert res[when]["new"]["n"] == 2 and res[when]["new"]["frechet_distance"] is not None
+        assert res[when]["trained"]["n"] == 1  # the folder holds one name: one to draw
+    assert res["before"]["new"]["pool"] == 3  # ranked among every Noto render (less the held-out pair)
+    with open(results + ".md") as f:
+        md = f.read()
+    assert "| noto (new style) |" in md  # the one-table summary
+    assert "## noto" in md and "style share" in md and (tmp_path / "res" / "finetune_noto.png").is_file()

@@ -173,8 +173,9 @@ def test_flags_give_the_config_and_the_mode_gives_the_learning_rate(tmp_path):
                        class_prompt="a dog", num_class_images=3)
     command = shlex.split(command_for(cfg))  # latentgen train finetune --out ...: the card's command
     assert parse_config(FinetuneConfig, "", command[3:]) == cfg
-    assert FinetuneConfig(out="o", data="d", model="m").loop().lr == 1e-4  # LoRA
-    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0).loop().lr == 2e-5  # full
+    assert FinetuneConfig(out="o", data="d", model="m").lora_rank == 0  # full fine-tuning by default
+    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=8).loop().lr == 1e-4  # LoRA
+    assert FinetuneConfig(out="o", data="d", model="m").loop().lr == 1e-4  # full
     assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0, lr=1e-3).loop().lr == 1e-3
 
 

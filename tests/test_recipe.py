@@ -20,6 +20,7 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert teacher == os.path.join(out, "finetune")  # the tiny preset runs clip2 and finetune, as ship does
     g = lambda: torch.Generator().manual_seed(0)
     for folder, steps in ((teacher, 4), (student, 4)):
+        assert os.path.getsize(os.path.join(folder, "prompts.txt")) > 0  # the student keeps the teacher's
         ours = LatentGenPipeline.from_pretrained(folder)
         a = ours("a large red circle at center", num_inference_steps=steps, guidance_scale=3.0, generator=g(),
                  output_type="np").images

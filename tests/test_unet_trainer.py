@@ -38,6 +38,9 @@ def test_unet_trains_saves_and_generates(parts, tmp_path):
     assert losses[-1] < losses[0], losses
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "clip"):
         assert os.path.isdir(os.path.join(out, sub)), sub
+    with open(os.path.join(out, "prompts.txt")) as f, open(os.path.join(data, "metadata.jsonl")) as m:
+        known = f.read().splitlines()  # what a fine-tune's prior preservation holds the model to
+        assert known and set(known) <= {json.loads(line)["text"] for line in m}
     # the VAE's preset, as train.vae wrote it beside its weights, travels with the VAE
     vae_src = os.path.join(vae_dir, "vae") if os.path.isdir(os.path.join(vae_dir, "vae")) else vae_dir
     with open(os.path.join(vae_src, "latentgen_config.json")) as a, open(os.path.join(out, "vae", "latentgen_config.json")) as b:

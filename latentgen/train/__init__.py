@@ -4,4 +4,4 @@
     unet.run(unet.UNetTrainConfig(out="runs/unet", data=("data/shapes",), model="runs/base", max_steps=200))
 """
 
-TRAINERS = ("vae", "clip", "unet", "finetune", "distill", "recipe", "bundle")
+TRAINERS = ("vae", "clip", "unet", "finetune", "distill", "recipe", "bundle", "prompts")

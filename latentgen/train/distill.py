@@ -245,7 +245,7 @@ def export(folder: str, cfg: DistillConfig, ctx: dict, unet, steps: int, record:
                                               time_cond_proj_dim=unet.config.time_cond_proj_dim)
     card = model_card(cfg, record["stage"], steps, ctx["guidance"], record)
     export_model(folder, build_pipeline(ctx["pipe"], unet, ctx["scheduler"]), configs=configs,
-                 sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
+                 sources={"vae": parts, "text_encoder": parts}, clip_from=parts, prompts_from=parts,
                  card={**card, "command": command_for(cfg)})
 
 

@@ -1,9 +1,9 @@
 """Fine-tune a model on your own captioned images: full UNet or LoRA (peft); optionally the text encoder.
 
-    # LoRA (rank 8) on a folder of images with .txt captions
+    # the whole UNet (the default) on a folder of images with .txt captions or a metadata.jsonl
+    latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine
+    # a LoRA of rank 8 instead (a small file; it learnt neither a new shape nor all of a new colour)
     latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 8
-    # full fine-tuning of the UNet
-    latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 0
     # a concept from a few images (DreamBooth), with prior preservation
     latentgen train finetune --model M --data dog_photos --out runs/dog \\
         --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --num-class-images 50
@@ -20,8 +20,9 @@ Before the UNet trains: the caption words new to the tokenizer are named (many o
 ``text_encoder`` and ``train_text_encoder`` as remedies); the VAE's round trip on the folder is measured,
 and below 30 dB its decoder is tuned on the folder and on the base model's own images (``latentgen.adapt``;
 a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
-images for the captions without their new words (``prior="on"``), trained beside the folder so the model
-keeps what it drew (:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
+images (``prior="on"``) for the prompts it was trained on (its folder's ``prompts.txt``) alternating with
+the captions that lost their new words, trained beside the folder so the model keeps what it drew
+(:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
 writes the base model with that VAE and text encoder at ``out`` too: ``from_pretrained(out)`` then
 ``load_lora_weights(out)``.
 """
@@ -38,9 +39,9 @@ from torch import nn
 
 from latentgen.lora import UNET_LORA_TARGETS
 from latentgen.train.common import probability
-from latentgen.train.config import RunConfig, main_for, opt
+from latentgen.train.config import RunConfig, TrainerError, main_for, opt
 
-LORA_LR, FULL_LR = 1e-4, 2e-5  # the learning rates when none is given
+LORA_LR, FULL_LR = 1e-4, 1e-4  # the learning rates when none is given
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ class FinetuneConfig(RunConfig):
     MAY_CHANGE = ("val_prompt", "val_steps", "val_guidance")
 
     batch_size: int = 8
-    lr: float | None = opt(None, f"default: {LORA_LR:g} with LoRA (--lora-rank > 0), {FULL_LR:g} in full")
+    lr: float | None = opt(None, f"default: {FULL_LR:g} in full, {LORA_LR:g} with LoRA (--lora-rank > 0)")
     checkpoint_every: int = 200
     validate_every: int = 200
-    lora_rank: int = opt(8, "LoRA rank; 0 = full fine-tuning of the UNet")
+    lora_rank: int = opt(0, "0 = full fine-tuning of the UNet (the default: it learns new shapes and colours "
+                         "that a LoRA does not; bench/results/finetune.md); > 0 = a LoRA of this rank")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: the rank)")
     lora_targets: str = opt(UNET_LORA_TARGETS, "comma-separated UNet module names")
     text_encoder: str | None = opt(
@@ -79,6 +81,10 @@ class FinetuneConfig(RunConfig):
         "on", "prior preservation: the base model's own images for your captions with their new words left "
         "out (as many as your images) are trained on beside yours, weighted by --prior-loss-weight, so the "
         "model keeps what it drew before", choices=("on", "off"))
+    prior_prompts: str | None = opt(
+        None, "the prompts the prior images are drawn for, one per line; default: the base model folder's "
+        "prompts.txt (a sample of the captions it was trained on) where it has one, else your captions without "
+        "their new words", metavar="FILE")
     prior_target: str = opt(
         "base", "what the model is held to on the prior and class images: images = their own noise "
         "(DreamBooth's prior loss), base = the frozen base model's prediction on the same noisy latent "
@@ -255,12 +261,33 @@ def make_validate_fn(cfg: FinetuneConfig, pipe):
 # -- the run
 
 
+def prior_source(cfg: FinetuneConfig, captions: list[str], new_words: list[str]) -> list[str]:
+    """The prompts of the prior images (:func:`latentgen.train.prior.prior_prompts`): the prompts the base
+    model was trained on (``--prior-prompts``, else its folder's ``prompts.txt``) alternating with the
+    folder's captions that lost their new words."""
+    from latentgen.train.prior import known_prompts, prior_prompts
+
+    if cfg.prior_prompts and not os.path.isfile(cfg.prior_prompts):
+        raise TrainerError(f"--prior-prompts {cfg.prior_prompts}: no such file; give a text file with one prompt "
+                           "per line, or leave the flag out")
+    try:
+        known = known_prompts(cfg.model, cfg.prior_prompts)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TrainerError(f"prior prompts: {e}") from e
+    prompts = prior_prompts(captions, new_words, known[0] if known else None) or [""]  # "": unconditional
+    parts = [f"{len(known[0])} prompts it was trained on ({known[1]})"] if known else []
+    parts += ["your captions without their new words"] if new_words else [] if known else ["your captions"]
+    note = "" if known else " (its folder has no prompts.txt of the prompts it was trained on)"
+    print(f"prior images: the base model's drawings of {' and of '.join(parts)}{note}, e.g. {prompts[0]!r}")
+    return prompts
+
+
 def prepare(cfg: FinetuneConfig):
     """The base pipeline (with ``text_encoder`` swapped in and its decoder tuned where needed), the training
     set, how many of its images are the folder's, and what was found on the way (for the run's record)."""
     from latentgen.train.base import load_base, swap_text_encoder
     from latentgen.train.codec import tune_decoder
-    from latentgen.train.prior import draw_prior, prior_prompts, warn_new_words
+    from latentgen.train.prior import draw_prior, warn_new_words
 
     pipe = load_base(cfg.model)
     pipe.set_progress_bar_config(disable=not cfg.progress)  # the prior images' sampling bars
@@ -274,7 +301,7 @@ def prepare(cfg: FinetuneConfig):
     share, new_words = warn_new_words(pipe.tokenizer, captions)
     prior_dir = os.path.join(cfg.out, "prior_images")
     if cfg.prior == "on" or cfg.tune_decoder != "off":  # the decoder's prior too: drawn once, kept
-        prompts = prior_prompts(captions, new_words) or [""]  # "": unconditional
+        prompts = prior_source(cfg, captions, new_words)
         draw_prior(pipe, prompts, len(data.items), prior_dir, size, cfg.seed, cfg.val_steps, cfg.val_guidance)
     codec = tune_decoder(cfg, pipe.vae, data, prior_dir)
     dataset = training_set(cfg, pipe, data, prior_dir, size)
@@ -315,7 +342,8 @@ def run(cfg: FinetuneConfig) -> dict:
     model = trainer.fit()
     if not trainer.finished or not trainer.is_main:
         return {"finished": trainer.finished, "step": trainer.step}
-    save(cfg, pipe, model, found["decoder"]["tuned"], model_card)
+    captions = [it.caption for it in dataset.items[:n_folder]]
+    save(cfg, pipe, model, found["decoder"]["tuned"], model_card, captions)
     atomic_write_text(os.path.join(cfg.out, LORA_INFO), json.dumps(record, indent=2))
     print(f"saved to {cfg.out}")
     return {"finished": True, "step": trainer.step, "out": cfg.out, "lora": cfg.lora}
@@ -333,8 +361,10 @@ def card(cfg: FinetuneConfig, record: dict, n_images: int) -> dict:
             "command": command_for(cfg), "record": record}
 
 
-def save(cfg: FinetuneConfig, pipe, model: nn.ModuleDict, decoder_tuned: bool, card: dict) -> None:
-    """Full: a complete model folder at ``out``. LoRA: diffusers-format LoRA weights at the top of ``out``;
+def save(cfg: FinetuneConfig, pipe, model: nn.ModuleDict, decoder_tuned: bool, card: dict,
+         captions: list[str]) -> None:
+    """Full: a complete model folder at ``out``, its ``prompts.txt`` drawn from the base's and the folder's
+    ``captions``. LoRA: diffusers-format LoRA weights at the top of ``out``;
     with ``text_encoder`` or a tuned decoder also the base model with that text encoder and VAE, so
     ``from_pretrained(out)`` then ``load_lora_weights(out)`` gives the fine-tuned model."""
     from latentgen.export import export_model
@@ -346,9 +376,13 @@ def save(cfg: FinetuneConfig, pipe, model: nn.ModuleDict, decoder_tuned: bool, c
     te_dir = cfg.text_encoder or cfg.model
     has_clip = cfg.text_encoder and os.path.isdir(os.path.join(cfg.text_encoder, "clip"))
     keep = {"sources": {"unet": cfg.model, "vae": cfg.model, "text_encoder": te_dir},  # their preset configs
-            "clip_from": cfg.text_encoder if has_clip else cfg.model, "card": card}
+            "clip_from": cfg.text_encoder if has_clip else cfg.model, "card": card, "prompts_from": cfg.model}
     te = getattr(model, "text_encoder", None)  # trained, or None
     if not cfg.lora:
+        from latentgen.train.prior import known_prompts
+
+        known = known_prompts(cfg.model)
+        keep = {**keep, "prompts_from": None, "prompts": (known[0] if known else []) + captions}
         tuned = LatentGenPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder if te is None else te,
                                   tokenizer=pipe.tokenizer, unet=model["unet"], scheduler=pipe.scheduler)
         export_model(cfg.out, tuned, **keep)

@@ -1,9 +1,11 @@
 """What a fine-tune trains on besides the user's folder: prior preservation (Ruiz et al. 2023, Sec. 3.3).
 
-The caption words new to the tokenizer are named (:func:`warn_new_words`); the base model draws images for
-the folder's captions without them (:func:`prior_prompts`, :func:`draw_prior`) and for a DreamBooth class
-prompt, and those images train beside the folder so the model keeps what it drew. A DreamBooth instance
-prompt captions every image of the folder (:class:`CaptionOverride`).
+The caption words new to the tokenizer are named (:func:`warn_new_words`). The base model draws images
+(:func:`draw_prior`) for the prompts it was trained on -- a model folder's ``prompts.txt``
+(``latentgen.export.KNOWN_PROMPTS_FILE``, written by the trainers that export a model) or a file given -- else for the
+folder's captions without their new words (:func:`prior_prompts`), and for a DreamBooth class prompt; those
+images train beside the folder so the model keeps what it drew. A DreamBooth instance prompt captions every
+image of the folder (:class:`CaptionOverride`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,26 @@ import warnings
 import torch
 
 NEW_WORD_WARNING_SHARE = 0.2  # of the folder's distinct caption words: more new ones than this is a warning
+
+
+def read_prompts(path: str) -> list[str]:
+    """The non-empty lines of a text file of prompts; a clear error when there are none."""
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts: give a text file with one prompt per line")
+    return prompts
+
+
+def known_prompts(model_dir: str, given: str | None = None) -> tuple[list[str], str] | None:
+    """The prompts prior preservation holds a fine-tune of ``model_dir`` to, and where they came from:
+    the file ``given``, else the model folder's ``prompts.txt``; None when neither is there."""
+    from latentgen.export import KNOWN_PROMPTS_FILE
+
+    path = given or os.path.join(model_dir, KNOWN_PROMPTS_FILE)
+    if given is None and not os.path.isfile(path):
+        return None
+    return read_prompts(path), path
 
 
 def warn_new_words(tokenizer, captions: list[str],
@@ -36,13 +58,31 @@ def warn_new_words(tokenizer, captions: list[str],
     return share, list(report.split)
 
 
-def prior_prompts(captions: list[str], new_words: list[str]) -> list[str]:
-    """The folder's captions with its new words left out (DreamBooth's class prompts, Ruiz et al. 2023,
-    Sec. 3.3, made from every caption), each followed by it joined to the next with "and": scenes of two
-    things, which a folder of single things would otherwise teach the model to forget."""
+def prior_prompts(captions: list[str], new_words: list[str], known: list[str] | None = None) -> list[str]:
+    """The prompts of the prior images, in the order they are drawn.
+
+    The folder's captions with their new words left out (DreamBooth's class prompts, Ruiz et al. 2023,
+    Sec. 3.3, made from every caption), each followed by it joined to the next with "and" (scenes of two
+    things, which a folder of single things would otherwise teach the model to forget); only captions that
+    lost a word count: a caption kept whole is what the folder teaches (a known word drawn anew, say "star"),
+    and holding the model to its old drawing of it would undo that. With ``known`` (the prompts the base
+    model was trained on) the two alternate, the shorter list cycled; without new words, ``known`` alone.
+    Without ``known`` or new words: the captions themselves.
+    """
     drop = {w.lower() for w in new_words}
     kept = [" ".join(w for w in c.split() if w.lower().strip(",.;:!?") not in drop) for c in captions]
-    singles = list(dict.fromkeys(k for k in kept if k))
+    derived = _with_pairs([k for k, c in zip(kept, captions) if k and k != " ".join(c.split())])
+    if known:
+        if not derived:
+            return list(known)
+        n = max(len(known), len(derived))
+        return [p for i in range(n) for p in (known[i % len(known)], derived[i % len(derived)])]
+    return derived or _with_pairs(captions)
+
+
+def _with_pairs(prompts: list[str]) -> list[str]:
+    """Each distinct prompt, then it joined to the next with "and"."""
+    singles = list(dict.fromkeys(p for p in prompts if p))
     if len(singles) < 2:
         return singles
     pairs = [f"{a} and {b}" for a, b in zip(singles, singles[1:] + singles[:1])]

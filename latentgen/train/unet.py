@@ -178,7 +178,8 @@ def run(cfg: UNetTrainConfig) -> dict:
                      f"{len(data)} images."],
             "command": command_for(cfg), "record": record}
     export_model(cfg.out, build_pipeline(unet, vae, tok, te), configs={"unet": ucfg},
-                 sources={"vae": cfg.vae or cfg.model}, clip_from=te_dir, card=card)
+                 sources={"vae": cfg.vae or cfg.model}, clip_from=te_dir, card=card,
+                 prompts=[it.caption for it in data.items])
     print(f"model saved to {cfg.out}")
     return {"finished": True, "step": trainer.step, "out": cfg.out}
 

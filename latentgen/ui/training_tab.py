@@ -70,8 +70,9 @@ FINETUNE = TrainerSpec(
     "Base model",
     500,
     "Max steps",
-    "Teach a model your own images. LoRA trains small adapters (fast, a few MB); full fine-tuning "
-    "trains the whole UNet. The result appears in the model list as the name you give.",
+    "Teach a model your own images. Full fine-tuning (the default) trains the whole UNet and learns new "
+    "colours and shapes; LoRA trains small adapters (a few MB) and learns less. The result appears in the "
+    "model list as the name you give.",
 )
 DISTILL = TrainerSpec(
     "latentgen.train.distill",
@@ -142,7 +143,7 @@ def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> 
         batch = gr.Number(8, precision=0, label="Batch size", minimum=1, **_ids(spec, "batch"))
         every = gr.Number(100, precision=0, label="Checkpoint + sample every", minimum=1, **_ids(spec, "every"))
     if spec.key == "finetune":
-        own = [gr.Radio(["LoRA", "Full"], value="LoRA", label="Method", **_ids(spec, "method")),
+        own = [gr.Radio(["LoRA", "Full"], value="Full", label="Method", **_ids(spec, "method")),
                gr.Textbox(label="Sample prompt (rendered at each sample step)", **_ids(spec, "prompt"))]
     else:
         own = [gr.Radio([4, 2, 1], value=4, label="Student steps", info="distil down to this many steps",
