@@ -87,7 +87,7 @@ def test_noto_case_end_to_end_on_a_tiny_model(tmp_path):
     with open(results + ".json") as f:
         res = json.load(f)["noto"]
     assert res["finetune"]["steps"] == 3 and res["images"] == 1
-    with open(tmp_path / "work" / "noto_data_32px_1_seed0" / "metadata.jsonl") as f:
+    with open(tmp_path / "work" / f"noto_data_{res['image_size']}px_1_seed0" / "metadata.jsonl") as f:
         (row,) = [json.loads(line) for line in f]
     assert row["text"].endswith(", noto style")
     for when in ("before", "after"):
