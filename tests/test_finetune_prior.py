@@ -4,14 +4,13 @@ import pytest
 
 from latentgen.export import KNOWN_PROMPTS_FILE, write_known_prompts
 from latentgen.train.config import TrainerError
-from latentgen.train.finetune import FinetuneConfig, prior_source
-from latentgen.train.prior import known_prompts
+from latentgen.train.prior import known_prompts, prior_source
 
 CAPTIONS = ["a large teal circle at center", "a small teal square at top"]
 
 
-def cfg(tmp_path, **kw):
-    return FinetuneConfig(model=str(tmp_path / "model"), data=(str(tmp_path / "data"),), out=str(tmp_path / "out"), **kw)
+def model(tmp_path):
+    return str(tmp_path / "model")
 
 
 def test_write_known_prompts_samples_distinct_captions_and_is_seeded(tmp_path):
@@ -28,36 +27,36 @@ def test_write_known_prompts_samples_distinct_captions_and_is_seeded(tmp_path):
 def test_prior_prompts_come_from_the_model_folder_then_a_given_file_then_the_captions(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     # no prompts.txt: the captions without their new words (and their pairs)
-    got = prior_source(cfg(tmp_path), CAPTIONS, ["teal"])
+    got = prior_source(model(tmp_path), None, CAPTIONS, ["teal"])
     assert got[0] == "a large circle at center" and all("teal" not in p for p in got)
     assert "has no prompts.txt" in capsys.readouterr().out
     # the model folder's prompts.txt: the base model's own prompts, alternating with the captions that lost a word
     (tmp_path / "model" / KNOWN_PROMPTS_FILE).write_text("a large red circle at top\n\nrocket\n")
-    got = prior_source(cfg(tmp_path), CAPTIONS, ["teal"])
+    got = prior_source(model(tmp_path), None, CAPTIONS, ["teal"])
     assert got[:4] == ["a large red circle at top", "a large circle at center", "rocket",
                        "a large circle at center and a small square at top"]
     assert "2 prompts it was trained on" in capsys.readouterr().out
     # no new words: a caption kept whole is what the folder teaches, never a prior prompt
-    assert prior_source(cfg(tmp_path), ["a large red star at center"], []) == ["a large red circle at top", "rocket"]
+    assert prior_source(model(tmp_path), None, ["a large red star at center"], []) == ["a large red circle at top", "rocket"]
     # --prior-prompts wins
     given = tmp_path / "mine.txt"
     given.write_text("a small blue square at left\n")
-    assert prior_source(cfg(tmp_path, prior_prompts=str(given)), CAPTIONS, []) == ["a small blue square at left"]
+    assert prior_source(model(tmp_path), str(given), CAPTIONS, []) == ["a small blue square at left"]
     assert known_prompts(str(tmp_path / "model"), str(given))[1] == str(given)
 
 
 def test_bad_prior_prompt_files_are_named(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(TrainerError, match="no such file"):
-        prior_source(cfg(tmp_path, prior_prompts=str(tmp_path / "missing.txt")), CAPTIONS, [])
+        prior_source(model(tmp_path), str(tmp_path / "missing.txt"), CAPTIONS, [])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     with pytest.raises(TrainerError, match="holds no prompts"):
-        prior_source(cfg(tmp_path, prior_prompts=str(empty)), CAPTIONS, [])
+        prior_source(model(tmp_path), str(empty), CAPTIONS, [])
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(TrainerError, match="prior prompts"):
-        prior_source(cfg(tmp_path, prior_prompts=str(binary)), CAPTIONS, [])
+        prior_source(model(tmp_path), str(binary), CAPTIONS, [])
 
 
 def test_the_prompts_command_writes_a_model_folders_prompts_from_its_data(tmp_path, capsys):

@@ -39,7 +39,7 @@ from torch import nn
 
 from latentgen.lora import UNET_LORA_TARGETS
 from latentgen.train.common import probability
-from latentgen.train.config import RunConfig, TrainerError, main_for, opt
+from latentgen.train.config import RunConfig, main_for, opt
 
 LORA_LR, FULL_LR = 1e-4, 1e-4  # the learning rates when none is given
 
@@ -261,33 +261,12 @@ def make_validate_fn(cfg: FinetuneConfig, pipe):
 # -- the run
 
 
-def prior_source(cfg: FinetuneConfig, captions: list[str], new_words: list[str]) -> list[str]:
-    """The prompts of the prior images (:func:`latentgen.train.prior.prior_prompts`): the prompts the base
-    model was trained on (``--prior-prompts``, else its folder's ``prompts.txt``) alternating with the
-    folder's captions that lost their new words."""
-    from latentgen.train.prior import known_prompts, prior_prompts
-
-    if cfg.prior_prompts and not os.path.isfile(cfg.prior_prompts):
-        raise TrainerError(f"--prior-prompts {cfg.prior_prompts}: no such file; give a text file with one prompt "
-                           "per line, or leave the flag out")
-    try:
-        known = known_prompts(cfg.model, cfg.prior_prompts)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise TrainerError(f"prior prompts: {e}") from e
-    prompts = prior_prompts(captions, new_words, known[0] if known else None) or [""]  # "": unconditional
-    parts = [f"{len(known[0])} prompts it was trained on ({known[1]})"] if known else []
-    parts += ["your captions without their new words"] if new_words else [] if known else ["your captions"]
-    note = "" if known else " (its folder has no prompts.txt of the prompts it was trained on)"
-    print(f"prior images: the base model's drawings of {' and of '.join(parts)}{note}, e.g. {prompts[0]!r}")
-    return prompts
-
-
 def prepare(cfg: FinetuneConfig):
     """The base pipeline (with ``text_encoder`` swapped in and its decoder tuned where needed), the training
     set, how many of its images are the folder's, and what was found on the way (for the run's record)."""
     from latentgen.train.base import load_base, swap_text_encoder
     from latentgen.train.codec import tune_decoder
-    from latentgen.train.prior import draw_prior, warn_new_words
+    from latentgen.train.prior import draw_prior, prior_source, warn_new_words
 
     pipe = load_base(cfg.model)
     pipe.set_progress_bar_config(disable=not cfg.progress)  # the prior images' sampling bars
@@ -301,7 +280,7 @@ def prepare(cfg: FinetuneConfig):
     share, new_words = warn_new_words(pipe.tokenizer, captions)
     prior_dir = os.path.join(cfg.out, "prior_images")
     if cfg.prior == "on" or cfg.tune_decoder != "off":  # the decoder's prior too: drawn once, kept
-        prompts = prior_source(cfg, captions, new_words)
+        prompts = prior_source(cfg.model, cfg.prior_prompts, captions, new_words)
         draw_prior(pipe, prompts, len(data.items), prior_dir, size, cfg.seed, cfg.val_steps, cfg.val_guidance)
     codec = tune_decoder(cfg, pipe.vae, data, prior_dir)
     dataset = training_set(cfg, pipe, data, prior_dir, size)

@@ -71,13 +71,14 @@ def prior_prompts(captions: list[str], new_words: list[str], known: list[str] | 
     """
     drop = {w.lower() for w in new_words}
     kept = [" ".join(w for w in c.split() if w.lower().strip(",.;:!?") not in drop) for c in captions]
-    derived = _with_pairs([k for k, c in zip(kept, captions) if k and k != " ".join(c.split())])
+    lost = [k for k, c in zip(kept, captions) if k != " ".join(c.split())]  # captions that lost a word
+    derived = _with_pairs(lost)
     if known:
         if not derived:
             return list(known)
         n = max(len(known), len(derived))
         return [p for i in range(n) for p in (known[i % len(known)], derived[i % len(derived)])]
-    return derived or _with_pairs(captions)
+    return derived if lost else _with_pairs(captions)
 
 
 def _with_pairs(prompts: list[str]) -> list[str]:
@@ -87,6 +88,27 @@ def _with_pairs(prompts: list[str]) -> list[str]:
         return singles
     pairs = [f"{a} and {b}" for a, b in zip(singles, singles[1:] + singles[:1])]
     return [p for pair in zip(singles, pairs) for p in pair]
+
+
+def prior_source(model: str, given: str | None, captions: list[str], new_words: list[str]) -> list[str]:
+    """The prompts of the prior images (:func:`latentgen.train.prior.prior_prompts`): the prompts the base
+    model was trained on (``given``: ``--prior-prompts``, else its folder's ``prompts.txt``) alternating with the
+    folder's captions that lost their new words."""
+    from latentgen.train.config import TrainerError
+
+    if given and not os.path.isfile(given):
+        raise TrainerError(f"--prior-prompts {given}: no such file; give a text file with one prompt "
+                           "per line, or leave the flag out")
+    try:
+        known = known_prompts(model, given)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TrainerError(f"prior prompts: {e}") from e
+    prompts = prior_prompts(captions, new_words, known[0] if known else None) or [""]  # "": unconditional
+    parts = [f"{len(known[0])} prompts it was trained on ({known[1]})"] if known else []
+    parts += ["your captions without their new words"] if new_words else [] if known else ["your captions"]
+    note = "" if known else " (its folder has no prompts.txt of the prompts it was trained on)"
+    print(f"prior images: the base model's drawings of {' and of '.join(parts)}{note}, e.g. {prompts[0]!r}")
+    return prompts
 
 
 def draw_prior(pipe, prompts: list[str], n: int, out_dir: str, size: int, seed: int, steps: int,
