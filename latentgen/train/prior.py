@@ -1,10 +1,10 @@
 """What a fine-tune trains on besides the user's folder: prior preservation (Ruiz et al. 2023, Sec. 3.3).
 
 The caption words new to the tokenizer are named (:func:`warn_new_words`). The base model draws images
-(:func:`draw_prior`) for the prompts it was trained on -- a model folder's ``prompts.txt``
-(``latentgen.export.KNOWN_PROMPTS_FILE``, written by the trainers that export a model) or a file given -- else for the
-folder's captions without their new words (:func:`prior_prompts`), and for a DreamBooth class prompt; those
-images train beside the folder so the model keeps what it drew. A DreamBooth instance prompt captions every
+(:func:`draw_prior`) for the prompts it was trained on (a model folder's ``prompts.txt``, written by the
+trainers that export a model, or a file given) alternating with the folder's captions that lost their new
+words (:func:`prior_prompts`, :func:`prior_source`), and for a DreamBooth class prompt; those images train
+beside the folder so the model keeps what it drew. A DreamBooth instance prompt captions every
 image of the folder (:class:`CaptionOverride`).
 """
 
