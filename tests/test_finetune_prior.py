@@ -45,6 +45,24 @@ def test_prior_prompts_come_from_the_model_folder_then_a_given_file_then_the_cap
     assert known_prompts(str(tmp_path / "model"), str(given))[1] == str(given)
 
 
+def test_captions_of_only_new_words_give_an_unconditional_prior_the_folder_reader_keeps(tmp_path, capsys):
+    from PIL import Image
+
+    from latentgen.data.folder import ImageCaptionDataset, NoUsableImagesError
+
+    (tmp_path / "model").mkdir()
+    assert prior_source(model(tmp_path), None, ["noto style", "cat face, noto style"],
+                        ["noto", "style", "cat", "face"]) == [""]
+    assert "with no prompt" in capsys.readouterr().out
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(prior / "prior-0000.png")
+    (prior / "prior-0000.txt").write_text("")
+    with pytest.raises(NoUsableImagesError, match="empty caption"):  # a user's folder: a blank caption is a skip
+        ImageCaptionDataset([str(prior)], size=8)
+    assert ImageCaptionDataset([str(prior)], size=8, empty_captions=True)[0]["caption"] == ""
+
+
 def test_bad_prior_prompt_files_are_named(tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(TrainerError, match="no such file"):

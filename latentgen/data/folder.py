@@ -137,8 +137,10 @@ class _Meta(NamedTuple):
 class _Scanner:
     """One pass over a folder tree; builds the ``FolderReport``."""
 
-    def __init__(self, root: str, max_pixels: int, on_image: Callable[[Item, Image.Image], None] | None):
+    def __init__(self, root: str, max_pixels: int, on_image: Callable[[Item, Image.Image], None] | None,
+                 empty_captions: bool = False):
         self.root, self.max_pixels, self.on_image = root, max_pixels, on_image
+        self.empty_captions = empty_captions
         self.report = FolderReport(root=root)
         self.meta: dict[str, _Meta] = {}  # normalised image path -> metadata entry
         self.used_meta: set[str] = set()
@@ -256,7 +258,7 @@ class _Scanner:
                 self.report.notes.append((txt, f"not UTF-8, decoded as {enc}: {clean_caption(text)[:60]!r}"))
             self.txt_users[txt].append(full)
             caption, extra, where = clean_caption(text), {}, None
-        problem = caption_problem(caption, where)
+        problem = None if self.empty_captions and not caption else caption_problem(caption, where)
         if problem:
             return problem
         return Item(path=full, caption=caption, extra=extra)
@@ -300,11 +302,14 @@ def scan_folder(
     path: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[Item, Image.Image], None] | None = None,
+    empty_captions: bool = False,
 ) -> FolderReport:
     """Find every usable image-caption pair under ``path``; skip (with a reason) everything else.
 
     Every image is opened and fully decoded once; ``on_image(item, rgb)`` receives the decoded
     RGB image of each usable item (the dataset uses it to preload without decoding twice).
+    ``empty_captions`` keeps images whose caption is blank (the unconditional prompt: the model's own
+    drawings with no prompt); a user's folder skips them.
     Raises ``FileNotFoundError`` / ``NotADirectoryError`` for a bad path, never for a bad file.
     """
     path = os.fspath(path)
@@ -312,7 +317,7 @@ def scan_folder(
         raise FileNotFoundError(f"image folder {path!r} does not exist. {FORMATS_HELP}")
     if not os.path.isdir(path):
         raise NotADirectoryError(f"{path!r} is a file; give the folder that holds the images. {FORMATS_HELP}")
-    return _Scanner(path, max_pixels, on_image).run()
+    return _Scanner(path, max_pixels, on_image, empty_captions).run()
 
 
 # ---------------------------------------------------------------- dataset
@@ -326,7 +331,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, folders: list[str] | str, size: int, hflip: bool = False, preload: bool = True,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, empty_captions: bool = False):
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         if not folders:
             raise ValueError("ImageCaptionDataset needs at least one folder")
@@ -338,7 +343,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         def keep(item: Item, rgb: Image.Image) -> None:
             self._cache[item.path] = self._to_uint8(rgb)
 
-        reports = [scan_folder(f, max_pixels=max_pixels, on_image=keep if preload else None) for f in folders]
+        reports = [scan_folder(f, max_pixels=max_pixels, on_image=keep if preload else None,
+                               empty_captions=empty_captions) for f in folders]
         self.reports = reports
         self.report = FolderReport.merge(reports)
         require_usable(self.report, ", ".join(map(str, folders)))

@@ -27,7 +27,7 @@ def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
         return report
     print(f"codec: the VAE reconstructs the folder at {before:.1f} dB (below {DECODER_PSNR_FLOOR:g}: it maps "
           f"what it never saw onto what it knows); tuning its decoder for {cfg.decoder_steps} steps")
-    prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1])
+    prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1], empty_captions=True)
     prior = torch.stack([prior_set[i]["pixels"] for i in range(len(prior_set.items))])  # (P, 3, S, S)
     loop = TrainConfig(out=os.path.join(cfg.out, "decoder"), max_steps=cfg.decoder_steps, batch_size=16,
                        lr=cfg.decoder_lr, seed=cfg.seed, checkpoint_every=max(1, cfg.decoder_steps // 2),

@@ -166,7 +166,7 @@ def training_set(cfg: FinetuneConfig, pipe, data, prior_dir: str, size: int):
 
     folders = [data]
     if cfg.prior == "on":
-        folders.append(ImageCaptionDataset([prior_dir], size=size))
+        folders.append(ImageCaptionDataset([prior_dir], size=size, empty_captions=True))  # "": unconditional
     if cfg.class_prompt:
         class_dir = draw_prior(pipe, [cfg.class_prompt], cfg.num_class_images,
                                os.path.join(cfg.out, "class_images"), size, cfg.seed, cfg.val_steps,

@@ -107,6 +107,10 @@ def prior_source(model: str, given: str | None, captions: list[str], new_words: 
     parts = [f"{len(known[0])} prompts it was trained on ({known[1]})"] if known else []
     parts += ["your captions without their new words"] if new_words else [] if known else ["your captions"]
     note = "" if known else " (its folder has no prompts.txt of the prompts it was trained on)"
+    if prompts == [""]:
+        print("prior images: the base model's drawings with no prompt (every word of your captions is new and "
+              "its folder has no prompts.txt; --prior-prompts FILE gives it prompts to hold to)")
+        return prompts
     print(f"prior images: the base model's drawings of {' and of '.join(parts)}{note}, e.g. {prompts[0]!r}")
     return prompts
 
