@@ -17,6 +17,12 @@ def machine() -> str:
             f"{torch.get_num_threads()} torch threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
 
+def model_name(path: str) -> str:
+    """A bundled model as the repository names it (``latentgen/weights/default``), else the path."""
+    parts = os.path.normpath(path).split(os.sep)
+    return "/".join(parts[-3:]) if parts[-3:-1] == ["latentgen", "weights"] else path
+
+
 def read_json(path: str, default: dict) -> dict:
     """The JSON file at ``path``, or ``default`` when there is none."""
     if not os.path.isfile(path):

@@ -15,6 +15,9 @@ and seeds) shows what the fine-tune cost.
 *noto*: a real style the model never saw: ``--style-images`` Noto Color Emoji captioned ``<name>, noto
 style``, scored by retrieval among the style's renders, a Fréchet distance and a style share before and
 after (``bench.finetune_style``).
+For teal and star, the fine-tune's own fast student (``--student``, by default the bundled 4-step student
+moved by what the fine-tune changed: ``latentgen train distill --from-student``) is measured beside it, with
+its speed (``bench.finetune_student``).
 *emoji*: fine-tune on the OpenMoji training split (``bench.vae.emoji_split``, by emoji group) and
 compare the Fréchet distance (``latentgen.eval.fid``) between images generated for ``--n``
 held-out emoji names and the images of those emoji, before and after; a sample sheet shows a few.
@@ -44,7 +47,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from bench.common import machine, read_json, write_results
+from bench.common import machine, model_name, read_json, write_results
+from bench.finetune_student import default_student, student_case, student_row, student_section
 from bench.finetune_style import style_case, style_markdown
 from bench.vae import emoji_split
 from latentgen.data import shapes
@@ -267,9 +271,13 @@ def new_word_case(name: str, args, s: dict) -> dict:
     base = before(pipe, word, args, s)
     out = run_dir(name, args)
     spent = finetune(data, out, args)
-    return {"word": name, "kind": "colour" if word.fill else "shape", "images": N_NEW_WORD_IMAGES,
-            "image_size": size, "run": out, "finetune": spent, "before": base,
-            "after": evaluate(load(args, out), word, args, s)}
+    tuned = load(args, out)
+    res = {"word": name, "kind": "colour" if word.fill else "shape", "images": N_NEW_WORD_IMAGES,
+           "image_size": size, "run": out, "finetune": spent, "before": base,
+           "after": evaluate(tuned, word, args, s)}
+    if args.student:
+        res["student"] = student_case(args, out, tuned, word, s, load, sampling, evaluate)
+    return res
 
 
 def heldout_emoji(test: str, n: int, seed: int, size: int) -> list[tuple[str, Image.Image]]:
@@ -317,6 +325,7 @@ def summary(res: dict) -> list[str]:
             rows.append(f"| {name} (new {t['kind']}) | prompts naming it drawn right | "
                         f"{100 * b['new_word']['correct']:.1f}% | {100 * a['new_word']['correct']:.1f}% | "
                         f"points lost on shapes prompts: {cost} | {t['finetune']['wall_s'] / 60:.1f} |")
+            rows += [student_row(name, t)] if "student" in t else []
     if "noto" in res:
         e = res["noto"]
         b, a = e["before"], e["after"]
@@ -365,22 +374,18 @@ def _new_word_section(t: dict) -> list[str]:
         cells += [a[g] for g in ADHERENCE_GROUPS]
         lines.append(f"| {when} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     cost = [t["before"]["adherence"][g] - t["after"]["adherence"][g] for g in ADHERENCE_GROUPS]
+    lines += student_section(t, ADHERENCE_GROUPS)[:1] if "student" in t else []
     lines += ["", "Points lost on the original prompts (negative: gained): " + ", ".join(
         f"{g} {100 * c:.1f}" for g, c in zip(ADHERENCE_GROUPS, cost)), ""]
+    lines += student_section(t, ADHERENCE_GROUPS)[2:] if "student" in t else []
     return lines + _footer(t)
-
-
-def _model_name(path: str) -> str:
-    """A bundled model as the repository names it (``latentgen/weights/default``), else the path."""
-    parts = os.path.normpath(path).split(os.sep)
-    return "/".join(parts[-3:]) if parts[-3:-1] == ["latentgen", "weights"] else path
 
 
 def _footer(case: dict) -> list[str]:
     f, cfg = case["finetune"], case["settings"]
     done = (f"Fine-tune (`python -m train.finetune --model M --data D --out O {' '.join(f.get('flags', []))}`, "
             f"{f['steps']} steps): {f['wall_s']:.1f} s wall ({f['wall_s'] / 60:.1f} min), {f['cpu_s']:.1f} s CPU, "
-            f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{_model_name(cfg['model'])}`.")
+            f"codec and prior images included. Sampling: {cfg['sampling']}. Model: `{model_name(cfg['model'])}`.")
     return [done, "", f"machine: {case['machine']}", "", f"command: `{case['command']}`", ""]
 
 
@@ -411,6 +416,9 @@ def main(argv=None) -> dict:
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model card's, else 5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student", help="teal and star: a student of the base whose move by the fine-tune is "
+                   "measured beside it (default: the bundled 4-step student for the bundled model; 'none': no "
+                   "student)")
     p.add_argument("--style-images", type=int, default=300, help="Noto emoji in the noto case's folder")
     p.add_argument("--style-source", help="the noto case's source (a folder of Noto PNGs; default: the font)")
     p.add_argument("--heldout-names", action=argparse.BooleanOptionalAction, default=True,
@@ -429,6 +437,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model = resolve_model_dir(args.model)
+    args.student = None if args.student == "none" else args.student or default_student(args.model)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     s = sampling(args)
     meta = {"n": args.n, "machine": f"{machine()}, {args.device}",

@@ -83,10 +83,12 @@ class DistillConfig(RunConfig):
     draw_data: int = opt(0, "without --data: draw N shapes scenes and the OpenMoji emoji (as `latentgen data "
                          "shapes` and `latentgen data emoji` write them: the bundled model's kinds of image) "
                          "into <out>/data and distil on those")
+    from_student: str | None = opt(None, "no training: add what the fine-tune --model changed in its base to "
+                                   "this student of that base (seconds; latentgen.train.distill_transfer)")
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.data and self.draw_data < 1:
+        if not self.data and self.draw_data < 1 and not self.from_student:
             raise ValueError("distillation needs the teacher's kind of images: give --data DIR, or --draw-data N "
                              "to draw N shapes scenes and the OpenMoji emoji (for the bundled model)")
         if not is_pow2(self.teacher_steps):
@@ -358,6 +360,9 @@ def make_pair(cfg: DistillConfig, pipe, name: str, prev: str):
 def run(cfg: DistillConfig) -> dict:
     from accelerate import PartialState
 
+    if cfg.from_student:
+        from latentgen.train.distill_transfer import run_transfer
+        return run_transfer(cfg)
     ctx = prepare(cfg)
     records, prev, resume = [], cfg.model, cfg.resume
     skip_stage1 = cfg.two_pass or ctx["pipe"].unet.config.time_cond_proj_dim is not None

@@ -1,0 +1,89 @@
+"""The fine-tune's own fast student, for ``bench.finetune``'s teal and star cases.
+
+The fine-tuned teacher's change is added to a student of the base (``latentgen train distill --model TUNED
+--from-student STUDENT``: ``latentgen.train.distill_transfer``, no training), and the student is measured as
+its teacher is: the prompts naming the new word and the original shapes prompts, same n and seeds, at the
+student card's sampler, steps and guidance. Speed: seconds per image at batch 1, the median of
+``SPEED_IMAGES`` single-image calls (after one warm-up call) with each model's card settings, in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from bench.common import model_name
+from latentgen.loading import DEFAULT_MODEL_DIR
+
+SPEED_IMAGES = 8
+BUNDLED_STUDENT = os.path.join(os.path.dirname(DEFAULT_MODEL_DIR), "default-4step")
+
+
+def default_student(model: str) -> str | None:
+    """The bundled 4-step student for the bundled teacher; no default for any other base."""
+    same = os.path.abspath(model) == os.path.abspath(DEFAULT_MODEL_DIR)
+    return BUNDLED_STUDENT if same and os.path.isdir(BUNDLED_STUDENT) else None
+
+
+def make_student(tuned: str, student: str, out: str) -> dict:
+    """``<out>/final``: the transfer, timed (wall seconds)."""
+    from latentgen.train.distill import DistillConfig, run
+
+    t0 = time.perf_counter()
+    res = run(DistillConfig(model=tuned, from_student=student, out=out))
+    return {"folder": res["final"], "wall_s": time.perf_counter() - t0,
+            "command": f"latentgen train distill --model TUNED --from-student {model_name(student)} --out O"}
+
+
+def seconds_per_image(pipe, prompts: list[str], s: dict, seed: int) -> float:
+    """Median wall seconds of one image (batch 1) at the sampling settings ``s``."""
+    times = []
+    for i, prompt in enumerate(prompts[:SPEED_IMAGES + 1]):
+        t0 = time.perf_counter()
+        pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed + i), sampler=s["sampler"],
+             num_inference_steps=s["steps"], guidance_scale=s["guidance"])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])  # the first call warms up
+
+
+def student_case(args, tuned: str, teacher_pipe, word, s: dict, load, sampling, evaluate) -> dict:
+    """The student of the fine-tune in ``tuned`` (``args.student``) measured beside its teacher."""
+    made = make_student(tuned, args.student, os.path.join(tuned, "student"))
+    pipe = load(args, made["folder"])
+    ss = sampling(argparse.Namespace(model=made["folder"], guidance=None, sample_steps=None))
+    prompts = [word.prompt(o) for o in word.objects(SPEED_IMAGES + 1, random.Random(args.seed))]
+    return {"student": args.student, "made": made, "sampling": ss, "after": evaluate(pipe, word, args, ss),
+            "seconds_per_image": {"teacher": seconds_per_image(teacher_pipe, prompts, s, args.seed),
+                                  "student": seconds_per_image(pipe, prompts, ss, args.seed)}}
+
+
+def student_row(name: str, t: dict) -> str:
+    """The summary table's row: the student against its teacher."""
+    st, a = t["student"], t["after"]
+    b = st["after"]
+    behind = ", ".join(f"{label} {100 * (x - y):+.1f}" for label, x, y in (
+        ("new word", a["new_word"]["correct"], b["new_word"]["correct"]),
+        ("1 object", a["adherence"]["1_object"], b["adherence"]["1_object"]),
+        ("2 objects", a["adherence"]["2_objects"], b["adherence"]["2_objects"])))
+    sp = st["seconds_per_image"]
+    return (f"| {name} student ({st['sampling']['steps']} steps) | prompts naming it drawn right | "
+            f"teacher {100 * a['new_word']['correct']:.1f}% | {100 * b['new_word']['correct']:.1f}% | points "
+            f"behind the teacher: {behind}; {sp['teacher'] / sp['student']:.1f}x faster per image | "
+            f"{st['made']['wall_s'] / 60:.1f} |")
+
+
+def student_section(t: dict, groups: tuple[str, ...]) -> list[str]:
+    """The case section's student row and its note."""
+    st = t["student"]
+    q, a = st["after"]["new_word"], st["after"]["adherence"]
+    cells = [q[k] for k in ("correct", "color", "shape", "size", "position", "one_object")] + [a[g] for g in groups]
+    sp = st["seconds_per_image"]
+    return ["| student | " + " | ".join(f"{v:.3f}" for v in cells) + " |", "",
+            (f"Student: `{st['made']['command']}` ({st['made']['wall_s']:.1f} s, no training), sampled with "
+             f"{st['sampling']}. Seconds per image at batch 1 (median of {SPEED_IMAGES}): teacher "
+             f"{sp['teacher']:.3f}, student {sp['student']:.3f} ({sp['teacher'] / sp['student']:.1f}x)."), ""]

@@ -1,0 +1,122 @@
+"""A fine-tune's fast student in seconds: the fine-tune's weight change added to a student of its base.
+
+    latentgen train distill --model models/mine --from-student latentgen/weights/default-4step --out runs/mine-4step
+
+Task arithmetic (Ilharco et al. 2023): fine-tuning moves the teacher's UNet by tau = theta_ft - theta_base.
+A student distilled from theta_base stays close to it in weight space, so it takes the same move,
+theta_student + tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to a
+fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round). No training and no images: the
+student's scheduler, step count and guidance come along, and the fine-tune's VAE and text encoder.
+The base is the model the fine-tune's ``finetune.json`` names (a LoRA fine-tune: the model it applies to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from latentgen.train.config import TrainerError
+
+FAR = 0.5  # median relative distance of a student's weights from its base's beyond which it is not one of its
+
+
+def task_vector_sum(student: dict, base: dict, tuned: dict, scale: float = 1.0) -> tuple[dict, dict]:
+    """``student + scale * (tuned - base)`` for every weight the three share (Ilharco et al. 2023, Eq. 1);
+    the student's own weights (its guidance embedding) are kept. Returns the weights and a report."""
+    missing = [k for k in base if k not in student or k not in tuned]
+    bad = [k for k in base if k in student and k in tuned and not (base[k].shape == student[k].shape ==
+                                                                    tuned[k].shape)]
+    if missing or bad:
+        raise TrainerError(f"the student's UNet is not of its base's architecture ({len(missing)} weights missing, "
+                           f"{len(bad)} of another shape, e.g. {(missing + bad)[0]}): give a student distilled "
+                           "from the model the fine-tune started from")
+    out, dist, move = {}, [], []
+    for k, w in student.items():
+        if k not in base:
+            out[k] = w
+            continue
+        b = base[k].float()
+        tau = tuned[k].float() - b
+        out[k] = (w.float() + scale * tau).to(w.dtype)
+        norm = b.norm().clamp_min(1e-8)
+        dist.append(float((w.float() - b).norm() / norm))
+        move.append(float(tau.norm() / norm))
+    med = sorted(dist)[len(dist) // 2]
+    return out, {"weights_moved": len(dist), "student_from_base_median": round(med, 4),
+                 "fine_tune_move_median": round(sorted(move)[len(move) // 2], 4), "scale": scale}
+
+
+def fine_tune_base(model_dir: str) -> str:
+    """The model folder whose UNet the fine-tune in ``model_dir`` started from."""
+    from latentgen.lora import LORA_INFO
+    from latentgen.train.base import lora_base
+
+    parts = lora_base(model_dir)
+    if parts is not None:  # a LoRA: the UNet it applies to is its parts folder's
+        return parts
+    try:
+        with open(os.path.join(model_dir, LORA_INFO)) as f:
+            base = json.load(f).get("base")
+    except (OSError, ValueError):
+        base = None
+    if not base or not os.path.isfile(os.path.join(base, "model_index.json")):
+        raise TrainerError(f"--from-student needs the model {model_dir} was fine-tuned from: its {LORA_INFO} "
+                           f"(written by latentgen train finetune) names {base or 'none'}, which is not a model "
+                           "folder here; distil it by training instead (leave --from-student out)")
+    return base
+
+
+def run_transfer(cfg) -> dict:
+    """Write ``<out>/final``: ``cfg.from_student`` moved by the fine-tune ``cfg.model`` made of its base."""
+    from diffusers import DDIMScheduler
+
+    from latentgen.export import KNOWN_PROMPTS_FILE, export_model
+    from latentgen.modelcard import read_card_defaults
+    from latentgen.models.presets import CONFIG_NAME, load_config
+    from latentgen.models.unet import UNetConfig
+    from latentgen.pipeline import LatentGenPipeline, check_model_folder
+    from latentgen.train.base import load_merged
+    from latentgen.train.config import command_for
+    from latentgen.train.distill import load_unet
+
+    try:
+        student_dir = check_model_folder(cfg.from_student)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise TrainerError(f"--from-student: {e}") from None
+    pipe, parts = load_merged(cfg.model)  # the fine-tuned UNet (a LoRA merged), its VAE and text encoder
+    base_dir = fine_tune_base(cfg.model)
+    student = load_unet(student_dir)
+    weights, report = task_vector_sum(student.state_dict(), load_unet(base_dir).state_dict(),
+                                      pipe.unet.state_dict())
+    if report["student_from_base_median"] > FAR:
+        raise TrainerError(f"{student_dir}'s UNet is far from {base_dir}'s (median relative distance "
+                           f"{report['student_from_base_median']}): it is not a student of the model "
+                           f"{cfg.model} was fine-tuned from; give that model's student")
+    student.load_state_dict(weights)
+    defaults = read_card_defaults(student_dir)
+    steps, guidance = defaults.get("num_inference_steps", 4), defaults.get("guidance_scale", 4.0)
+    final = os.path.join(cfg.out, "final")
+    record = cfg.record(base=os.path.abspath(base_dir), student=os.path.abspath(student_dir), **report)
+    out = LatentGenPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                            unet=student.eval(), scheduler=DDIMScheduler.from_pretrained(student_dir,
+                                                                                      subfolder="scheduler"))
+    configs = {}
+    if os.path.isfile(os.path.join(student_dir, "unet", CONFIG_NAME)):
+        configs["unet"] = load_config(UNetConfig, os.path.join(student_dir, "unet"))
+    has_prompts = os.path.isfile(os.path.join(cfg.model, KNOWN_PROMPTS_FILE))
+    card = {"front": {"sampler": defaults.get("sampler", "ddim"), "num_inference_steps": steps,
+                      "guidance_scale": guidance, "distillation": "task vector"},
+            "title": f"latentgen fine-tuned student: {steps} steps",
+            "body": [(f"The student in `{student_dir}` moved by what the fine-tune in `{cfg.model}` changed in "
+                      f"its base `{base_dir}` (task arithmetic, Ilharco et al. 2023): no training. It samples "
+                      "as that student does, and `negative_prompt` does what it does there.")],
+            "command": command_for(cfg), "record": record}
+    with torch.no_grad():
+        export_model(final, out, configs=configs, sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
+                     prompts_from=cfg.model if has_prompts else parts, card=card)
+    print(f"student: {student_dir} + (fine-tune - base): {report['weights_moved']} weights moved (the fine-tune "
+          f"moved them by a median {report['fine_tune_move_median']:.2%}; the student sits "
+          f"{report['student_from_base_median']:.2%} from its base); saved to {final}")
+    return {"finished": True, "final": final, **report}
