@@ -1,6 +1,6 @@
 """The whole journey in a real browser, on a tiny model: fine-tune (LoRA) from a folder on the server and
 watch the run, generate with the new model, distil it (the distiller merges the LoRA into its base) into a
-student, generate with the student.
+student, generate with the student; then make its student from the base's in seconds and generate with it.
 
 Each training run is a few steps at batch size 1, so the test takes seconds of training; the app
 runs the installed trainers as background jobs, as it does for a user. Skipped, with the reason,
@@ -17,7 +17,7 @@ from tests.browser_util import generated_image, keep, open_page, require_browser
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 require_browser()
 
-TUNED, STUDENT = "shapes-tuned", "shapes-student"
+TUNED, STUDENT, FAST, BASE_STUDENT = "shapes-tuned", "shapes-student", "shapes-fast", "tiny-4step"
 RUN_TIMEOUT_MS = 240_000  # a training run: seconds here, minutes on a machine that is busy
 
 
@@ -28,7 +28,20 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("journey")
     write_shapes_folder(root / "data" / "shapes", n=8, size=16, seed=0)
     with tiny_app(root, data_dir=root / "data") as app:
+        _student_of(root / "models" / "tiny", root / "models" / BASE_STUDENT)
         yield app
+
+
+def _student_of(base, out):
+    """A 4-step student of ``base`` as distillation starts one (its weights, a zero guidance embedding)."""
+    from latentgen import LatentGenPipeline
+    from latentgen.distill import make_student
+    from latentgen.modelcard import write_card
+
+    pipe = LatentGenPipeline.from_pretrained(str(base))
+    pipe.register_modules(unet=make_student(pipe.unet, 16))
+    pipe.save_pretrained(str(out))
+    write_card(out, {"sampler": "ddim", "num_inference_steps": 4, "guidance_scale": 3.0}, "student", [])
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +140,15 @@ def test_fine_tune_generate_distil_generate(page, app, tmp_path):
     # 4. Generate with the student, in the one step it was distilled to
     params = _generate_with(page, f"{STUDENT}/final", tmp_path)
     assert params["model"] == f"{STUDENT}/final" and params["steps"] == 1
+
+    # 5. Or, in seconds: the base's student moved by what the fine-tune changed; it samples as that student
+    _tab(page, "Distill")
+    _choose(page, "distill-model", TUNED)
+    _text(page, "distill-name", FAST)
+    _text(page, "distill-data", "")
+    _text(page, "distill-flags", "")
+    _choose(page, "distill-from", BASE_STUDENT)
+    page.click("#distill-start")
+    _wait_for_run(page, "distill")
+    params = _generate_with(page, f"{FAST}/final", tmp_path)
+    assert params["model"] == f"{FAST}/final" and params["steps"] == 4

@@ -146,8 +146,13 @@ def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> 
         own = [gr.Radio(["LoRA", "Full"], value="Full", label="Method", **_ids(spec, "method")),
                gr.Textbox(label="Sample prompt (rendered at each sample step)", **_ids(spec, "prompt"))]
     else:
+        start = gr.Dropdown([TRAIN_ONE, *registry.choices()], value=TRAIN_ONE, label="Start from a student",
+                            info="for a fine-tune: its base's student, moved by what the fine-tune changed "
+                            "(seconds, no images, no steps); or train a student", **_ids(spec, "from"))
+        start.focus(lambda: gr.Dropdown(choices=[TRAIN_ONE, *registry.choices()]), None, start, queue=False,
+                    api_name=f"{spec.key}_students", **PRIVATE)
         own = [gr.Radio([4, 2, 1], value=4, label="Student steps", info="distil down to this many steps",
-                        **_ids(spec, "student"))]
+                        **_ids(spec, "student")), start]
     extra = gr.Textbox(label="Extra trainer flags", placeholder="--lr 1e-4 --ema-decay 0.999",
                        info=f"added to latentgen train {spec.key}'s flags", **_ids(spec, "flags"))
     with gr.Row():
@@ -219,6 +224,7 @@ def _then(action, view):
 
 
 DRAWN_SCENES = 2000  # shapes scenes a Distill run without a folder draws (beside every OpenMoji emoji)
+TRAIN_ONE = "none: train a student"  # the Distill tab's "Start from a student" when there is none
 
 
 def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limits: TabLimits, job_name, base_model,
@@ -233,7 +239,10 @@ def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limi
             "--no-progress", f"--log-every={max(1, max_steps // 200)}", *trainer_flags(spec, ckpt_every, rest)]
     jobs.check_new(spec.module, job_name)  # before anything is staged
     staged = None
-    if folder and folder.strip():
+    student = rest[1] if spec.key == "distill" and rest[1] not in (None, "", TRAIN_ONE) else None
+    if student:  # no training, no images: the student moved by the fine-tune (latentgen.train.distill_transfer)
+        argv.append(f"--from-student={registry.resolve(student)}")
+    elif folder and folder.strip():
         argv.insert(0, f"--data={data_folder(folder, limits.data_root)}")
     elif files:
         uploads = check_uploads(files, limits.max_upload_files, limits.max_upload_bytes)
@@ -260,7 +269,7 @@ def trainer_flags(spec: TrainerSpec, ckpt_every: int, rest) -> list[str]:
         if sample_prompt:
             argv += [f"--val-prompt={sample_prompt}", f"--validate-every={ckpt_every}"]
     else:
-        student_steps, flags = rest
+        student_steps, _from_student, flags = rest  # the student to start from: start_run resolves it
         student_steps = whole("student steps", student_steps, 1, 4)
         if student_steps not in (1, 2, 4):
             raise ValueError(f"student steps must be 4, 2 or 1, got {student_steps}")

@@ -1,0 +1,101 @@
+"""distill --from-student: a fine-tune's student made by adding the fine-tune's change to its base's student."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from latentgen import LatentGenPipeline
+from latentgen.distill import make_student
+from latentgen.lora import LORA_INFO, add_lora, save_lora
+from latentgen.modelcard import write_card
+from latentgen.train.config import TrainerError
+from latentgen.train.distill import DistillConfig, main, run
+from tests.tiny_models import make_tiny_pipeline
+
+
+def _nudge(module, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A base, its 4-step student (a guidance-input copy, moved a little), and a full fine-tune of the base
+    (UNet and VAE moved) whose finetune.json names the base."""
+    root = tmp_path_factory.mktemp("transfer")
+    base = make_tiny_pipeline(root, name="base")
+    pipe = LatentGenPipeline.from_pretrained(base)
+    student = make_student(pipe.unet, 16)
+    _nudge(student, 1e-3, 1)
+    LatentGenPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
+                      scheduler=pipe.scheduler).save_pretrained(root / "student")
+    write_card(root / "student", {"sampler": "ddim", "num_inference_steps": 4, "guidance_scale": 3.0},
+               "student", [])
+    _nudge(pipe.unet, 1e-2, 2)
+    _nudge(pipe.vae.decoder, 1e-2, 3)
+    pipe.save_pretrained(root / "tuned")
+    (root / "tuned" / LORA_INFO).write_text(json.dumps({"base": base}))
+    (root / "tuned" / "prompts.txt").write_text("a teal circle\n")
+    return {"root": root, "base": base, "student": str(root / "student"), "tuned": str(root / "tuned")}
+
+
+def _sd(folder):
+    return LatentGenPipeline.from_pretrained(folder).unet.state_dict()
+
+
+def test_the_student_moves_by_what_the_fine_tune_changed_and_keeps_its_own_sampling(models, tmp_path):
+    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o")))
+    got, student, base, tuned = (_sd(f) for f in (res["final"], models["student"], models["base"],
+                                                   models["tuned"]))
+    for k, w in got.items():
+        want = student[k] + (tuned[k] - base[k]) if k in base else student[k]  # the guidance embedding: kept
+        assert torch.allclose(w, want, atol=1e-6), k
+    assert not torch.allclose(got["conv_in.weight"], student["conv_in.weight"])
+    final = LatentGenPipeline.from_pretrained(res["final"])
+    tuned_vae = LatentGenPipeline.from_pretrained(models["tuned"]).vae.state_dict()
+    assert all(torch.equal(a, tuned_vae[k]) for k, a in final.vae.state_dict().items())  # the fine-tune's VAE
+    card = (tmp_path / "o" / "final" / "README.md").read_text()
+    assert "num_inference_steps: 4" in card and "guidance_scale: 3.0" in card and "--from-student" in card
+    assert (tmp_path / "o" / "final" / "prompts.txt").read_text() == "a teal circle\n"
+    stock = StableDiffusionPipeline.from_pretrained(res["final"], safety_checker=None)
+    image = stock("a teal circle", num_inference_steps=4, guidance_scale=3.0, height=16, width=16,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (16, 16, 3)
+
+
+def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_path):
+    pipe = LatentGenPipeline.from_pretrained(models["base"])
+    add_lora(pipe.unet, 4, None, "to_q,to_k,to_v,to_out.0")
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    save_lora(str(lora), pipe.unet)
+    (lora / LORA_INFO).write_text(json.dumps({"base": models["base"]}))
+    res = run(DistillConfig(model=str(lora), from_student=models["student"], out=str(tmp_path / "o")))
+    got, student, base = _sd(res["final"]), _sd(models["student"]), _sd(models["base"])
+    moved = [k for k in base if not torch.allclose(got[k], student[k], atol=1e-6)]
+    assert moved and all(".attn" in k and k.endswith("weight") for k in moved), moved  # only what LoRA adapts
+
+
+def test_wrong_students_and_bases_are_named(models, tmp_path, capsys):
+    other = make_tiny_pipeline(tmp_path, seed=5, name="other")  # a stranger: same shapes, other weights
+    with pytest.raises(TrainerError, match="far from"):
+        run(DistillConfig(model=models["tuned"], from_student=other, out=str(tmp_path / "a")))
+    no_record = tmp_path / "no_record"
+    shutil.copytree(models["tuned"], no_record)
+    (no_record / LORA_INFO).unlink()
+    with pytest.raises(TrainerError, match="was fine-tuned from"):
+        run(DistillConfig(model=str(no_record), from_student=models["student"], out=str(tmp_path / "b")))
+    with pytest.raises(SystemExit):
+        main(["--model", models["tuned"], "--from-student", str(tmp_path / "missing"), "--out", str(tmp_path / "c")])
+    assert "--from-student" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--draw-data N"):  # without --from-student, images are needed
+        DistillConfig(model=models["tuned"], out=str(tmp_path / "d"))
