@@ -456,11 +456,11 @@ def test_a_distill_run_without_images_draws_them_and_a_fine_tune_needs_them(tmp_
                      TRAIN_ONE, "")
     (module, argv), = started
     assert module == "latentgen.train.distill" and f"--draw-data={DRAWN_SCENES}" in argv
-    assert not any(a.startswith("--data=") or a.startswith("--from-student") for a in argv)
+    assert not any(a.startswith(("--data=", "--from-student")) for a in argv)
     # from a student: no images drawn or needed, the student's folder resolved in the models folder
     start_run(DISTILL, Registry(), Jobs(), limits, "fast", "mine", "", None, "", 10, 2, 10, 4, "default-4step", "")
     argv = started[-1][1]
     assert f"--from-student={tmp_path / 'default-4step'}" in argv and f"--model={tmp_path / 'mine'}" in argv
-    assert not any(a.startswith("--data") or a.startswith("--draw-data") for a in argv)
+    assert not any(a.startswith(("--data", "--draw-data")) for a in argv)
     with pytest.raises(ValueError, match="give an image folder"):
         start_run(FINETUNE, Registry(), Jobs(), limits, "tuned", "default", "", None, "", 10, 2, 10, "LoRA", "", "")
