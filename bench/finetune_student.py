@@ -4,7 +4,8 @@ The fine-tuned teacher's change is added to a student of the base (``latentgen t
 --from-student STUDENT``: ``latentgen.train.distill_transfer``, no training), and the student is measured as
 its teacher is: the prompts naming the new word and the original shapes prompts, same n and seeds, at the
 student card's sampler, steps and guidance. Speed: seconds per image at batch 1, the median of
-``SPEED_IMAGES`` single-image calls (after one warm-up call) with each model's card settings, in this process.
+``SPEED_IMAGES`` single-image calls (after one warm-up call) with each model's card settings, in this process,
+teacher and student taking turns.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from bench.common import model_name
 from latentgen.loading import DEFAULT_MODEL_DIR
 
-SPEED_IMAGES = 8
+SPEED_IMAGES = 16
 BUNDLED_STUDENT = os.path.join(os.path.dirname(DEFAULT_MODEL_DIR), "default-4step")
 
 
@@ -40,15 +41,17 @@ def make_student(tuned: str, student: str, out: str) -> dict:
             "command": f"latentgen train distill --model TUNED --from-student {model_name(student)} --out O"}
 
 
-def seconds_per_image(pipe, prompts: list[str], s: dict, seed: int) -> float:
-    """Median wall seconds of one image (batch 1) at the sampling settings ``s``."""
-    times = []
+def seconds_per_image(models: dict, prompts: list[str], seed: int) -> dict:
+    """Median wall seconds of one image (batch 1) of each of ``models`` (name -> (pipeline, sampling settings)),
+    the models taking turns on each prompt so that a change in the machine's load falls on both."""
+    times = {name: [] for name in models}
     for i, prompt in enumerate(prompts[:SPEED_IMAGES + 1]):
-        t0 = time.perf_counter()
-        pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed + i), sampler=s["sampler"],
-             num_inference_steps=s["steps"], guidance_scale=s["guidance"])
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])  # the first call warms up
+        for name, (pipe, s) in models.items():
+            t0 = time.perf_counter()
+            pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed + i), sampler=s["sampler"],
+                 num_inference_steps=s["steps"], guidance_scale=s["guidance"])
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}  # the first call warms up
 
 
 def student_case(args, tuned: str, teacher_pipe, word, s: dict, load, sampling, evaluate) -> dict:
@@ -58,8 +61,8 @@ def student_case(args, tuned: str, teacher_pipe, word, s: dict, load, sampling, 
     ss = sampling(argparse.Namespace(model=made["folder"], guidance=None, sample_steps=None))
     prompts = [word.prompt(o) for o in word.objects(SPEED_IMAGES + 1, random.Random(args.seed))]
     return {"student": args.student, "made": made, "sampling": ss, "after": evaluate(pipe, word, args, ss),
-            "seconds_per_image": {"teacher": seconds_per_image(teacher_pipe, prompts, s, args.seed),
-                                  "student": seconds_per_image(pipe, prompts, ss, args.seed)}}
+            "seconds_per_image": seconds_per_image({"teacher": (teacher_pipe, s), "student": (pipe, ss)}, prompts,
+                                                   args.seed)}
 
 
 def student_row(name: str, t: dict) -> str:
