@@ -276,7 +276,7 @@ def new_word_case(name: str, args, s: dict) -> dict:
            "image_size": size, "run": out, "finetune": spent, "before": base,
            "after": evaluate(tuned, word, args, s)}
     if args.student:
-        res["student"] = student_case(args, out, tuned, word, s, load, sampling, evaluate)
+        res["student"] = student_case(args, out, data, tuned, word, s, load, sampling, evaluate)
     return res
 
 
@@ -419,6 +419,8 @@ def main(argv=None) -> dict:
     p.add_argument("--student", help="teal and star: a student of the base whose move by the fine-tune is "
                    "measured beside it (default: the bundled 4-step student for the bundled model; 'none': no "
                    "student)")
+    p.add_argument("--student-refine-steps", type=int, default=200,
+                   help="steps the moved student is refined for on the case's folder (0: the move alone)")
     p.add_argument("--style-images", type=int, default=300, help="Noto emoji in the noto case's folder")
     p.add_argument("--style-source", help="the noto case's source (a folder of Noto PNGs; default: the font)")
     p.add_argument("--heldout-names", action=argparse.BooleanOptionalAction, default=True,

@@ -1,7 +1,8 @@
 """The fine-tune's own fast student, for ``bench.finetune``'s teal and star cases.
 
 The fine-tuned teacher's change is added to a student of the base (``latentgen train distill --model TUNED
---from-student STUDENT``: ``latentgen.train.distill_transfer``, no training), and the student is measured as
+--from-student STUDENT``: ``latentgen.train.distill_transfer``), refined for ``--student-refine-steps`` on the
+case's folder and the fine-tune's prior images (0: the move alone), and the student is measured as
 its teacher is: the prompts naming the new word and the original shapes prompts, same n and seeds, at the
 student card's sampler, steps and guidance. Speed: seconds per image at batch 1, the median of
 ``SPEED_IMAGES`` single-image calls (after one warm-up call) with each model's card settings, in this process,
@@ -11,6 +12,7 @@ teacher and student taking turns.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -18,10 +20,11 @@ import time
 
 import torch
 
-from bench.common import model_name
+from bench.common import model_name, read_json
 from latentgen.loading import DEFAULT_MODEL_DIR
 
 SPEED_IMAGES = 16
+REFINE_BATCH = 16
 BUNDLED_STUDENT = os.path.join(os.path.dirname(DEFAULT_MODEL_DIR), "default-4step")
 
 
@@ -31,14 +34,27 @@ def default_student(model: str) -> str | None:
     return BUNDLED_STUDENT if same and os.path.isdir(BUNDLED_STUDENT) else None
 
 
-def make_student(tuned: str, student: str, out: str) -> dict:
-    """``<out>/final``: the transfer, timed (wall seconds)."""
+def make_student(tuned: str, student: str, out: str, data: str, refine_steps: int) -> dict:
+    """``<out>/final``: the transfer, refined for ``refine_steps`` on ``data`` (and the fine-tune's prior images),
+    timed (wall seconds; a finished refining run is reused and its time kept)."""
     from latentgen.train.distill import DistillConfig, run
 
+    path = os.path.join(out, "bench_time.json")
+    spent = read_json(path, {})
+    flags = ["--data", "D", "--refine-steps", str(refine_steps), "--batch-size", str(REFINE_BATCH)] \
+        if refine_steps else []
     t0 = time.perf_counter()
-    res = run(DistillConfig(model=tuned, from_student=student, out=out))
-    return {"folder": res["final"], "wall_s": time.perf_counter() - t0,
-            "command": f"latentgen train distill --model TUNED --from-student {model_name(student)} --out O"}
+    res = run(DistillConfig(model=tuned, from_student=student, out=out, resume="latest", progress=False,
+                            **({"data": (data,), "refine_steps": refine_steps, "batch_size": REFINE_BATCH}
+                               if refine_steps else {})))
+    if "wall_s" not in spent or spent.get("refine_steps") != refine_steps:
+        spent = {"wall_s": time.perf_counter() - t0, "refine_steps": refine_steps}
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(spent, f)
+    return {"folder": res["final"], "wall_s": spent["wall_s"], "refine": res.get("refine"),
+            "command": " ".join(["latentgen train distill --model TUNED --from-student", model_name(student),
+                                 *flags, "--out O"])}
 
 
 def seconds_per_image(models: dict, prompts: list[str], seed: int) -> dict:
@@ -54,9 +70,10 @@ def seconds_per_image(models: dict, prompts: list[str], seed: int) -> dict:
     return {name: statistics.median(t[1:]) for name, t in times.items()}  # the first call warms up
 
 
-def student_case(args, tuned: str, teacher_pipe, word, s: dict, load, sampling, evaluate) -> dict:
-    """The student of the fine-tune in ``tuned`` (``args.student``) measured beside its teacher."""
-    made = make_student(tuned, args.student, os.path.join(tuned, "student"))
+def student_case(args, tuned: str, data: str, teacher_pipe, word, s: dict, load, sampling, evaluate) -> dict:
+    """The student of the fine-tune in ``tuned`` (``args.student``, refined on ``data``) measured beside its
+    teacher."""
+    made = make_student(tuned, args.student, os.path.join(tuned, "student"), data, args.student_refine_steps)
     pipe = load(args, made["folder"])
     ss = sampling(argparse.Namespace(model=made["folder"], guidance=None, sample_steps=None))
     prompts = [word.prompt(o) for o in word.objects(SPEED_IMAGES + 1, random.Random(args.seed))]
@@ -87,6 +104,6 @@ def student_section(t: dict, groups: tuple[str, ...]) -> list[str]:
     cells = [q[k] for k in ("correct", "color", "shape", "size", "position", "one_object")] + [a[g] for g in groups]
     sp = st["seconds_per_image"]
     return ["| student | " + " | ".join(f"{v:.3f}" for v in cells) + " |", "",
-            (f"Student: `{st['made']['command']}` ({st['made']['wall_s']:.1f} s, no training), sampled with "
+            (f"Student: `{st['made']['command']}` ({st['made']['wall_s'] / 60:.1f} min), sampled with "
              f"{st['sampling']}. Seconds per image at batch 1 (median of {SPEED_IMAGES}): teacher "
              f"{sp['teacher']:.3f}, student {sp['student']:.3f} ({sp['teacher'] / sp['student']:.1f}x)."), ""]

@@ -270,3 +270,25 @@ def progressive_distillation_loss(student, teacher, z0: torch.Tensor, cond: torc
         x_tilde = progressive_target(z_t, z_t2, alpha, sigma, a2, s2)
     x0_student = pred_x0_from_v(z_t, model_v(student, z_t, t), alpha, sigma)
     return x0_loss(x0_student, x_tilde, snr_from_alpha_sigma(alpha, sigma))
+
+
+def interval_distillation_loss(student, teacher, z0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                               g: torch.Tensor, student_steps: int, teacher_substeps: int,
+                               alphas_cumprod: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One DDIM step of a guidance-input student, t -> t'', matches ``teacher_substeps`` DDIM steps of the
+    guided two-pass teacher over the same interval (Salimans & Ho 2022, Eq. 8's target, with k teacher steps
+    in place of two, as TRACT's intervals, Berthelot et al. 2023): a few-step student refined on a new teacher.
+    """
+    n_train = len(alphas_cumprod)
+    sub = n_train // (student_steps * teacher_substeps)  # one teacher step
+    t = sample_grid_timesteps(z0.shape[0], student_steps, generator, z0.device, n_train)  # (B,)
+    z_t, alpha, sigma = _noisy(z0, t, alphas_cumprod, generator)
+    z, s, a_s, s_s = z_t, t, alpha, sigma
+    with torch.no_grad():
+        for _ in range(teacher_substeps):
+            a_n, s_n = grid_alpha_sigma(alphas_cumprod, s - sub)  # s - sub = -1: the clean image
+            x0 = pred_x0_from_v(z, guided_forward(teacher, z, s, cond, uncond, g), a_s, s_s)
+            z, s, a_s, s_s = ddim_step(z, x0, a_s, s_s, a_n, s_n), s - sub, a_n, s_n  # (B, C, h, w)
+        x_tilde = progressive_target(z_t, z, alpha, sigma, a_s, s_s)
+    x0_student = pred_x0_from_v(z_t, student_forward(student, z_t, t, cond, g), alpha, sigma)
+    return x0_loss(x0_student, x_tilde, snr_from_alpha_sigma(alpha, sigma))

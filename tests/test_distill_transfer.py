@@ -99,3 +99,43 @@ def test_wrong_students_and_bases_are_named(models, tmp_path, capsys):
     assert "--from-student" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--draw-data N"):  # without --from-student, images are needed
         DistillConfig(model=models["tuned"], out=str(tmp_path / "d"))
+
+
+def test_refining_trains_the_moved_student_toward_the_teachers_steps(models, tmp_path):
+    from latentgen.data.shapes import write_shapes_folder
+
+    data = str(tmp_path / "data")
+    write_shapes_folder(data, n=8, size=16, seed=0)
+    cfg = DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o"),
+                        data=(data,), refine_steps=3, refine_substeps=2, batch_size=4, lr=1e-3, progress=False)
+    res = run(cfg)
+    assert res["refine"] == {"steps": 3, "substeps": 2, "examples": 8}
+    plain = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "p")))
+    got, moved = _sd(res["final"]), _sd(plain["final"])
+    assert any(not torch.allclose(got[k], moved[k]) for k in moved)  # trained beyond the transfer
+    assert (tmp_path / "o" / "refine" / "checkpoints").is_dir()
+    with pytest.raises(TrainerError, match="needs --data"):
+        run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "q"),
+                          refine_steps=2))
+
+
+def test_interval_loss_with_two_substeps_is_progressive_distillations_target():
+    """k = 2 teacher steps over one student step is Salimans & Ho's target; a student that is the guided
+    teacher's one-step jump has zero loss only when k steps and one agree (never for a random net)."""
+    from latentgen.distill import interval_distillation_loss, progressive_distillation_loss
+    from latentgen.diffusion import make_scheduler
+    from tests.tiny_models import make_tiny_components
+
+    teacher = make_tiny_components(0)["unet"]
+    student = make_student(teacher, 16)
+    ac = make_scheduler("ddim").alphas_cumprod
+    z0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond, uncond = (torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    g = torch.tensor([1.0, 1.0])  # guidance 1: the guided teacher is the conditional one
+    with torch.no_grad():
+        got = interval_distillation_loss(student, teacher, z0, cond, uncond, g, 2, 2, ac,
+                                         torch.Generator().manual_seed(3))
+        # the same draws, with the teacher as a guidance-input student at g = 1 (cond_proj zero: the same net)
+        want = progressive_distillation_loss(student, make_student(teacher, 16), z0, cond, g, 2, ac,
+                                             torch.Generator().manual_seed(3))
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-6), (got, want)

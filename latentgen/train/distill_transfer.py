@@ -5,8 +5,10 @@
 Task arithmetic (Ilharco et al. 2023): fine-tuning moves the teacher's UNet by tau = theta_ft - theta_base.
 A student distilled from theta_base stays close to it in weight space, so it takes the same move,
 theta_student + tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to a
-fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round). No training and no images: the
-student's scheduler, step count and guidance come along, and the fine-tune's VAE and text encoder.
+fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round): seconds, no images. The student's
+scheduler, step count and guidance come along, and the fine-tune's VAE and text encoder. A short fine-tune's
+move does not always carry over; ``--refine-steps N`` with ``--data`` then trains the moved student so that
+each of its steps matches the fine-tuned teacher's guided DDIM over it (:func:`refine`).
 The base is the model the fine-tune's ``finetune.json`` names (a LoRA fine-tune: the model it applies to).
 """
 
@@ -68,6 +70,49 @@ def fine_tune_base(model_dir: str) -> str:
     return base
 
 
+def refine(cfg, pipe, student, steps: int) -> tuple:
+    """``(student, report)``: ``student`` trained for ``cfg.refine_steps`` on ``cfg.data`` (and the fine-tune's
+    ``prior_images``): each of its DDIM steps matches
+    ``cfg.refine_substeps`` guided DDIM steps of the teacher ``pipe`` (:func:`latentgen.distill.
+    interval_distillation_loss`), at guidance scales drawn from [guidance_min, guidance_max]; a run in
+    ``<out>/refine`` (resumable)."""
+    from latentgen.cache import LatentDataset, load_or_build_cache, sample_latents
+    from latentgen.distill import interval_distillation_loss
+    from latentgen.train.common import image_folders
+    from latentgen.train.distill import is_pow2, load_teacher
+    from latentgen.training import Trainer
+
+    if not cfg.data or not is_pow2(cfg.refine_substeps) or cfg.refine_steps < 0:
+        raise TrainerError("--refine-steps N needs --data (the fine-tune's images; its prior_images come along) and "
+                           f"--refine-substeps a power of two (got {cfg.refine_substeps})")
+    _, _, scheduler = load_teacher(cfg.model)  # the trailing DDIM grid the student samples on
+    alphas_cumprod = scheduler.alphas_cumprod.clone()
+    size = pipe.default_size()[0]
+    prior = os.path.join(cfg.model, "prior_images")  # a fine-tune's own: what it was held to, kept here too
+    data = image_folders([*cfg.data, *([prior] if os.path.isdir(prior) else [])], size, empty_captions=True)
+    cache = load_or_build_cache(data, pipe.vae.eval(), pipe.tokenizer, pipe.text_encoder.eval(),
+                                os.path.join(cfg.out, "cache"), size)
+    embeddings, scaling = cache["embeddings"], float(pipe.vae.config.scaling_factor)
+    uncond = embeddings[int(cache["uncond_id"])]  # (L, D)
+
+    def step_fn(model, batch, ctx):
+        z0 = sample_latents(batch, scaling, ctx.generator)  # (B, C, h, w)
+        cond = embeddings[batch["caption_id"].cpu()].to(ctx.device)  # (B, L, D)
+        u = torch.rand(z0.shape[0], generator=ctx.generator, device=ctx.generator.device).cpu()
+        g = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * u  # (B,)
+        return {"loss": interval_distillation_loss(model, ctx.frozen["teacher"], z0, cond,
+                                                   uncond.to(ctx.device).expand(len(z0), -1, -1), g, steps,
+                                                   cfg.refine_substeps, alphas_cumprod, ctx.generator)}
+
+    loop = cfg.loop(out=os.path.join(cfg.out, "refine"), max_steps=cfg.refine_steps)
+    trainer = Trainer(loop, student.train(), LatentDataset(cache), step_fn, frozen={"teacher": pipe.unet.eval()},
+                      run_config=cfg.record(examples=len(data)), may_change=cfg.may_change())
+    student = trainer.fit()
+    if not trainer.finished:
+        raise TrainerError(f"refining stopped at step {trainer.step}: run the same command with --resume latest")
+    return student, {"steps": trainer.step, "substeps": cfg.refine_substeps, "examples": len(data)}
+
+
 def run_transfer(cfg) -> dict:
     """Write ``<out>/final``: ``cfg.from_student`` moved by the fine-tune ``cfg.model`` made of its base."""
     from diffusers import DDIMScheduler
@@ -97,6 +142,8 @@ def run_transfer(cfg) -> dict:
     student.load_state_dict(weights)
     defaults = read_card_defaults(student_dir)
     steps, guidance = defaults.get("num_inference_steps", 4), defaults.get("guidance_scale", 4.0)
+    if cfg.refine_steps:
+        student, report["refine"] = refine(cfg, pipe, student, steps)
     final = os.path.join(cfg.out, "final")
     record = cfg.record(base=os.path.abspath(base_dir), student=os.path.abspath(student_dir), **report)
     out = LatentGenPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,

@@ -68,7 +68,7 @@ FINETUNE = TrainerSpec(
     "latentgen.train.finetune",
     "Fine-tune",
     "Base model",
-    500,
+    400,
     "Max steps",
     "Teach a model your own images. Full fine-tuning (the default) trains the whole UNet and learns new "
     "colours and shapes; LoRA trains small adapters (a few MB) and learns less. The result appears in the "
@@ -147,8 +147,9 @@ def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> 
                gr.Textbox(label="Sample prompt (rendered at each sample step)", **_ids(spec, "prompt"))]
     else:
         start = gr.Dropdown([TRAIN_ONE, *registry.choices()], value=TRAIN_ONE, label="Start from a student",
-                            info="for a fine-tune: its base's student, moved by what the fine-tune changed "
-                            "(seconds, no images, no steps); or train a student", **_ids(spec, "from"))
+                            info="for a fine-tune: its base's student moved by what the fine-tune changed "
+                            "(seconds), then refined for the steps above on the images given (none: no "
+                            "refining); or train a student", **_ids(spec, "from"))
         start.focus(lambda: gr.Dropdown(choices=[TRAIN_ONE, *registry.choices()]), None, start, queue=False,
                     api_name=f"{spec.key}_students", **PRIVATE)
         own = [gr.Radio([4, 2, 1], value=4, label="Student steps", info="distil down to this many steps",
@@ -240,17 +241,19 @@ def start_run(spec: TrainerSpec, registry: ModelRegistry, jobs: JobManager, limi
     jobs.check_new(spec.module, job_name)  # before anything is staged
     staged = None
     student = rest[1] if spec.key == "distill" and rest[1] not in (None, "", TRAIN_ONE) else None
-    if student:  # no training, no images: the student moved by the fine-tune (latentgen.train.distill_transfer)
+    if student:  # the student moved by the fine-tune (latentgen.train.distill_transfer); refined on images given
         argv.append(f"--from-student={registry.resolve(student)}")
-    elif folder and folder.strip():
+        if (folder and folder.strip()) or files:
+            argv.append(f"--refine-steps={max_steps}")
+    if folder and folder.strip():
         argv.insert(0, f"--data={data_folder(folder, limits.data_root)}")
     elif files:
         uploads = check_uploads(files, limits.max_upload_files, limits.max_upload_bytes)
         staged = stage_uploads(uploads, caption, jobs.uploads_dir(job_name))
         argv.insert(0, f"--data={staged}")
-    elif spec.key == "distill":  # the bundled model's own kinds of image, drawn by the trainer
+    elif spec.key == "distill" and not student:  # the bundled model's own kinds of image, drawn by the trainer
         argv.insert(0, f"--draw-data={DRAWN_SCENES}")
-    else:
+    elif not student:
         raise ValueError("give an image folder on the server, or upload images")
     try:
         return jobs.start(spec.module, job_name, max_steps, argv)
