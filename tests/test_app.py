@@ -461,6 +461,10 @@ def test_a_distill_run_without_images_draws_them_and_a_fine_tune_needs_them(tmp_
     start_run(DISTILL, Registry(), Jobs(), limits, "fast", "mine", "", None, "", 10, 2, 10, 4, "default-4step", "")
     argv = started[-1][1]
     assert f"--from-student={tmp_path / 'default-4step'}" in argv and f"--model={tmp_path / 'mine'}" in argv
-    assert not any(a.startswith(("--data", "--draw-data")) for a in argv)
+    assert not any(a.startswith(("--data", "--draw-data", "--refine-steps")) for a in argv)
+    (tmp_path / "mine-images").mkdir()  # with images: refined for the tab's steps
+    start_run(DISTILL, Registry(), Jobs(), limits, "fast2", "mine", "mine-images", None, "", 10, 2, 10, 4,
+              "default-4step", "")
+    assert {"--refine-steps=10", f"--data={tmp_path / 'mine-images'}"} <= set(started[-1][1])
     with pytest.raises(ValueError, match="give an image folder"):
         start_run(FINETUNE, Registry(), Jobs(), limits, "tuned", "default", "", None, "", 10, 2, 10, "LoRA", "", "")

@@ -157,8 +157,11 @@ def run_transfer(cfg) -> dict:
                       "guidance_scale": guidance, "distillation": "task vector"},
             "title": f"latentgen fine-tuned student: {steps} steps",
             "body": [(f"The student in `{student_dir}` moved by what the fine-tune in `{cfg.model}` changed in "
-                      f"its base `{base_dir}` (task arithmetic, Ilharco et al. 2023): no training. It samples "
-                      "as that student does, and `negative_prompt` does what it does there.")],
+                      f"its base `{base_dir}` (task arithmetic, Ilharco et al. 2023)"
+                      + (f", then refined for {cfg.refine_steps} steps: each of its steps matches "
+                         f"{cfg.refine_substeps} guided DDIM steps of the fine-tune" if cfg.refine_steps else
+                         ": no training") + ". It samples as that student does, and `negative_prompt` does what "
+                      "it does there.")],
             "command": command_for(cfg), "record": record}
     with torch.no_grad():
         export_model(final, out, configs=configs, sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
