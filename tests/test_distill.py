@@ -34,7 +34,7 @@ from latentgen.distill import (
     truncated_snr_weight,
 )
 from latentgen.pipeline import read_model_card_defaults
-from tests.tiny_models import make_tiny_components, make_tiny_pipeline
+from tests.tiny_models import make_tiny_components, make_tiny_pipeline, write_lora_fine_tune
 
 T = 1024
 
@@ -498,22 +498,13 @@ def test_a_lora_fine_tune_distils_from_its_base_with_the_lora_merged(run, tmp_pa
     import json
 
     from latentgen import LatentGenPipeline
-    from latentgen.lora import LORA_INFO, add_lora, save_lora
+    from latentgen.lora import LORA_INFO
     from latentgen.train import distill
     from latentgen.train.base import load_merged
     from latentgen.train.config import TrainerError
 
-    base = LatentGenPipeline.from_pretrained(run["model"])
-    add_lora(base.unet, 4, None, "to_q,to_k,to_v,to_out.0")
-    with torch.no_grad():  # adapters that change the output (peft starts lora_B at zero)
-        for name, p in base.unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
     lora = tmp_path / "lora"
-    lora.mkdir()
-    save_lora(str(lora), base.unet)
-    (lora / LORA_INFO).write_text(json.dumps({"base": run["model"]}))
-
+    write_lora_fine_tune(run["model"], lora)
     merged, parts = load_merged(str(lora))
     assert parts == run["model"]
     plain = LatentGenPipeline.from_pretrained(run["model"])

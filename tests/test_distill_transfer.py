@@ -9,11 +9,11 @@ from diffusers import StableDiffusionPipeline
 
 from latentgen import LatentGenPipeline
 from latentgen.distill import make_student
-from latentgen.lora import LORA_INFO, add_lora, save_lora
+from latentgen.lora import LORA_INFO
 from latentgen.modelcard import write_card
 from latentgen.train.config import TrainerError
 from latentgen.train.distill import DistillConfig, main, run
-from tests.tiny_models import make_tiny_pipeline
+from tests.tiny_models import make_tiny_pipeline, write_lora_fine_tune
 
 
 def _nudge(module, scale, seed):
@@ -69,17 +69,8 @@ def test_the_student_moves_by_what_the_fine_tune_changed_and_keeps_its_own_sampl
 
 
 def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_path):
-    pipe = LatentGenPipeline.from_pretrained(models["base"])
-    add_lora(pipe.unet, 4, None, "to_q,to_k,to_v,to_out.0")
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    lora = tmp_path / "lora"
-    lora.mkdir()
-    save_lora(str(lora), pipe.unet)
-    (lora / LORA_INFO).write_text(json.dumps({"base": models["base"]}))
-    res = run(DistillConfig(model=str(lora), from_student=models["student"], out=str(tmp_path / "o")))
+    lora = write_lora_fine_tune(models["base"], tmp_path / "lora")
+    res = run(DistillConfig(model=lora, from_student=models["student"], out=str(tmp_path / "o")))
     got, student, base = _sd(res["final"]), _sd(models["student"]), _sd(models["base"])
     moved = [k for k in base if not torch.allclose(got[k], student[k], atol=1e-6)]
     assert moved and all(".attn" in k and k.endswith("weight") for k in moved), moved  # only what LoRA adapts
@@ -122,8 +113,8 @@ def test_refining_trains_the_moved_student_toward_the_teachers_steps(models, tmp
 def test_interval_loss_with_two_substeps_is_progressive_distillations_target():
     """k = 2 teacher steps over one student step is Salimans & Ho's target; a student that is the guided
     teacher's one-step jump has zero loss only when k steps and one agree (never for a random net)."""
-    from latentgen.distill import interval_distillation_loss, progressive_distillation_loss
     from latentgen.diffusion import make_scheduler
+    from latentgen.distill import interval_distillation_loss, progressive_distillation_loss
     from tests.tiny_models import make_tiny_components
 
     teacher = make_tiny_components(0)["unet"]

@@ -70,3 +70,25 @@ def make_tiny_pipeline(tmp_path, seed: int = 0, name: str = "tiny_model", **kw) 
     folder = os.path.join(os.fspath(tmp_path), name)
     LatentGenPipeline(**make_tiny_components(seed, **kw)).save_pretrained(folder)
     return folder
+
+
+def write_lora_fine_tune(base: str, out) -> str:
+    """A LoRA-only fine-tune folder of the model in ``base``, as ``latentgen train finetune`` writes it
+    (``finetune.json`` naming the base), its adapters random so that they change the output (peft starts
+    lora_B at zero); returns its path."""
+    import json
+
+    from latentgen.lora import LORA_INFO, add_lora, save_lora
+    from latentgen.pipeline import LatentGenPipeline
+
+    pipe = LatentGenPipeline.from_pretrained(base)
+    add_lora(pipe.unet, 4, None, "to_q,to_k,to_v,to_out.0")
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    os.makedirs(out)
+    save_lora(os.fspath(out), pipe.unet)
+    with open(os.path.join(out, LORA_INFO), "w") as f:
+        json.dump({"base": base}, f)
+    return os.fspath(out)
