@@ -70,7 +70,7 @@ def fine_tune_base(model_dir: str) -> str:
     return base
 
 
-def refine(cfg, pipe, student, steps: int) -> tuple:
+def refine(cfg, pipe, student, scheduler, steps: int) -> tuple:
     """``(student, report)``: ``student`` trained for ``cfg.refine_steps`` on ``cfg.data`` (and the fine-tune's
     ``prior_images``): each of its DDIM steps matches
     ``cfg.refine_substeps`` guided DDIM steps of the teacher ``pipe`` (:func:`latentgen.distill.
@@ -79,14 +79,13 @@ def refine(cfg, pipe, student, steps: int) -> tuple:
     from latentgen.cache import LatentDataset, load_or_build_cache, sample_latents
     from latentgen.distill import interval_distillation_loss
     from latentgen.train.common import image_folders
-    from latentgen.train.distill import is_pow2, load_teacher
+    from latentgen.train.distill import is_pow2
     from latentgen.training import Trainer
 
     if not cfg.data or not is_pow2(cfg.refine_substeps) or cfg.refine_steps < 0:
         raise TrainerError("--refine-steps N needs --data (the fine-tune's images; its prior_images come along) and "
                            f"--refine-substeps a power of two (got {cfg.refine_substeps})")
-    _, _, scheduler = load_teacher(cfg.model)  # the trailing DDIM grid the student samples on
-    alphas_cumprod = scheduler.alphas_cumprod.clone()
+    alphas_cumprod = scheduler.alphas_cumprod.clone()  # the student's own DDIM schedule, on its trailing grid
     size = pipe.default_size()[0]
     prior = os.path.join(cfg.model, "prior_images")  # a fine-tune's own: what it was held to, kept here too
     data = image_folders([*cfg.data, *([prior] if os.path.isdir(prior) else [])], size, empty_captions=True)
@@ -142,13 +141,13 @@ def run_transfer(cfg) -> dict:
     student.load_state_dict(weights)
     defaults = read_card_defaults(student_dir)
     steps, guidance = defaults.get("num_inference_steps", 4), defaults.get("guidance_scale", 4.0)
+    scheduler = DDIMScheduler.from_pretrained(student_dir, subfolder="scheduler")
     if cfg.refine_steps:
-        student, report["refine"] = refine(cfg, pipe, student, steps)
+        student, report["refine"] = refine(cfg, pipe, student, scheduler, steps)
     final = os.path.join(cfg.out, "final")
     record = cfg.record(base=os.path.abspath(base_dir), student=os.path.abspath(student_dir), **report)
     out = LatentGenPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                            unet=student.eval(), scheduler=DDIMScheduler.from_pretrained(student_dir,
-                                                                                      subfolder="scheduler"))
+                            unet=student.eval(), scheduler=scheduler)
     configs = {}
     if os.path.isfile(os.path.join(student_dir, "unet", CONFIG_NAME)):
         configs["unet"] = load_config(UNetConfig, os.path.join(student_dir, "unet"))
