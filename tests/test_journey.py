@@ -67,7 +67,7 @@ def _text(page, elem_id: str, value: str):
 def _choose(page, elem_id: str, option: str):
     """Pick ``option`` from the dropdown's list, as a user does (it must be offered there)."""
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()  # this list's, not another's
 
 
 def _wait_for_run(page, key: str) -> str:
