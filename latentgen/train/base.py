@@ -10,7 +10,7 @@ from latentgen.train.common import load_text_encoder
 from latentgen.train.config import TrainerError
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
@@ -25,7 +25,7 @@ def load_base(model_dir: str):
 
     if os.path.isfile(os.path.join(model_dir, LORA_FILE)) and \
             not os.path.isfile(os.path.join(model_dir, "model_index.json")):
-        base = _read_json(os.path.join(model_dir, LORA_INFO)).get("base", "its base model")
+        base = read_json(os.path.join(model_dir, LORA_INFO)).get("base", "its base model")
         raise TrainerError(
             f"--model {model_dir} holds LoRA weights (a fine-tune), not a full model: give the model it was "
             f"fine-tuned from ({base}), or a model folder that has the LoRA merged "
@@ -59,7 +59,7 @@ def lora_base(folder: str) -> str | None:
         return None
     if os.path.isfile(os.path.join(folder, "model_index.json")):
         return folder
-    base = _read_json(os.path.join(folder, LORA_INFO)).get("base")
+    base = read_json(os.path.join(folder, LORA_INFO)).get("base")
     if not base or not os.path.isfile(os.path.join(base, "model_index.json")):
         raise TrainerError(f"{folder} holds LoRA weights whose base model ({base or 'not recorded'}) is not a "
                            "model folder here: merge them into their base first (LatentGenPipeline."

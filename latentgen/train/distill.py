@@ -164,9 +164,9 @@ def draw_folders(root: str, n: int, size: int) -> tuple[str, ...]:
 
 
 def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps: int, gmin: float,
-                 gmax: float, two_pass: bool = False):
+                 gmax: float, two_pass: bool = False, substeps: int = 4):  # kind: guided, progressive, interval
+    import latentgen.distill as losses
     from latentgen.cache import sample_latents
-    from latentgen.distill import guided_distillation_loss, progressive_distillation_loss
 
     embeddings = cache["embeddings"]  # (K, L, D), on the CPU, gathered per batch
     uncond = embeddings[int(cache["uncond_id"])]  # (L, D)
@@ -179,13 +179,16 @@ def make_step_fn(kind: str, cache, scaling: float, alphas_cumprod, student_steps
         g = gmin + (gmax - gmin) * u  # (B,) guidance scales
         teacher = ctx.frozen["teacher"]
         # the empty prompt, for every model sampled with classifier-free guidance  # (B, L, D)
-        uncond_b = uncond.to(ctx.device).expand(b, -1, -1) if kind == "guided" or two_pass else None
+        uncond_b = uncond.to(ctx.device).expand(b, -1, -1) if kind != "progressive" or two_pass else None
         if kind == "guided":
-            loss = guided_distillation_loss(student, teacher, z0, cond, uncond_b, g, student_steps,
-                                            alphas_cumprod, ctx.generator)
+            loss = losses.guided_distillation_loss(student, teacher, z0, cond, uncond_b, g, student_steps,
+                                                   alphas_cumprod, ctx.generator)
+        elif kind == "interval":
+            loss = losses.interval_distillation_loss(student, teacher, z0, cond, uncond_b, g, student_steps,
+                                                     substeps, alphas_cumprod, ctx.generator)
         else:
-            loss = progressive_distillation_loss(student, teacher, z0, cond, g, student_steps, alphas_cumprod,
-                                                 ctx.generator, uncond_b)
+            loss = losses.progressive_distillation_loss(student, teacher, z0, cond, g, student_steps,
+                                                        alphas_cumprod, ctx.generator, uncond_b)
         return {"loss": loss}
 
     return step_fn

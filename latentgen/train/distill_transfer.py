@@ -14,7 +14,6 @@ The base is the model the fine-tune's ``finetune.json`` names (a LoRA fine-tune:
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -53,16 +52,12 @@ def task_vector_sum(student: dict, base: dict, tuned: dict, scale: float = 1.0) 
 def fine_tune_base(model_dir: str) -> str:
     """The model folder whose UNet the fine-tune in ``model_dir`` started from."""
     from latentgen.lora import LORA_INFO
-    from latentgen.train.base import lora_base
+    from latentgen.train.base import lora_base, read_json
 
     parts = lora_base(model_dir)
     if parts is not None:  # a LoRA: the UNet it applies to is its parts folder's
         return parts
-    try:
-        with open(os.path.join(model_dir, LORA_INFO)) as f:
-            base = json.load(f).get("base")
-    except (OSError, ValueError):
-        base = None
+    base = read_json(os.path.join(model_dir, LORA_INFO)).get("base")
     if not base or not os.path.isfile(os.path.join(base, "model_index.json")):
         raise TrainerError(f"--from-student needs the model {model_dir} was fine-tuned from: its {LORA_INFO} "
                            f"(written by latentgen train finetune) names {base or 'none'}, which is not a model "
@@ -76,33 +71,22 @@ def refine(cfg, pipe, student, scheduler, steps: int) -> tuple:
     ``cfg.refine_substeps`` guided DDIM steps of the teacher ``pipe`` (:func:`latentgen.distill.
     interval_distillation_loss`), at guidance scales drawn from [guidance_min, guidance_max]; a run in
     ``<out>/refine`` (resumable)."""
-    from latentgen.cache import LatentDataset, load_or_build_cache, sample_latents
-    from latentgen.distill import interval_distillation_loss
+    from latentgen.cache import LatentDataset, load_or_build_cache
     from latentgen.train.common import image_folders
-    from latentgen.train.distill import is_pow2
+    from latentgen.train.distill import is_pow2, make_step_fn
     from latentgen.training import Trainer
 
     if not cfg.data or not is_pow2(cfg.refine_substeps) or cfg.refine_steps < 0:
         raise TrainerError("--refine-steps N needs --data (the fine-tune's images; its prior_images come along) and "
                            f"--refine-substeps a power of two (got {cfg.refine_substeps})")
-    alphas_cumprod = scheduler.alphas_cumprod.clone()  # the student's own DDIM schedule, on its trailing grid
     size = pipe.default_size()[0]
     prior = os.path.join(cfg.model, "prior_images")  # a fine-tune's own: what it was held to, kept here too
     data = image_folders([*cfg.data, *([prior] if os.path.isdir(prior) else [])], size, empty_captions=True)
     cache = load_or_build_cache(data, pipe.vae.eval(), pipe.tokenizer, pipe.text_encoder.eval(),
                                 os.path.join(cfg.out, "cache"), size)
-    embeddings, scaling = cache["embeddings"], float(pipe.vae.config.scaling_factor)
-    uncond = embeddings[int(cache["uncond_id"])]  # (L, D)
-
-    def step_fn(model, batch, ctx):
-        z0 = sample_latents(batch, scaling, ctx.generator)  # (B, C, h, w)
-        cond = embeddings[batch["caption_id"].cpu()].to(ctx.device)  # (B, L, D)
-        u = torch.rand(z0.shape[0], generator=ctx.generator, device=ctx.generator.device).cpu()
-        g = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * u  # (B,)
-        return {"loss": interval_distillation_loss(model, ctx.frozen["teacher"], z0, cond,
-                                                   uncond.to(ctx.device).expand(len(z0), -1, -1), g, steps,
-                                                   cfg.refine_substeps, alphas_cumprod, ctx.generator)}
-
+    # the student's own DDIM schedule, on its trailing grid
+    step_fn = make_step_fn("interval", cache, float(pipe.vae.config.scaling_factor), scheduler.alphas_cumprod.clone(),
+                           steps, cfg.guidance_min, cfg.guidance_max, substeps=cfg.refine_substeps)
     loop = cfg.loop(out=os.path.join(cfg.out, "refine"), max_steps=cfg.refine_steps)
     trainer = Trainer(loop, student.train(), LatentDataset(cache), step_fn, frozen={"teacher": pipe.unet.eval()},
                       run_config=cfg.record(examples=len(data)), may_change=cfg.may_change())
