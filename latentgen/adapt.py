@@ -7,19 +7,26 @@ encoder still tells the new images apart (teal's latent is nearer blue's than gr
 but not equal), so tuning the *decoder* alone fixes the round trip while every latent the
 UNet already produces keeps its meaning:
 
-    L = |D'(E(x_new)) - x_new|_1 + |D'(z_prior) - D(z_prior)|_1
+    L = |w * (D'(E(x_new)) - x_new)|_1 + |w * (D'(z_prior) - D(z_prior))|_1
 
 the second term distilling the old decoder on latents of the base model's own images, so
 they decode as before (Hinton et al. 2015 for the distillation; the prior images as in
-Ruiz et al. 2023, Sec. 3.3).
+Ruiz et al. 2023, Sec. 3.3). The weight ``w = 1 + 10 * |x - mean_3x3(x)|`` counts a pixel more
+the more it differs from its neighbours: a small object's detail (a star's points on 64 px)
+is a few per cent of the pixels, and a plain L1 learns it slowly (40 star renders, 200 steps:
+small stars still read as stars after the round trip 70% of the time, 99% with ``w``). The new
+images fill half of the data whatever their number; ``edge_psnr`` measures the detail apart.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DECODER_PSNR_FLOOR = 30.0  # dB: a folder whose round trip is worse than this gets the decoder tuned
+EDGE_PSNR_FLOOR = 25.0  # dB on the pixels of detail: the base model's own images give 33, small stars 20
+DETAIL_WEIGHT = 10.0  # w = 1 + DETAIL_WEIGHT * local contrast, in the decoder's loss
 
 
 @torch.no_grad()
@@ -47,15 +54,36 @@ def roundtrip_psnr(vae, pixels: torch.Tensor) -> float:
     return psnr(decode(vae, encode_mode(vae, pixels)), pixels)
 
 
+def local_contrast(x: torch.Tensor) -> torch.Tensor:
+    """``|x - mean_3x3(x)|`` summed over channels: large on edges and small details.  # (N, 1, H, W)"""
+    return (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).abs().sum(1, keepdim=True)
+
+
+def edge_psnr(x: torch.Tensor, y: torch.Tensor, threshold: float = 0.1) -> float:
+    """Mean PSNR in dB of ``x`` against the originals ``y`` on the pixels of detail only (local contrast of
+    ``y`` above ``threshold``), so a small shape's lost outline counts though the background is right."""
+    mask = (local_contrast(y) > threshold).float()  # (N, 1, H, W)
+    se = ((x - y) ** 2 * mask).flatten(1).sum(1) / (3 * mask.flatten(1).sum(1)).clamp_min(1)  # (N,)
+    return float((10 * torch.log10(4.0 / se.clamp_min(1e-10))).mean())
+
+
+def roundtrip(vae, pixels: torch.Tensor) -> dict:
+    """``{"psnr", "edge_psnr"}`` of ``vae``'s round trip (posterior mean) on ``pixels`` (N, 3, H, W)."""
+    out = decode(vae, encode_mode(vae, pixels))
+    return {"psnr": psnr(out, pixels), "edge_psnr": edge_psnr(out, pixels)}
+
+
 class DecoderData(torch.utils.data.Dataset):
     """Pairs of (latent, target pixels): the new images' own, then the prior latents with the old decoder's
-    pixels as targets. Item ``i`` is ``{"latent", "target", "prior"}``."""
+    pixels as targets; the new ones repeated to at least as many as the prior's. Item ``i`` is
+    ``{"latent", "target", "prior"}``."""
 
     def __init__(self, vae, new_pixels: torch.Tensor, prior_pixels: torch.Tensor):
-        z_new = encode_mode(vae, new_pixels)  # (N, C, h, w)
+        repeat = max(1, -(-len(prior_pixels) // len(new_pixels)))
+        z_new = encode_mode(vae, new_pixels).repeat(repeat, 1, 1, 1)  # (repeat * N, C, h, w)
         z_prior = encode_mode(vae, prior_pixels)  # (P, C, h, w)
         self.latents = torch.cat([z_new, z_prior])
-        self.targets = torch.cat([new_pixels, decode(vae, z_prior)])
+        self.targets = torch.cat([new_pixels.repeat(repeat, 1, 1, 1), decode(vae, z_prior)])
         self.prior = torch.arange(len(self.latents)) >= len(z_new)
 
     def __len__(self) -> int:
@@ -77,9 +105,11 @@ class Decoder(nn.Module):
 
 
 def decoder_step(model: Decoder, batch, ctx) -> dict:
-    """The new images' L1 reconstruction plus the L1 distillation of the old decoder on prior latents."""
+    """The new images' detail-weighted L1 reconstruction plus the same distillation of the old decoder on
+    prior latents (the module docstring's L)."""
     out = model(batch["latent"])  # (B, 3, H, W)
-    err = (out - batch["target"]).abs().flatten(1).mean(1)  # (B,)
+    weight = 1 + DETAIL_WEIGHT * local_contrast(batch["target"])  # (B, 1, H, W)
+    err = ((out - batch["target"]).abs() * weight).flatten(1).mean(1)  # (B,)
     prior = batch["prior"]
     logs = {"loss": err.mean()}
     if (~prior).any():

@@ -18,8 +18,9 @@ made it.
 
 Before the UNet trains: the caption words new to the tokenizer are named (many of them: a warning, with
 ``text_encoder`` and ``train_text_encoder`` as remedies); the VAE's round trip on the folder is measured,
-and below 30 dB its decoder is tuned on the folder and on the base model's own images (``latentgen.adapt``;
-a VAE maps colours it never saw onto its own, so no UNet could draw them); and the base model draws prior
+and below 30 dB (or 25 dB on edges and small details) its decoder is tuned on the folder and on the base
+model's own images (``latentgen.adapt``; a VAE maps colours and small shapes it never saw onto its own, so
+no UNet could draw them); and the base model draws prior
 images (``prior="on"``) for the prompts it was trained on (its folder's ``prompts.txt``) alternating with
 the captions that lost their new words, trained beside the folder so the model keeps what it drew
 (:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
@@ -74,10 +75,11 @@ class FinetuneConfig(RunConfig):
     caption_dropout: float = opt(0.1, "share of captions replaced by ''", type=probability)
     tune_decoder: str = opt(
         "auto", "tune the VAE's decoder on the folder first (encoder unchanged, so the UNet's latents keep "
-        "their meaning): auto = when the VAE reconstructs the folder below 30 dB, e.g. colours it never saw",
+        "their meaning): auto = when the VAE reconstructs the folder below 30 dB, or below 25 dB on its edges "
+        "and small details: colours or small shapes it never saw",
         choices=("auto", "on", "off"))
     decoder_steps: int = opt(150, "steps of decoder tuning")
-    decoder_lr: float = opt(1e-4, "learning rate of decoder tuning")
+    decoder_lr: float = opt(3e-4, "learning rate of decoder tuning")
     prior: str = opt(
         "on", "prior preservation: the base model's own images for your captions with their new words left "
         "out (as many as your images) are trained on beside yours, weighted by --prior-loss-weight, so the "
