@@ -49,11 +49,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((10 * torch.log10(4.0 / mse)).mean())
 
 
-def roundtrip_psnr(vae, pixels: torch.Tensor) -> float:
-    """How well ``vae`` reconstructs ``pixels``: encode (posterior mean), decode, PSNR."""
-    return psnr(decode(vae, encode_mode(vae, pixels)), pixels)
-
-
 def local_contrast(x: torch.Tensor) -> torch.Tensor:
     """``|x - mean_3x3(x)|`` summed over channels: large on edges and small details.  # (N, 1, H, W)"""
     return (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)).abs().sum(1, keepdim=True)
