@@ -10,11 +10,11 @@ import torch
 
 def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
     """Measure ``vae``'s round trip on the folder ``data``; below either floor, PSNR or PSNR on the pixels of
-    detail (or with ``tune_decoder="on"``),
-    tune its decoder in place on the folder and on the base model's own images in ``prior_dir``, as a run in
-    ``<out>/decoder``. ``cfg``: a fine-tune's config (``tune_decoder``, ``decoder_steps``, ``decoder_lr``
-    and the loop's ``out``, ``seed``, ``resume``, ``progress``, ``mixed_precision``). Returns the report
-    the run records: PSNR before (and after), whether it was tuned, for how many steps."""
+    detail (or with ``tune_decoder="on"``), tune its decoder in place on the folder and on the base model's
+    own images in ``prior_dir``, as a run in ``<out>/decoder``. ``cfg``: a fine-tune's config
+    (``tune_decoder``, ``decoder_steps``, ``decoder_lr`` and the loop's ``out``, ``seed``, ``resume``,
+    ``progress``, ``mixed_precision``). Returns the report the run records: both PSNRs before (and after),
+    whether it was tuned, for how many steps."""
     from latentgen.adapt import (
         DECODER_PSNR_FLOOR,
         EDGE_PSNR_FLOOR,
@@ -32,15 +32,14 @@ def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
     said = f"{before['psnr']:.1f} dB ({before['edge_psnr']:.1f} dB on edges and small details)"
     report = {"psnr_before": round(before["psnr"], 2), "edge_psnr_before": round(before["edge_psnr"], 2),
               "tuned": False}
-    poor = before["psnr"] < DECODER_PSNR_FLOOR or before["edge_psnr"] < EDGE_PSNR_FLOOR
-    if cfg.tune_decoder == "off" or (cfg.tune_decoder == "auto" and not poor):
+    below = [f"{floor:g} dB{on}" for key, floor, on in (("psnr", DECODER_PSNR_FLOOR, ""),
+                                                         ("edge_psnr", EDGE_PSNR_FLOOR, " on details"))
+             if before[key] < floor]  # the floors the folder is under
+    if cfg.tune_decoder == "off" or (cfg.tune_decoder == "auto" and not below):
         print(f"codec: the VAE reconstructs the folder at {said}; its decoder is kept")
         return report
-    floors = [name for name, below in ((f"{DECODER_PSNR_FLOOR:g} dB", before["psnr"] < DECODER_PSNR_FLOOR),
-                                       (f"{EDGE_PSNR_FLOOR:g} dB on details",
-                                        before["edge_psnr"] < EDGE_PSNR_FLOOR)) if below]
     print(f"codec: the VAE reconstructs the folder at {said}" + (
-        f", below {' and '.join(floors)}: it maps what it never saw onto what it knows" if poor else "")
+        f", below {' and '.join(below)}: it maps what it never saw onto what it knows" if below else "")
         + f"; tuning its decoder for {cfg.decoder_steps} steps")
     prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1], empty_captions=True)
     prior = torch.stack([prior_set[i]["pixels"] for i in range(len(prior_set.items))])  # (P, 3, S, S)

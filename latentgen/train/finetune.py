@@ -20,12 +20,11 @@ Before the UNet trains: the caption words new to the tokenizer are named (many o
 ``text_encoder`` and ``train_text_encoder`` as remedies); the VAE's round trip on the folder is measured,
 and below 30 dB (or 25 dB on edges and small details) its decoder is tuned on the folder and on the base
 model's own images (``latentgen.adapt``; a VAE maps colours and small shapes it never saw onto its own, so
-no UNet could draw them); and the base model draws prior
-images (``prior="on"``) for the prompts it was trained on (its folder's ``prompts.txt``) alternating with
-the captions that lost their new words, trained beside the folder so the model keeps what it drew
-(:mod:`latentgen.train.prior`). With a tuned decoder or another text encoder a LoRA run
-writes the base model with that VAE and text encoder at ``out`` too: ``from_pretrained(out)`` then
-``load_lora_weights(out)``.
+no UNet could draw them); and the base model draws prior images (``prior="on"``) for the prompts it was
+trained on (its folder's ``prompts.txt``) alternating with the captions that lost their new words, trained
+beside the folder so the model keeps what it drew (:mod:`latentgen.train.prior`). With a tuned decoder or
+another text encoder a LoRA run writes the base model with that VAE and text encoder at ``out`` too:
+``from_pretrained(out)`` then ``load_lora_weights(out)``.
 """
 
 from __future__ import annotations
