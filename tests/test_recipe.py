@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -158,6 +159,39 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
         assert abs(a - b).max() < 1e-3 and abs(a - ref).max() < 0.02  # fp16 rounding of the weights only
 
 
+def test_recipe_curve_measures_the_teacher_at_each_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    """bench.recipe_curve puts each checkpoint's EMA weights in the teacher (snapshots included) and places it
+    on the recipe's minutes; a second run keeps the points it has. Emoji are ranked among the recipe's own 32
+    (not every OpenMoji render: minutes of features)."""
+    from safetensors.torch import load_file
+
+    from bench import recipe_curve
+    from latentgen import LatentGenPipeline
+    from latentgen.eval.emoji import folder_renders
+
+    monkeypatch.setattr(recipe_curve, "style_renders",
+                        lambda style, size: folder_renders(os.path.join(tiny_recipe, "data", "emoji-all"), size))
+
+    snaps = tmp_path / "snap" / "unet" / "checkpoints" / "checkpoint-20"
+    shutil.copytree(os.path.join(tiny_recipe, "unet", "checkpoints", "checkpoint-40"), snaps)  # as if kept
+    argv = ["--recipe", tiny_recipe, "--snapshots", str(tmp_path / "snap"), "--every", "20", "--n", "1",
+            "--emoji-n", "2", "--steps", "2", "--results", str(tmp_path / "curve")]
+    result = recipe_curve.main(argv)
+    points = result["points"]
+    assert sorted(points) == ["finetune:10", "unet:20", "unet:40"]
+    assert points["unet:20"]["minutes"] < points["unet:40"]["minutes"] < points["finetune:10"]["minutes"]
+    assert all(0 <= p[g] <= 1 for p in points.values() for g in recipe_curve.SHAPES)
+    assert all(p["openmoji"]["median_rank"] >= 1 for p in points.values())
+    assert "| finetune | 10 |" in (tmp_path / "curve.md").read_text()
+    assert recipe_curve.main(argv)["points"] == points  # nothing measured again
+
+    pipe = LatentGenPipeline.from_pretrained(os.path.join(tiny_recipe, "unet"))
+    ckpt = os.path.join(tiny_recipe, "finetune", "checkpoints", "checkpoint-10")
+    recipe_curve.load_ema(pipe.unet, ckpt)
+    ema = load_file(os.path.join(ckpt, "ema.safetensors"))
+    assert all(torch.equal(p, ema[f"p{i}"]) for i, p in enumerate(pipe.unet.parameters()))
+
+
 def test_bundle_swaps_in_a_frozen_text_clip_and_a_decoder_only_vae(tiny_recipe, tmp_path):
     """--clip / --vae take parts improved with the UNet's inputs kept, and refuse any other."""
     from safetensors.torch import load_file
@@ -249,6 +283,38 @@ def test_data_stage_refuses_an_old_folder_whose_captions_name_a_held_out_pair(tm
         stage_data(str(tmp_path), pr, seed=0, include_heldout=False)
     folders = stage_data(str(tmp_path), pr, seed=0, include_heldout=True)["folders"]
     assert [os.path.basename(f) for f in folders] == ["shapes", "shapes-extra", "emoji", "shapes-2obj"]
+
+
+def test_emoji_styles_draw_the_names_openmoji_trains_on(tmp_path, monkeypatch):
+    """A style folder holds the OpenMoji training folder's names only (no held-out emoji), captioned with the
+    style word, and joins OpenMoji in the data folders; an unknown style is refused."""
+    from dataclasses import replace
+
+    from latentgen.data import emoji_sources
+    from latentgen.train.recipe_data import _write_style, data_dirs
+    from latentgen.train.recipe_presets import PRESETS
+
+    styles = os.path.join(os.path.dirname(__file__), "data", "emoji")
+    monkeypatch.setenv(emoji_sources.TWEMOJI_ENV, os.path.join(styles, "twemoji"))
+    monkeypatch.setenv(emoji_sources.NOTO_ENV, os.path.join(styles, "noto"))
+    openmoji = tmp_path / "data" / "emoji"
+    openmoji.mkdir(parents=True)
+    rows = [{"file_name": "1F680.png", "text": "rocket", "emoji": "\U0001F680"},
+            {"file_name": "1F600.png", "text": "grinning face", "emoji": "\U0001F600"}]  # cat face: held out
+    (openmoji / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pr = replace(PRESETS["tiny"], emoji_styles="noto, twemoji")
+    dirs = data_dirs(str(tmp_path), pr)
+    assert [os.path.basename(d) for d in dirs] == ["shapes", "emoji", "emoji-noto", "emoji-twemoji"]
+    for style, folder in zip(pr.styles(), dirs[2:]):
+        _write_style(str(openmoji), folder, style, 16, include_heldout=False)
+        with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
+            got = [json.loads(line) for line in f]
+        assert sorted(r["text"] for r in got) == [f"grinning face, {style} style", f"rocket, {style} style"]
+        assert all(os.path.isfile(os.path.join(folder, r["file_name"])) for r in got)
+        with open(os.path.join(folder + "-all", "metadata.jsonl"), encoding="utf-8") as f:
+            assert "cat face" in f.read()  # the style has it; the training folder leaves it out
+    with pytest.raises(ValueError, match="emoji_styles.*'fluent'.*noto, twemoji"):
+        replace(pr, emoji_styles="noto,fluent")
 
 
 def test_ship_preset_distillation_settings(tmp_path, monkeypatch):

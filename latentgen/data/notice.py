@@ -24,12 +24,17 @@ TWEMOJI = (
 OTHER_STYLES = (
     "Emoji styles beside OpenMoji, which `latentgen data emoji --style` renders (the bundled models were "
     "not trained on them; a model trained on them carries these notices too):")
+TRAINED_STYLES = (
+    "Emoji styles beside OpenMoji, which `latentgen data emoji --style` renders and the bundled models were "
+    "also trained on, captioned `<name>, <style> style`:")
 TEST_IMAGES = (
     "Test images (tests/data/emoji/): `noto/` holds four glyphs of Noto Color Emoji (SIL OFL 1.1, Google "
     "Inc.) drawn to PNG at the font's own size; `twemoji/` four Twemoji PNGs (CC BY 4.0, Twitter, Inc "
     "and other contributors) copied unchanged from `emoji-datasource-twitter` 16.0.0.")
 
 
-def notice_text(title: str = "latentgen bundled models") -> str:
-    """The NOTICE: OpenMoji's attribution, the other styles' and the test images'."""
-    return "\n\n".join([title, OPENMOJI, OTHER_STYLES, f"- {NOTO}\n- {TWEMOJI}", TEST_IMAGES]) + "\n"
+def notice_text(title: str = "latentgen bundled models", trained_styles: bool = False) -> str:
+    """The NOTICE: OpenMoji's attribution, the other styles' (``trained_styles``: the models trained on them too)
+    and the test images'."""
+    styles = TRAINED_STYLES if trained_styles else OTHER_STYLES
+    return "\n\n".join([title, OPENMOJI, styles, f"- {NOTO}\n- {TWEMOJI}", TEST_IMAGES]) + "\n"

@@ -164,17 +164,19 @@ def sample_sheet(images: list[Image.Image], renders: Renders, targets: list[int]
 def evaluate_emoji(pipe, style: str = "openmoji", n: int = 100, seed: int = 0, steps: int | None = None,
                    guidance: float | None = None, sampler: str | None = None, batch_size: int = 8,
                    where: str | None = None, style_word: bool = False, heldout: str | None = None,
-                   exclude: str | None = None, device: str = "cpu",
-                   progress: bool = False) -> tuple[dict, Image.Image]:
+                   exclude: str | None = None, device: str = "cpu", progress: bool = False,
+                   renders: Renders | None = None) -> tuple[dict, Image.Image]:
     """Draw ``n`` emoji names with ``pipe`` and rank each image; ``(report, sample sheet)``.
 
     ``style``, ``where`` and ``style_word`` pick the renders and prompts as ``latentgen data emoji`` does;
     ``heldout`` ranks against an image folder's own images instead; ``exclude`` (an image folder) keeps
     its names from being drawn. Image ``i`` uses seed ``seed + i``; ``steps`` / ``guidance`` None are
-    the pipeline's defaults, ``sampler`` None the model's scheduler.
+    the pipeline's defaults, ``sampler`` None the model's scheduler. ``renders`` given (``style_renders``'
+    at the model's size) are used as they are: a caller scoring many models renders once.
     """
     size = pipe.default_size()[1]
-    renders = folder_renders(heldout, size) if heldout else style_renders(style, size, where, style_word)
+    if renders is None:
+        renders = folder_renders(heldout, size) if heldout else style_renders(style, size, where, style_word)
     skip = folder_names(exclude) if exclude and not heldout else set()
     targets = sample_targets(renders, n, seed, skip)
     steps = DEFAULT_STEPS if steps is None else steps

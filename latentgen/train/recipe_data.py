@@ -1,5 +1,6 @@
-"""The recipe's data stage and its folders: shapes scenes, OpenMoji (part held out by group), the extra
-colours and the two-object scenes, under ``<out>/data``; shapes subsets as hard links of the first images."""
+"""The recipe's data stage and its folders: shapes scenes, OpenMoji (part held out by group) and its names in the
+other emoji styles, the extra colours and the two-object scenes, under ``<out>/data``; shapes subsets as hard links
+of the first images."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from latentgen.train.recipe_presets import RecipePreset
 
 
 def data_dirs(out: str, pr: RecipePreset, extra: bool = False, two_objects: bool = False) -> list[str]:
-    """The data stage's folders: shapes, (with ``extra``, the text-conditioned stages) the extra colours, OpenMoji,
-    (with ``two_objects``, the finetune stage and the distillation of its teacher) the 2-object scenes."""
+    """The data stage's folders: shapes, (with ``extra``, the text-conditioned stages) the extra colours, OpenMoji
+    and the other emoji styles, (with ``two_objects``, the finetune stage and the distillation of its teacher) the
+    2-object scenes."""
     dirs = [os.path.join(out, "data", "shapes")]
     if extra and pr.extra_color_shapes:
         dirs.append(os.path.join(out, "data", "shapes-extra"))
     if pr.emoji != 0:
         dirs.append(os.path.join(out, "data", "emoji"))
+        dirs += [os.path.join(out, "data", f"emoji-{style}") for style in pr.styles()]
     if two_objects and pr.two_object_shapes:
         dirs.append(os.path.join(out, "data", "shapes-2obj"))
     return dirs
@@ -78,6 +81,23 @@ def _write_emoji(train: str, held: str, pr: RecipePreset, seed: int, include_hel
         os.replace(train + ".tmp", train)
 
 
+def _write_style(openmoji: str, folder: str, style: str, size: int, include_heldout: bool) -> None:
+    """The names of the OpenMoji training folder ``openmoji`` drawn in ``style`` at ``folder``, captioned with the
+    style word: every emoji of the style first (``-all``), then those OpenMoji trains on (hard links)."""
+    from latentgen.data.emoji import write_emoji_folder
+
+    if os.path.isfile(os.path.join(folder, "metadata.jsonl")):
+        return
+    every = folder + "-all"
+    if not os.path.isfile(os.path.join(every, "metadata.jsonl")):
+        write_emoji_folder(every + ".tmp", size=size, include_heldout=include_heldout, style=style)
+        os.replace(every + ".tmp", every)
+    with open(os.path.join(openmoji, "metadata.jsonl"), encoding="utf-8") as f:
+        keep = {json.loads(line)["emoji"] for line in f if line.strip()}
+    with open(os.path.join(every, "metadata.jsonl"), encoding="utf-8") as f:
+        _link_rows(every, folder, [line for line in f if line.strip() and json.loads(line)["emoji"] in keep])
+
+
 def stage_data(out: str, pr: RecipePreset, seed: int, include_heldout: bool) -> dict:
     """Write the recipe's data (what exists is kept) and refuse folders naming a held-out pair unless
     ``include_heldout``; the result lists the folders and says whether the held-out pairs were left out."""
@@ -90,9 +110,11 @@ def stage_data(out: str, pr: RecipePreset, seed: int, include_heldout: bool) -> 
         return result
     held = emoji_heldout(out)
     _write_emoji(emoji[0], held, pr, seed, include_heldout)
+    for style, folder in zip(pr.styles(), emoji[1:]):
+        _write_style(emoji[0], folder, style, pr.size, include_heldout)
     if not include_heldout:
         two = [os.path.join(out, "data", "shapes-2obj")] if pr.two_object_shapes else []
-        for folder in (os.path.join(out, "data", "shapes"), emoji[0], *([held] if pr.emoji_holdout else []), *two):
+        for folder in (os.path.join(out, "data", "shapes"), *emoji, *([held] if pr.emoji_holdout else []), *two):
             refuse_heldout_captions(folder)
     if pr.emoji_holdout:
         with open(os.path.join(held, "metadata.jsonl"), encoding="utf-8") as f:
@@ -108,21 +130,25 @@ def link_or_copy(src: str, dst: str):
         shutil.copyfile(src, dst)
 
 
-def _head_folder(src: str, dst: str, n: int) -> str:
-    """``dst``: the first ``n`` images of the folder ``src`` (hard links, a copy if links fail)."""
-    if os.path.isfile(os.path.join(dst, "metadata.jsonl")):
-        return dst
+def _link_rows(src: str, dst: str, rows: list[str]) -> None:
+    """The folder ``dst`` of the metadata lines ``rows`` of the folder ``src`` and their images (hard links, a copy
+    if links fail), written whole or not at all."""
     tmp = dst + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    with open(os.path.join(src, "metadata.jsonl"), encoding="utf-8") as f:
-        rows = [line for _, line in zip(range(n), f)]
     for line in rows:
         name = json.loads(line)["file_name"]
         link_or_copy(os.path.join(src, name), os.path.join(tmp, name))
     with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
         f.writelines(rows)
     os.replace(tmp, dst)
+
+
+def _head_folder(src: str, dst: str, n: int) -> str:
+    """``dst``: the first ``n`` images of the folder ``src``."""
+    if not os.path.isfile(os.path.join(dst, "metadata.jsonl")):
+        with open(os.path.join(src, "metadata.jsonl"), encoding="utf-8") as f:
+            _link_rows(src, dst, [line for _, line in zip(range(n), f)])
     return dst
 
 

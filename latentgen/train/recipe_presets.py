@@ -65,11 +65,24 @@ class RecipePreset:
     # the teacher's CLIP scorer (clip/) trained on with the text tower frozen (freeze_text), which the bundle
     # swaps in: the word-level CLIP's image tower probes shape below target
     scorer_steps: int = 0
+    # emoji styles beside OpenMoji, comma-separated ("noto,twemoji"): each a folder data/emoji-<style> of the
+    # same names captioned "<name>, <style> style", less the held-out emoji's groups; they join OpenMoji in
+    # every stage that trains on emoji
+    emoji_styles: str = ""
 
     def __post_init__(self):
         if self.two_object_shapes and not self.finetune_steps:
             raise ValueError("two_object_shapes feeds the finetune stage (and the distillation of its teacher): "
                              "set finetune_steps > 0 as well, or two_object_shapes=0")
+        unknown = [s for s in self.styles() if s not in ("noto", "twemoji")]
+        if unknown:
+            raise ValueError(f"emoji_styles {unknown} unknown: choose among noto, twemoji (OpenMoji is always in)")
+        if self.styles() and self.emoji == 0:
+            raise ValueError("emoji_styles draws the names of the OpenMoji set: set emoji to None or a count")
+
+    def styles(self) -> tuple[str, ...]:
+        """The emoji styles beside OpenMoji, in order."""
+        return tuple(s.strip() for s in self.emoji_styles.split(",") if s.strip())
 
 
 PRESETS = {
@@ -104,7 +117,8 @@ PRESETS = {
     # still shuffled) with 10 000 two-object scenes added; distillation with guidance 1-5, 2000 + 500 + 1000
     # steps, 16 -> 8 -> 4, annealed to 0; then the teacher's CLIP scorer 5000 steps with the text tower frozen.
     # About 6.8 h at the measured step times on 2 CPU cores (minutes: data 2, vae 28, decoder 8, clip 10.5,
-    # unet 83, finetune ~185 at 0.55 s a step, distill ~61, scorer ~30).
+    # unet 83, finetune ~185 at 0.55 s a step, distill ~61, scorer ~30). OpenMoji's names are also drawn in the noto
+    # and twemoji styles (data/emoji-noto, data/emoji-twemoji), so each name has three images and a style word.
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
@@ -113,7 +127,7 @@ PRESETS = {
                          distill_lr_schedule="linear", vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
                          distill_guidance_max=5.0, last_round_steps=1000, finetune_steps=20_000,
                          extra_color_shapes=7500, clip_token_loss=1.0, shuffle_summary=1.0,
-                         two_object_shapes=10_000, scorer_steps=5000),
+                         two_object_shapes=10_000, scorer_steps=5000, emoji_styles="noto,twemoji"),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -123,7 +137,8 @@ PRESETS = {
 }
 
 # the preset fields that make the data (a change needs a new recipe folder)
-DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes", "two_object_shapes")
+DATA_FIELDS = ("size", "shapes", "emoji", "emoji_holdout", "extra_color_shapes", "two_object_shapes",
+               "emoji_styles")
 # which preset fields each stage trains to; raising one reopens the stage
 STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",),
                "clip": ("clip_steps", "clip_lr_schedule", "clip_token_loss"),
