@@ -19,8 +19,10 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert set(state["done"]) == set(recipe.STAGES)
     teacher, student = recipe.teacher_dir(out, state["config"]), os.path.join(out, "distill", "final")
     assert teacher == os.path.join(out, "finetune")  # the tiny preset runs clip2 and finetune, as ship does
+    half = os.path.join(out, "distill2", "final")  # the 2-step student, halved from the 4-step one
+    assert state["done"]["distill2"]["rounds"][-1]["student_steps"] == 2
     g = lambda: torch.Generator().manual_seed(0)
-    for folder, steps in ((teacher, 4), (student, 4)):
+    for folder, steps in ((teacher, 4), (student, 4), (half, 2)):
         assert os.path.getsize(os.path.join(folder, "prompts.txt")) > 0  # the student keeps the teacher's
         ours = LatentGenPipeline.from_pretrained(folder)
         a = ours("a large red circle at center", num_inference_steps=steps, guidance_scale=3.0, generator=g(),
@@ -335,11 +337,13 @@ def test_ship_preset_distillation_settings(tmp_path, monkeypatch):
     assert ship.stage1_steps == 2000 and ship.steps_per_round == ship.max_steps == 500
     assert (ship.teacher_steps, ship.min_steps, ship.batch_size) == (16, 4, 32)
     assert tiny.guidance_max == 8.0 and tiny.last_round_steps is None
-    # raising the last round reopens the distill stage alone
+    # raising the last round reopens the distill stage and the halving from its student, not the scorer
     from dataclasses import asdict, replace
     pr = recipe.PRESETS["ship"]
     state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
-    assert recipe.reopen_stages(str(tmp_path), state, replace(pr, last_round_steps=2000)) == ["distill"]
+    assert recipe.reopen_stages(str(tmp_path), state, replace(pr, last_round_steps=2000)) == ["distill", "distill2"]
+    state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
+    assert recipe.reopen_stages(str(tmp_path), state, replace(pr, half_round_steps=2000)) == ["distill2"]
     # the scorer stage trains on the teacher alone: raising it reopens it, and a reopened distill leaves it be
     state = {"preset": "ship", "done": {s: {} for s in recipe.STAGES}, "seconds": {}, "config": asdict(pr)}
     assert recipe.reopen_stages(str(tmp_path), state, replace(pr, scorer_steps=6000)) == ["scorer"]

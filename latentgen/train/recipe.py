@@ -11,8 +11,9 @@ Stages: data (shapes and OpenMoji, the held-out pairs excluded from both) -> vae
 decoder trained on alone, its encoder and latents kept; presets with ``decoder_steps`` only) -> clip ->
 unet -> clip2 (presets with ``clip2_steps``: CLIP's two towers trained on from the UNet's text encoder) ->
 finetune (presets with ``finetune_steps``: the UNet fine-tuned in full, on clip2's text encoder where there is one)
--> distill (guided, then progressive halving to 4 steps) -> scorer (presets with ``scorer_steps``: the teacher's
-CLIP trained on with its text tower frozen). Presets with ``extra_color_shapes`` add scenes in colours outside the
+-> distill (guided, then progressive halving to 4 steps) -> distill2 (presets with ``half_round_steps``: one
+more halving, to a 2-step student) -> scorer (presets with ``scorer_steps``: the teacher's CLIP trained on with
+its text tower frozen). Presets with ``extra_color_shapes`` add scenes in colours outside the
 palette (``data/shapes-extra``) to the text-conditioned stages; ``clip_token_loss`` and ``shuffle_summary`` set
 CLIP's ``token_loss`` and the unet and finetune stages' ``shuffle_summary``
 (:mod:`latentgen.train.recipe_presets`).
@@ -24,8 +25,8 @@ end: wall-clock seconds, and the process's CPU seconds (user + system, all threa
 time another job on the machine took. A preset whose step counts were raised since a stage finished reopens
 that stage (it resumes from its last checkpoint and trains on to the new count); the stages after it, trained
 on the old result, are moved aside to ``<stage>.before-<time>`` and run again.
-The teacher ends in ``<out>/finetune`` (``<out>/unet`` without a finetune stage) and the student in
-``<out>/distill/final``.
+The teacher ends in ``<out>/finetune`` (``<out>/unet`` without a finetune stage), the student in
+``<out>/distill/final`` and the half-step one in ``<out>/distill2/final``.
 """
 
 from __future__ import annotations
@@ -189,6 +190,21 @@ def stage_distill(cfg: RecipeConfig, pr: RecipePreset) -> dict:
         guidance_max=pr.distill_guidance_max, last_round_steps=pr.last_round_steps or None))
 
 
+def stage_distill2(cfg: RecipeConfig, pr: RecipePreset) -> dict:
+    """One more halving: the distill stage's last student is the teacher of one taking half its steps."""
+    if not pr.half_round_steps:
+        return {"skipped": True}
+    from latentgen.train import distill
+
+    share_cache(os.path.join(cfg.out, "distill", "cache"), os.path.join(cfg.out, "distill2", "cache"))
+    data = data_dirs(cfg.out, pr, extra=True, two_objects=bool(pr.finetune_steps))  # the same data: its cache
+    loop = _loop(cfg, "distill2", data, pr.half_round_steps, pr.distill_batch, pr.mixed_precision)
+    return distill.run(distill.Config(
+        **loop, model=os.path.join(cfg.out, "distill", f"round-{pr.student_steps}"), teacher_steps=pr.student_steps,
+        min_steps=pr.student_steps // 2, steps_per_round=pr.half_round_steps, lr_schedule=pr.distill_lr_schedule,
+        guidance_max=pr.distill_guidance_max))
+
+
 def stage_scorer(cfg: RecipeConfig, pr: RecipePreset) -> dict:
     """The teacher's CLIP scorer (its clip/) trained on with the text tower frozen: the image tower and the
     projections learn, the UNet's text encoder stays bit for bit (the bundle swaps the scorer in)."""
@@ -207,7 +223,8 @@ def _stage_data(cfg: RecipeConfig, pr: RecipePreset) -> dict:
 
 
 RUNNERS = {"data": _stage_data, "vae": stage_vae, "decoder": stage_decoder, "clip": stage_clip, "unet": stage_unet,
-           "clip2": stage_clip2, "finetune": stage_finetune, "distill": stage_distill, "scorer": stage_scorer}
+           "clip2": stage_clip2, "finetune": stage_finetune, "distill": stage_distill,
+           "distill2": stage_distill2, "scorer": stage_scorer}
 
 
 # ---------------------------------------------------------------- recipe.json
@@ -248,7 +265,7 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
     if first is None:
         return []
     # the scorer reads the teacher, not the students: a reopened distill stage leaves it be
-    later = [s for s in STAGES[STAGES.index(first) + 1:] if not (first == "distill" and s == "scorer")]
+    later = [s for s in STAGES[STAGES.index(first) + 1:] if not (first.startswith("distill") and s == "scorer")]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for stage in later:
         folder = os.path.join(out, stage)
@@ -299,6 +316,8 @@ def _print_summary(out: str, state: dict):
             print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min {cpu.get(stage, 0) / 60:8.1f} cpu-min")
     print(f"  {'total':8s} {sum(state['seconds'].values()) / 60:8.1f} min {sum(cpu.values()) / 60:8.1f} cpu-min")
     print(f"  teacher: {teacher_dir(out, state['config'])}\n  student: {os.path.join(out, 'distill', 'final')}")
+    if state["config"].get("half_round_steps"):
+        print(f"  half-step student: {os.path.join(out, 'distill2', 'final')}")
 
 
 def run(cfg: RecipeConfig) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from latentgen.train.distill import GUIDANCE_MAX
 
-STAGES = ("data", "vae", "decoder", "clip", "unet", "clip2", "finetune", "distill", "scorer")
+STAGES = ("data", "vae", "decoder", "clip", "unet", "clip2", "finetune", "distill", "distill2", "scorer")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class RecipePreset:
     # same names captioned "<name>, <style> style", less the held-out emoji's groups; they join OpenMoji in
     # every stage that trains on emoji
     emoji_styles: str = ""
+    # one more halving after the last round (student_steps -> student_steps / 2), from that student as teacher,
+    # into <out>/distill2 (the distill stage's students stay as they are); 0: none
+    half_round_steps: int = 0
 
     def __post_init__(self):
         if self.two_object_shapes and not self.finetune_steps:
@@ -77,6 +80,9 @@ class RecipePreset:
         unknown = [s for s in self.styles() if s not in ("noto", "twemoji")]
         if unknown:
             raise ValueError(f"emoji_styles {unknown} unknown: choose among noto, twemoji (OpenMoji is always in)")
+        if self.half_round_steps and self.student_steps < 2:
+            raise ValueError(f"half_round_steps halves the {self.student_steps}-step student: set student_steps "
+                             ">= 2, or half_round_steps=0")
         if self.styles() and self.emoji == 0:
             raise ValueError("emoji_styles draws the names of the OpenMoji set: set emoji to None or a count")
 
@@ -93,7 +99,7 @@ PRESETS = {
                          round_steps=10, distill_batch=8, emoji_holdout=8, decoder_steps=10, decoder_shapes=32,
                          vae_shapes=64, vae_hflip=True, vae_ema_decay=0.99, clip2_steps=10, finetune_steps=10,
                          extra_color_shapes=16, clip_token_loss=1.0, shuffle_summary=1.0, two_object_shapes=16,
-                         scorer_steps=10),
+                         scorer_steps=10, half_round_steps=10),
     # the small models trained long: 64 px, shapes + OpenMoji; about 21 h on 2 CPU cores (VAE 2.9, CLIP 1.0,
     # UNet 11.6, distillation 5.3, at quick's step times). fp32: on CPUs without AVX-512 BF16 (AVX2 only) a
     # bf16 matrix product is ~100x slower than fp32 (bench/results/speed.md), so bf16 is for GPUs and CPUs
@@ -118,7 +124,8 @@ PRESETS = {
     # steps, 16 -> 8 -> 4, annealed to 0; then the teacher's CLIP scorer 5000 steps with the text tower frozen.
     # About 6.8 h at the measured step times on 2 CPU cores (minutes: data 2, vae 28, decoder 8, clip 10.5,
     # unet 83, finetune ~185 at 0.55 s a step, distill ~61, scorer ~30). OpenMoji's names are also drawn in the noto
-    # and twemoji styles (data/emoji-noto, data/emoji-twemoji), so each name has three images and a style word.
+    # and twemoji styles (data/emoji-noto, data/emoji-twemoji), so each name has three images and a style word;
+    # a 2-step student is halved from the 4-step one in 1000 more steps (distill2).
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
@@ -127,7 +134,8 @@ PRESETS = {
                          distill_lr_schedule="linear", vae_shapes=4000, vae_hflip=True, vae_ema_decay=0.999,
                          distill_guidance_max=5.0, last_round_steps=1000, finetune_steps=20_000,
                          extra_color_shapes=7500, clip_token_loss=1.0, shuffle_summary=1.0,
-                         two_object_shapes=10_000, scorer_steps=5000, emoji_styles="noto,twemoji"),
+                         two_object_shapes=10_000, scorer_steps=5000, emoji_styles="noto,twemoji",
+                         half_round_steps=1000),
     # the same recipe, larger, for one GPU or several (accelerate launch)
     "base": RecipePreset(size=64, shapes=200_000, emoji=None, vae_preset="small64", vae_steps=40_000,
                          vae_batch=64, clip_preset="base", clip_steps=30_000, clip_batch=512,
@@ -146,7 +154,7 @@ STEP_FIELDS = {"vae": ("vae_steps", "vae_shapes"), "decoder": ("decoder_steps",)
                "clip2": ("clip2_steps",), "finetune": ("finetune_steps", "finetune_lr", "finetune_shuffle_multi"),
                "distill": ("teacher_steps", "student_steps", "stage1_steps", "round_steps", "distill_lr_schedule",
                            "distill_guidance_max", "last_round_steps"),
-               "scorer": ("scorer_steps",)}
+               "distill2": ("half_round_steps",), "scorer": ("scorer_steps",)}
 
 
 def teacher_dir(recipe_dir: str, config: dict) -> str:
