@@ -128,10 +128,16 @@ def test_bundle_fp16_loads_fp32_in_both_pipelines(tiny_recipe, tmp_path):
     weights = str(tmp_path / "weights")
     res = bundle.run(bundle.BundleConfig(recipe=out, out=weights, steps=4, guidance=3.0))
     teacher, student = os.path.join(weights, "default"), os.path.join(weights, "default-4step")
-    assert set(res["folders"].values()) == {teacher, student}
+    half = os.path.join(weights, "default-2step")  # the recipe's distill2 student
+    assert set(res["folders"].values()) == {teacher, student, half}
+    assert read_model_card_defaults(half)["num_inference_steps"] == 2
+    with open(os.path.join(half, "README.md"), encoding="utf-8") as f:
+        assert "2-step student" in f.read()
     with open(os.path.join(weights, "NOTICE"), encoding="utf-8") as f:
         notice = f.read()
     assert notice == notice_text() and all(s in notice for s in ("OpenMoji", "Noto Color Emoji", "Twemoji"))
+    assert bundle.run(bundle.BundleConfig(recipe=out, out=str(tmp_path / "w2"), half_student="off"))["folders"].keys() \
+        == {"default", "default-4step"}
     assert read_model_card_defaults(teacher) == {"sampler": "dpm++2m", "num_inference_steps": 4,
                                                  "guidance_scale": 3.0}
     assert read_model_card_defaults(student)["num_inference_steps"] == 4

@@ -1,4 +1,5 @@
-"""Bundle a finished recipe into the package: ``latentgen/weights/default`` and ``default-4step``.
+"""Bundle a finished recipe into the package: ``latentgen/weights/default`` and ``default-4step`` (and
+``default-2step`` where the recipe halved its student once more).
 
     latentgen train recipe --out runs/quick --preset quick
     latentgen eval shapes --model runs/quick/unet > runs/quick/eval_teacher.json      # optional figures
@@ -61,15 +62,20 @@ class BundleConfig:
     REQUIRED: ClassVar[tuple[str, ...]] = ("recipe",)
 
     recipe: str = field(metadata={"help": "a finished `latentgen train recipe` --out folder", "metavar": "DIR"})
-    out: str = opt(os.path.join("latentgen", "weights"), "where default/ and default-4step/ go", metavar="DIR")
+    out: str = opt(os.path.join("latentgen", "weights"), "where default/ and default-4step/ (and default-2step/) go", metavar="DIR")
     teacher: str | None = opt(None, "teacher model folder (default: the recipe's teacher: <recipe>/finetune, or "
                               "<recipe>/unet where the preset has no finetune stage)", metavar="DIR")
     student: str | None = opt(None, "4-step student folder (default: <recipe>/distill/round-4)", metavar="DIR")
+    half_student: str | None = opt(None, "a student of half the steps, bundled beside it as default-<n>step "
+                                   "(default: the recipe's distill2 student where it made one; off: none)",
+                                   metavar="DIR")
     sampler: str = opt("dpm++2m", "the teacher's recommended sampler")
     steps: int = opt(25, "the teacher's recommended steps", metavar="N")
     guidance: float | None = opt(None, "recommended guidance (default: the teacher's card)", metavar="X")
     eval_teacher: str | None = opt(None, "`latentgen eval shapes` output for the teacher", metavar="JSON")
     eval_student: str | None = opt(None, "`latentgen eval shapes` output for the student", metavar="JSON")
+    eval_half_student: str | None = opt(None, "`latentgen eval shapes` output for the half-step student",
+                                        metavar="JSON")
     eval_codec: str | None = opt(None, "bench/results/codec.json (python -m bench.run_all's codec section, run on "
                                  "the bundled teacher): VAE PSNR and CLIP probing for the cards", metavar="JSON")
     clip: str | None = opt(None, "a `latentgen train clip --freeze-text` run of the teacher's CLIP: its clip/ "
@@ -222,6 +228,28 @@ def copy_parts(src: str, tmp: str, extra: tuple[str, ...], swaps: dict, fp32: bo
     return [note for _, note in mine.values() if note]
 
 
+def half_student(cfg: BundleConfig, recipe: dict) -> str | None:
+    """The half-step student to bundle: ``--half-student``, else the recipe's distill2 student where it made one
+    (None with ``off``, or none made)."""
+    if cfg.half_student == "off":
+        return None
+    if cfg.half_student:
+        return cfg.half_student
+    done = recipe.get("done", {}).get("distill2")
+    if not isinstance(done, dict) or done.get("skipped") or not done.get("final"):
+        return None
+    return os.path.join(cfg.recipe, "distill2", f"round-{recipe['config']['student_steps'] // 2}")
+
+
+def student_settings(folder: str, steps: int, guidance: float) -> dict:
+    """A student's card settings: DDIM at its own card's steps (``steps`` where it has none) and guidance."""
+    from latentgen.modelcard import read_card_defaults
+
+    card = read_card_defaults(folder)
+    return {"sampler": "ddim", "num_inference_steps": card.get("num_inference_steps", steps),
+            "guidance_scale": card.get("guidance_scale", guidance)}
+
+
 def run(cfg: BundleConfig) -> dict:
     from latentgen.data.notice import notice_text
     from latentgen.modelcard import read_card_defaults
@@ -230,10 +258,10 @@ def run(cfg: BundleConfig) -> dict:
     recipe = load_recipe(cfg.recipe)
     teacher = cfg.teacher or teacher_dir(cfg.recipe, recipe.get("config", {}))
     student = cfg.student or os.path.join(cfg.recipe, "distill", "round-4")
-    check_models(teacher=teacher, student=student)
+    half = half_student(cfg, recipe)
+    check_models(teacher=teacher, student=student, **({"half_student": half} if half else {}))
     guidance = cfg.guidance if cfg.guidance is not None else \
         read_card_defaults(teacher).get("guidance_scale", DEFAULT_GUIDANCE)
-    student_card = read_card_defaults(student)
     swaps = swapped_parts(cfg, recipe, teacher, torch.float32 if cfg.fp32 else torch.float16)
     teacher_runs = [run_note(d) for d in cfg.teacher_runs]
     extra_data = [extra_data_note(d) for d in cfg.extra_data]
@@ -241,10 +269,13 @@ def run(cfg: BundleConfig) -> dict:
     jobs = {
         "default": (teacher, ("clip",), "teacher", cfg.eval_teacher,
                     {"sampler": cfg.sampler, "num_inference_steps": cfg.steps, "guidance_scale": guidance}),
-        "default-4step": (student, (), "student", cfg.eval_student,
-                          {"sampler": "ddim", "num_inference_steps": student_card.get("num_inference_steps", 4),
-                           "guidance_scale": student_card.get("guidance_scale", guidance)}),
+        "default-4step": (student, (), "student", cfg.eval_student, student_settings(student, 4, guidance)),
     }
+    if half:
+        settings = student_settings(half, 2, guidance)
+        name = f"default-{settings['num_inference_steps']}step"
+        runs[name] = runs["default-4step"]
+        jobs[name] = (half, (), "student", cfg.eval_half_student, settings)
     os.makedirs(cfg.out, exist_ok=True)
     written = {}
     for name, (src, extra, kind, figures, settings) in jobs.items():

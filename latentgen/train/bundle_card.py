@@ -207,8 +207,9 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
     from latentgen.modelcard import card_text
 
     student = kind == "student"
+    steps = settings.get("num_inference_steps")
     body = [("A progressively distilled student of the bundled teacher (`../default`): guided distillation "
-             "(Meng et al. 2023), then halving DDIM steps (Salimans & Ho 2022) down to 4. The guidance "
+             f"(Meng et al. 2023), then halving DDIM steps (Salimans & Ho 2022) down to {steps}. The guidance "
              "scale is an input of the UNet (one pass per step). **`negative_prompt` is ignored**, in "
              "`LatentGenPipeline` and in stock `diffusers.StableDiffusionPipeline` alike."
              if student else
@@ -229,5 +230,5 @@ def model_card(kind: str, settings: dict, recipe: dict, vocab: list[str], figure
             " ".join(vocab), "", "</details>", "",
             *recipe_lines(recipe, list(later)),
             "## Measured", "", *figures, ""]
-    title = f"latentgen bundled {'4-step student' if student else 'teacher'} (64 x 64)"
+    title = f"latentgen bundled {f'{steps}-step student' if student else 'teacher'} (64 x 64)"
     return card_text(settings, title, body)
