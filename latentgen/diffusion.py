@@ -260,3 +260,25 @@ def preservation_loss(unet, base_unet, latents: Tensor, text_emb: Tensor,
         target = base_unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]  # (B, C, h, w)
     v_pred = unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]
     return F.mse_loss(v_pred.float(), target.float())
+
+
+def split_losses(unet, latents: Tensor, text_emb: Tensor, held: Tensor, generator: torch.Generator | None = None,
+                 base_unet=None) -> tuple[Tensor, Tensor]:
+    """One pass of ``unet`` over the batch, two losses: the v-prediction loss (Salimans & Ho 2022, Sec. 4) on
+    the samples not ``held`` (B,), and on the ``held`` ones the distance to ``base_unet``'s prediction on
+    the same noisy latent (:func:`preservation_loss`), or their own v-loss when ``base_unet`` is None
+    (DreamBooth's prior loss, Ruiz et al. 2023, Eq. 2). Returns the mean of each. One pass over the
+    whole batch costs less than one per part."""
+    t = sample_timesteps(latents.shape[0], generator, latents.device)  # (B,)
+    x0 = latents.float()
+    eps = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, C, h, w)
+    alpha, sigma = alpha_sigma(training_alphas_cumprod(), t)
+    x_t = q_sample(x0, eps, alpha, sigma).to(latents.dtype)
+    target = v_target(x0, eps, alpha, sigma)  # (B, C, h, w)
+    if base_unet is not None:
+        with torch.no_grad():
+            target[held] = base_unet(x_t[held], t[held], encoder_hidden_states=text_emb[held],
+                                     return_dict=False)[0].float()
+    v_pred = unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]
+    per_sample = F.mse_loss(v_pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    return per_sample[~held].mean(), per_sample[held].mean()

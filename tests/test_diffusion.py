@@ -114,6 +114,20 @@ def test_diffusion_loss_is_zero_for_a_perfect_model_and_seeded():
     assert 0 < weighted < a  # min-SNR weights are at most gamma / (gamma + 1) < 1
 
 
+def test_split_losses_are_the_v_loss_in_one_pass_and_hold_the_held_samples_to_the_base():
+    x0 = torch.randn(6, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    emb = torch.zeros(6, 3, 5)
+    held = torch.tensor([False, True, False, True, True, False])
+    wrong = _Oracle(torch.zeros(1, 4, 4, 4))  # the v of x0 = 0, for any batch
+    inst, pri = D.split_losses(wrong, x0, emb, held, torch.Generator().manual_seed(0))
+    whole = D.diffusion_loss(wrong, x0, emb, torch.Generator().manual_seed(0))  # the same t and eps
+    assert inst > 0.01 and pri > 0.01 and torch.allclose((3 * inst + 3 * pri) / 6, whole)
+    inst_b, pri_b = D.split_losses(wrong, x0, emb, held, torch.Generator().manual_seed(0), base_unet=wrong)
+    assert pri_b == 0 and torch.equal(inst_b, inst)  # held to itself: nothing to learn there
+    perfect, _ = D.split_losses(_Oracle(x0), x0, emb, held, torch.Generator().manual_seed(0), base_unet=wrong)
+    assert perfect < 1e-8
+
+
 def test_tiny_unet_trains_on_the_v_loss():
     torch.manual_seed(0)
     cfg = get_unet_config("tiny")

@@ -188,9 +188,9 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
     """The v-prediction loss on the folder's latents plus ``prior_weight`` times that on the prior images'
     (Ruiz et al. 2023, Eq. 2), or with ``prior_target="base"`` times the distance of the prior images'
     prediction to the frozen base model's (``ctx.frozen["base_unet"]``); captions dropped to "" with
-    probability ``caption_dropout``."""
+    probability ``caption_dropout``. A batch of both is one pass of the UNet (``split_losses``)."""
     from latentgen.cache import sample_latents
-    from latentgen.diffusion import diffusion_loss, preservation_loss
+    from latentgen.diffusion import diffusion_loss, preservation_loss, split_losses
     from latentgen.pipeline import encode_prompts
 
     embeddings, uncond = cache["embeddings"], int(cache["uncond_id"])
@@ -218,8 +218,8 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
             return {"loss": diffusion_loss(unet, latents, emb, ctx.generator)}
         if prior.all():
             return {"loss": prior_weight * prior_loss(latents, emb)}
-        inst = diffusion_loss(unet, latents[~prior], emb[~prior.to(emb.device)], ctx.generator)
-        pri = prior_loss(latents[prior], emb[prior.to(emb.device)])
+        base = ctx.frozen["base_unet"] if prior_target == "base" else None
+        inst, pri = split_losses(unet, latents, emb, prior.to(latents.device), ctx.generator, base)
         return {"loss": inst + prior_weight * pri, "instance_loss": inst, "prior_loss": pri}
 
     return step_fn
