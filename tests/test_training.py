@@ -214,7 +214,8 @@ def test_two_process_contrastive_loss_is_the_loss_of_the_global_batch(two_proces
         assert res["loss"] == pytest.approx(loss.item(), rel=1e-6)
         assert res["local_loss"] != pytest.approx(loss.item(), rel=1e-3)  # a share alone has fewer negatives
         for name, p in model.named_parameters():
-            assert res["grads"][name] == pytest.approx(p.grad.flatten().tolist(), rel=1e-5, abs=1e-7), name
+            # float32 sums in another order (the all-reduce, the CPU's vector width): 1e-7 apart at 5e-3
+            assert res["grads"][name] == pytest.approx(p.grad.flatten().tolist(), rel=1e-5, abs=1e-6), name
 
 
 def test_lr_schedules_warm_up_then_decay_to_zero_and_follow_a_raised_max_steps_on_resume(tmp_path):
