@@ -251,15 +251,8 @@ def preservation_loss(unet, base_unet, latents: Tensor, text_emb: Tensor,
     """E_{t, eps} ||v_theta(x_t, t, c) - v_base(x_t, t, c)||^2: the fine-tuned model's prediction held to the
     frozen base model's on the same noisy latent (the output-preservation loss of Li & Hoiem 2017, Eq. 2,
     for diffusion). Unlike DreamBooth's prior loss its target carries no sampling noise."""
-    t = sample_timesteps(latents.shape[0], generator, latents.device)  # (B,)
-    x0 = latents.float()
-    eps = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, C, h, w)
-    alpha, sigma = alpha_sigma(training_alphas_cumprod(), t)
-    x_t = q_sample(x0, eps, alpha, sigma).to(latents.dtype)
-    with torch.no_grad():
-        target = base_unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]  # (B, C, h, w)
-    v_pred = unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]
-    return F.mse_loss(v_pred.float(), target.float())
+    held = torch.ones(latents.shape[0], dtype=torch.bool, device=latents.device)  # (B,)
+    return split_losses(unet, latents, text_emb, held, generator, base_unet)[1]
 
 
 def split_losses(unet, latents: Tensor, text_emb: Tensor, held: Tensor, generator: torch.Generator | None = None,
@@ -281,4 +274,9 @@ def split_losses(unet, latents: Tensor, text_emb: Tensor, held: Tensor, generato
                                      return_dict=False)[0].float()
     v_pred = unet(x_t, t, encoder_hidden_states=text_emb, return_dict=False)[0]
     per_sample = F.mse_loss(v_pred.float(), target, reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    return per_sample[~held].mean(), per_sample[held].mean()
+    return _mean(per_sample[~held]), _mean(per_sample[held])
+
+
+def _mean(x: Tensor) -> Tensor:
+    """The mean, 0 (with the graph kept) for no samples."""
+    return x.mean() if x.numel() else x.sum()
