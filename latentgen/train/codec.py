@@ -16,6 +16,7 @@ def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
     ``progress``, ``mixed_precision``). Returns the report the run records: both PSNRs before (and after),
     whether it was tuned, for how many steps."""
     from latentgen.adapt import (
+        DECODER_BATCH,
         DECODER_PSNR_FLOOR,
         EDGE_PSNR_FLOOR,
         Decoder,
@@ -43,7 +44,8 @@ def tune_decoder(cfg, vae, data, prior_dir: str) -> dict:
         + f"; tuning its decoder for {cfg.decoder_steps} steps")
     prior_set = ImageCaptionDataset([prior_dir], size=pixels.shape[-1], empty_captions=True)
     prior = torch.stack([prior_set[i]["pixels"] for i in range(len(prior_set.items))])  # (P, 3, S, S)
-    loop = TrainConfig(out=os.path.join(cfg.out, "decoder"), max_steps=cfg.decoder_steps, batch_size=16,
+    loop = TrainConfig(out=os.path.join(cfg.out, "decoder"), max_steps=cfg.decoder_steps,
+                       batch_size=DECODER_BATCH,
                        lr=cfg.decoder_lr, seed=cfg.seed, checkpoint_every=max(1, cfg.decoder_steps // 2),
                        log_every=10, resume=cfg.resume, progress=cfg.progress,
                        mixed_precision=cfg.mixed_precision)

@@ -50,7 +50,7 @@ class FinetuneConfig(RunConfig):
     REQUIRED = ("model", "data")
     MAY_CHANGE = ("val_prompt", "val_steps", "val_guidance")
 
-    max_steps: int = 400  # 40 images: teal learnt in 3.9 min on 2 cores (bench/results/finetune.md)
+    max_steps: int = 700  # 40 images: the most steps within 5 min on 2 cores (bench/results/finetune.md)
     batch_size: int = 8
     lr: float | None = opt(None, f"default: {FULL_LR:g} in full, {LORA_LR:g} with LoRA (--lora-rank > 0)")
     checkpoint_every: int = 200
