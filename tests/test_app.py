@@ -468,3 +468,10 @@ def test_a_distill_run_without_images_draws_them_and_a_fine_tune_needs_them(tmp_
     assert {"--refine-steps=10", f"--data={tmp_path / 'mine-images'}"} <= set(started[-1][1])
     with pytest.raises(ValueError, match="give an image folder"):
         start_run(FINETUNE, Registry(), Jobs(), limits, "tuned", "default", "", None, "", 10, 2, 10, "LoRA", "", "")
+
+
+def test_fine_tune_tab_starts_at_the_trainers_default_steps():
+    from latentgen.train.finetune import FinetuneConfig
+    from latentgen.ui.training_tab import FINETUNE
+
+    assert FINETUNE.default_steps == FinetuneConfig.max_steps

@@ -68,7 +68,7 @@ FINETUNE = TrainerSpec(
     "latentgen.train.finetune",
     "Fine-tune",
     "Base model",
-    400,
+    700,  # the trainer's own default (latentgen.train.finetune.FinetuneConfig.max_steps)
     "Max steps",
     "Teach a model your own images. Full fine-tuning (the default) trains the whole UNet and learns new "
     "colours and shapes; LoRA trains small adapters (a few MB) and learns less. The result appears in the "
