@@ -268,7 +268,7 @@ def split_losses(unet, latents: Tensor, text_emb: Tensor, held: Tensor, generato
     alpha, sigma = alpha_sigma(training_alphas_cumprod(), t)
     x_t = q_sample(x0, eps, alpha, sigma).to(latents.dtype)
     target = v_target(x0, eps, alpha, sigma)  # (B, C, h, w)
-    if base_unet is not None:
+    if base_unet is not None and held.any():
         with torch.no_grad():
             target[held] = base_unet(x_t[held], t[held], encoder_hidden_states=text_emb[held],
                                      return_dict=False)[0].float()

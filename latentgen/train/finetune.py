@@ -188,9 +188,9 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
     """The v-prediction loss on the folder's latents plus ``prior_weight`` times that on the prior images'
     (Ruiz et al. 2023, Eq. 2), or with ``prior_target="base"`` times the distance of the prior images'
     prediction to the frozen base model's (``ctx.frozen["base_unet"]``); captions dropped to "" with
-    probability ``caption_dropout``. A batch of both is one pass of the UNet (``split_losses``)."""
+    probability ``caption_dropout``. A batch is one pass of the UNet (``split_losses``)."""
     from latentgen.cache import sample_latents
-    from latentgen.diffusion import diffusion_loss, preservation_loss, split_losses
+    from latentgen.diffusion import split_losses
     from latentgen.pipeline import encode_prompts
 
     embeddings, uncond = cache["embeddings"], int(cache["uncond_id"])
@@ -206,21 +206,13 @@ def make_step_fn(cache, scaling: float, caption_dropout: float, tokenizer, capti
             emb = embeddings[ids].to(ctx.device)  # (B, L, D)
             if shuffle is not None:
                 emb = shuffle(ids, emb, ctx.step)
-        unet = model["unet"]
-        prior = is_prior[batch["index"].cpu()]
-
-        def prior_loss(lat, e):
-            if prior_target == "base":
-                return preservation_loss(unet, ctx.frozen["base_unet"], lat, e, ctx.generator)
-            return diffusion_loss(unet, lat, e, ctx.generator)
-
-        if not prior.any():
-            return {"loss": diffusion_loss(unet, latents, emb, ctx.generator)}
-        if prior.all():
-            return {"loss": prior_weight * prior_loss(latents, emb)}
-        base = ctx.frozen["base_unet"] if prior_target == "base" else None
-        inst, pri = split_losses(unet, latents, emb, prior.to(latents.device), ctx.generator, base)
-        return {"loss": inst + prior_weight * pri, "instance_loss": inst, "prior_loss": pri}
+        held = is_prior[batch["index"].cpu()].to(latents.device)  # (B,) the prior and class images
+        base = ctx.frozen["base_unet"] if prior_target == "base" and held.any() else None
+        inst, pri = split_losses(model["unet"], latents, emb, held, ctx.generator, base)
+        logs = {"loss": inst + prior_weight * pri}
+        if held.any() and not held.all():
+            logs.update(instance_loss=inst, prior_loss=pri)
+        return logs
 
     return step_fn
 
