@@ -1,8 +1,11 @@
 """The training loop's checkpoint folders: written whole or not at all, rotated, found, recovered.
 
-A checkpoint is ``<out>/checkpoints/checkpoint-<step>``: accelerate's state (model, optimizer,
-scheduler, RNG), the EMA weights and ``trainer_state.json``; a folder counts as complete only with
-that file. It is written to ``.tmp-checkpoint-<step>``, fsynced, and moved into place with
+A checkpoint is ``<out>/checkpoints/checkpoint-<step>``: the trained weights (``model.safetensors``), the
+optimizer's tensors (``optimizer.safetensors``) and settings (``optimizer.json``), the learning-rate
+schedule's and fp16 gradient scaler's counters (JSON), the EMA weights and ``trainer_state.json``; no
+pickles, so a checkpoint from anywhere is safe to resume from. The RNG is not saved: the loop reseeds it
+before every step. A folder counts as complete only with ``trainer_state.json``. A checkpoint written by
+an older latentgen (accelerate's ``optimizer.bin``) still loads, through accelerate's restricted unpickler. It is written to ``.tmp-checkpoint-<step>``, fsynced, and moved into place with
 :func:`latentgen.fsutil.replace_dir` (a re-save of a step moves the old copy aside until the new one
 is in); only then is the oldest beyond ``keep`` deleted. A failed write (a full disk: ``OSError``,
 torch's ``RuntimeError``, ``SafetensorError``) removes the temporary folder and raises
@@ -18,6 +21,8 @@ import os
 import re
 import shutil
 
+import torch
+
 from latentgen.fsutil import WRITE_ERRORS, atomic_write_json, replace_dir
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -26,6 +31,9 @@ TMP_PREFIX = ".tmp-checkpoint-"
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 EMA_JSON = "ema.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
+SCHEDULER_JSON, SCALER_JSON = "scheduler.json", "scaler.json"
 
 
 class CheckpointError(RuntimeError):
@@ -81,9 +89,10 @@ def recover(ckpt_dir: str) -> None:
             os.rename(path, os.path.join(ckpt_dir, m.group(1)))
 
 
-def save(accelerator, ckpt_dir: str, step: int, state: dict, ema=None, keep: int = 2) -> str:
-    """Write ``checkpoint-<step>`` (``state`` goes to ``trainer_state.json``) on every process, then
-    drop the oldest beyond ``keep``; returns its path. Raises :class:`CheckpointError` when a write fails."""
+def save(accelerator, ckpt_dir: str, step: int, state: dict, parts: dict, ema=None, keep: int = 2) -> str:
+    """Write ``checkpoint-<step>``: ``parts`` (the prepared ``model``, ``optimizer`` and ``scheduler``, by
+    :func:`write_state`), ``ema`` and ``state`` (``trainer_state.json``), then drop the oldest beyond ``keep``;
+    called on every process, returns its path. Raises :class:`CheckpointError` when a write fails."""
     acc = accelerator
     final = os.path.join(ckpt_dir, f"checkpoint-{step}")
     tmp = os.path.join(ckpt_dir, f"{TMP_PREFIX}{step}")
@@ -92,7 +101,7 @@ def save(accelerator, ckpt_dir: str, step: int, state: dict, ema=None, keep: int
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         acc.wait_for_everyone()
-        acc.save_state(tmp)
+        write_state(acc, tmp, **parts)
         if acc.is_main_process:
             _write_ema(tmp, ema)
             atomic_write_json(os.path.join(tmp, STATE_FILE), state, indent=None)  # last: marks it complete
@@ -108,11 +117,15 @@ def save(accelerator, ckpt_dir: str, step: int, state: dict, ema=None, keep: int
     return final
 
 
-def load(accelerator, path: str, ema=None) -> dict:
-    """Load a checkpoint written by :func:`save` into the prepared objects and ``ema``; returns its state."""
+def load(accelerator, path: str, parts: dict, ema=None) -> dict:
+    """Load a checkpoint written by :func:`save` into ``parts`` (as given to it) and ``ema``; returns its
+    state."""
     from safetensors.torch import load_file
 
-    accelerator.load_state(path)
+    if os.path.isfile(os.path.join(path, OPTIMIZER_FILE)):
+        read_state(accelerator, path, **parts)
+    else:  # an older latentgen's checkpoint: accelerate's files, read with torch.load(weights_only=True)
+        accelerator.load_state(path)
     with open(os.path.join(path, STATE_FILE)) as f:
         state = json.load(f)
     if ema is not None and os.path.isfile(os.path.join(path, EMA_FILE)):
@@ -122,6 +135,48 @@ def load(accelerator, path: str, ema=None) -> dict:
         sd["shadow_params"] = [tensors[f"p{i}"].to(accelerator.device) for i in range(len(tensors))]
         ema.load_state_dict(sd)
     return state
+
+
+def write_state(accelerator, folder: str, model, optimizer, scheduler) -> None:
+    """The loop's state as safetensors and JSON: the model's weights under its unwrapped names (one process
+    writes; DDP's copies are equal), the optimizer's per-parameter tensors as ``<param>.<name>`` and the rest
+    of its state dict as JSON, the schedule's and (fp16) the gradient scaler's state dicts as JSON."""
+    from safetensors.torch import save_file, save_model
+
+    acc = accelerator
+    if not acc.is_main_process:
+        return
+    sd = optimizer.state_dict()
+    plain = {p: {k: v for k, v in st.items() if not torch.is_tensor(v)} for p, st in sd["state"].items()}
+    atomic_write_json(os.path.join(folder, OPTIMIZER_JSON), {"param_groups": sd["param_groups"], "state": plain},
+                      indent=None)
+    atomic_write_json(os.path.join(folder, SCHEDULER_JSON), scheduler.state_dict(), indent=None)
+    if acc.scaler is not None:
+        atomic_write_json(os.path.join(folder, SCALER_JSON), acc.scaler.state_dict(), indent=None)
+    save_model(acc.unwrap_model(model), os.path.join(folder, MODEL_FILE))  # shared tensors saved once
+    save_file({f"{p}.{k}": v.detach().contiguous().cpu() for p, st in sd["state"].items()
+               for k, v in st.items() if torch.is_tensor(v)}, os.path.join(folder, OPTIMIZER_FILE))
+
+
+def read_state(accelerator, folder: str, model, optimizer, scheduler) -> None:
+    """What :func:`write_state` wrote, into the prepared ``model``, ``optimizer`` and ``scheduler``."""
+    from safetensors.torch import load_file, load_model
+
+    acc = accelerator
+    load_model(acc.unwrap_model(model), os.path.join(folder, MODEL_FILE), device=str(acc.device))
+    with open(os.path.join(folder, OPTIMIZER_JSON)) as f:
+        meta = json.load(f)
+    state = {int(p): dict(st) for p, st in meta["state"].items()}
+    for key, t in load_file(os.path.join(folder, OPTIMIZER_FILE)).items():
+        p, name = key.split(".", 1)
+        state.setdefault(int(p), {})[name] = t
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    with open(os.path.join(folder, SCHEDULER_JSON)) as f:
+        scheduler.load_state_dict(json.load(f))
+    if acc.scaler is not None and os.path.isfile(os.path.join(folder, SCALER_JSON)):
+        with open(os.path.join(folder, SCALER_JSON)) as f:
+            acc.scaler.load_state_dict(json.load(f))
 
 
 def _write_ema(folder: str, ema) -> None:

@@ -216,14 +216,18 @@ class Trainer:
         if self.is_main:
             atomic_write_json(path, current)
 
+    def _parts(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.lr_scheduler}
+
     def save_checkpoint(self) -> str:
         """Write ``checkpoint-<step>`` atomically, then drop the oldest beyond ``keep_checkpoints``
         (:func:`latentgen.checkpoint.save`; a failed write raises :class:`CheckpointError`)."""
         state = {"step": self.step, "bad_steps": self.bad_steps, "time": time.time()}
-        return checkpoint.save(self.accelerator, self.ckpt_dir, self.step, state, self.ema, self.cfg.keep_checkpoints)
+        return checkpoint.save(self.accelerator, self.ckpt_dir, self.step, state, self._parts(), self.ema,
+                               self.cfg.keep_checkpoints)
 
     def load_checkpoint(self, path: str):
-        state = checkpoint.load(self.accelerator, path, self.ema)
+        state = checkpoint.load(self.accelerator, path, self._parts(), self.ema)
         self.step, self.bad_steps = state["step"], state.get("bad_steps", 0)
 
     # -- the loop

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from latentgen import checkpoint
 from latentgen.training import TrainConfig, Trainer
 from tests.toy import ToyData, toy_model, toy_step
 
@@ -58,16 +59,15 @@ def main(argv=None):
 
     t = Trainer(cfg, toy_model(), ToyData(), step, run_config={"worker": "kill_worker", "batch_size": 8})
     if args.hang_in_save:
-        real = t.accelerator.save_state
+        real = checkpoint.write_state
 
-        def save_state(path, **kw):
-            out = real(path, **kw)
+        def write_state(acc, path, **parts):
+            real(acc, path, **parts)
             if t.step == args.hang_in_save:
                 open(os.path.join(args.out, "in-save"), "w").close()
                 time.sleep(60)  # half-written: the weights are there, the state file is not
-            return out
 
-        t.accelerator.save_state = save_state
+        checkpoint.write_state = write_state
     if args.kill_at_publish:
         kill_at_publish()
     if args.file_size_limit and not args.limit_from_step:

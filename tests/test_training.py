@@ -64,6 +64,37 @@ def test_kill_and_resume_matches_unbroken_run(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
+def test_a_checkpoint_holds_no_pickle_and_an_older_one_still_resumes(tmp_path):
+    """Weights and optimizer tensors in safetensors, the rest JSON; a checkpoint in accelerate's files (what an
+    older latentgen wrote) resumes to the same weights."""
+    unbroken = Trainer(_cfg(tmp_path / "a"), toy_model(), ToyData(), toy_step).fit()
+
+    def dying_step(model, batch, ctx):
+        if ctx.step == 6:
+            raise KeyboardInterrupt
+        return toy_step(model, batch, ctx)
+
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, toy_model(), ToyData(), dying_step).fit()
+    ckpt = os.path.join(cfg.out, "checkpoints", "checkpoint-4")
+    names = sorted(os.listdir(ckpt))
+    assert names == ["ema.json", "ema.safetensors", "model.safetensors", "optimizer.json",
+                     "optimizer.safetensors", "scheduler.json", "trainer_state.json"], names
+    for name in names:
+        with open(os.path.join(ckpt, name), "rb") as f:
+            assert f.read(2) != b"\x80\x04" and not name.endswith((".bin", ".pkl", ".pt"))  # no pickle
+    t = Trainer(cfg, toy_model(seed=99), ToyData(), toy_step)
+    t.load_checkpoint(ckpt)
+    for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"):
+        os.remove(os.path.join(ckpt, name))
+    t.accelerator.save_state(ckpt)  # the older layout: model.safetensors, optimizer.bin, scheduler.bin, RNG
+    assert os.path.isfile(os.path.join(ckpt, "optimizer.bin"))
+    resumed = Trainer(_cfg(tmp_path / "b", resume="latest"), toy_model(seed=99), ToyData(), toy_step).fit()
+    for p, q in zip(unbroken.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
 def test_resume_with_other_settings_is_a_clear_error(tmp_path):
     Trainer(_cfg(tmp_path, max_steps=4), toy_model(), ToyData(), toy_step, run_config={"preset": "tiny"}).fit()
     t = Trainer(_cfg(tmp_path, max_steps=8, resume="latest"), toy_model(), ToyData(), toy_step,
