@@ -2,16 +2,17 @@
 
 A checkpoint is ``<out>/checkpoints/checkpoint-<step>``: the trained weights (``model.safetensors``), the
 optimizer's tensors (``optimizer.safetensors``) and settings (``optimizer.json``), the learning-rate
-schedule's and fp16 gradient scaler's counters (JSON), the EMA weights and ``trainer_state.json``; no
-pickles, so a checkpoint from anywhere is safe to resume from. The RNG is not saved: the loop reseeds it
-before every step. A folder counts as complete only with ``trainer_state.json``. A checkpoint written by
-an older latentgen (accelerate's ``optimizer.bin``) still loads, through accelerate's restricted unpickler. It is written to ``.tmp-checkpoint-<step>``, fsynced, and moved into place with
-:func:`latentgen.fsutil.replace_dir` (a re-save of a step moves the old copy aside until the new one
-is in); only then is the oldest beyond ``keep`` deleted. A failed write (a full disk: ``OSError``,
-torch's ``RuntimeError``, ``SafetensorError``) removes the temporary folder and raises
-:class:`CheckpointError`, which names the last complete checkpoint. :func:`recover`, run before
-training starts, removes temporary folders a kill left and puts back a checkpoint a kill left
-moved aside.
+schedule's and fp16 gradient scaler's counters (JSON), the EMA weights and ``trainer_state.json``. No
+pickles: a checkpoint from anywhere is safe to resume from. The RNG is not saved: the loop reseeds it before
+every step. A checkpoint of an older latentgen (accelerate's ``optimizer.bin``) still loads, through
+accelerate's restricted unpickler (``weights_only``).
+
+A folder counts as complete only with ``trainer_state.json``. It is written to ``.tmp-checkpoint-<step>``,
+fsynced, and moved into place with :func:`latentgen.fsutil.replace_dir` (a re-save of a step moves the old
+copy aside until the new one is in); only then is the oldest beyond ``keep`` deleted. A failed write (a full
+disk: ``OSError``, ``SafetensorError``) removes the temporary folder and raises :class:`CheckpointError`,
+which names the last complete checkpoint. :func:`recover`, run before training starts, removes temporary
+folders a kill left and puts back a checkpoint a kill left moved aside.
 """
 
 from __future__ import annotations
