@@ -153,6 +153,7 @@ def _loads_in_both_pipelines(base, out, text_lora=True):
     (["--shuffle-summary", "0.5", "--train-text-encoder"], "leave out --train-text-encoder"),
     (["--shuffle-summary-multi", "0"], "give --shuffle-summary P"),
     (["--prior-target", "pixels"], "invalid choice: 'pixels'"),
+    (["--prior-images", "0"], "prior-images must be from 1 to 100000"),
 ])
 def test_bad_flags(base_and_data, tmp_path, capsys, bad, match):
     base, data = base_and_data
@@ -298,14 +299,15 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
     base, data = base_and_data
     out = tmp_path / "dec"
     res = run(_cfg(base, data, out, lora_rank=2, tune_decoder="on", decoder_steps=6, decoder_lr=1e-3,
-                   val_steps=2, max_steps=4))
+                   val_steps=2, max_steps=4, prior_images=5))
     assert res["finished"]
     said = capsys.readouterr().out
     assert "codec: the VAE reconstructs the folder at" in said and "tuned decoder:" in said
     priors = sorted(os.listdir(out / "prior_images"))
-    assert len([f for f in priors if f.endswith(".png")]) == 12  # one image of the base model per folder image
-    assert len([f for f in priors if f.endswith(".txt")]) == 12  # ... with its caption: prior preservation
+    assert len([f for f in priors if f.endswith(".png")]) == 5  # --prior-images of the base model's images
+    assert len([f for f in priors if f.endswith(".txt")]) == 5  # ... with their captions: prior preservation
     record = json.loads((out / "finetune.json").read_text())
+    assert record["prior_images"] == 5 and record["examples"] == 12 + 5  # the folder's and the prior images
     assert record["decoder"]["tuned"] and record["decoder"]["steps"] == 6
     tuned = LatentGenPipeline.from_pretrained(str(out))
     base_pipe = LatentGenPipeline.from_pretrained(base)
@@ -320,6 +322,13 @@ def test_tuned_decoder_is_saved_with_the_lora_and_loads_in_both_pipelines(base_a
     assert after["psnr"] == pytest.approx(record["decoder"]["psnr_after"], abs=0.05)
     assert after["edge_psnr"] == pytest.approx(record["decoder"]["edge_psnr_after"], abs=0.05)
     _loads_in_both_pipelines(str(out), out, text_lora=False)
+
+
+def test_prior_images_default_to_one_per_folder_image(base_and_data, tmp_path):
+    base, data = base_and_data
+    out = tmp_path / "p"
+    assert run(_cfg(base, data, out, max_steps=2, val_steps=2))["finished"]
+    assert len([f for f in os.listdir(out / "prior_images") if f.endswith(".png")]) == 12
 
 
 def test_prior_prompts_leave_out_the_new_words():

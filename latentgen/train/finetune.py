@@ -83,6 +83,10 @@ class FinetuneConfig(RunConfig):
         "on", "prior preservation: the base model's own images for your captions with their new words left "
         "out (as many as your images) are trained on beside yours, weighted by --prior-loss-weight, so the "
         "model keeps what it drew before", choices=("on", "off"))
+    prior_images: int | None = opt(
+        None, "how many prior images the base model draws; default: as many as your images (half of each "
+        "batch). Fewer leave more of each batch to your images: a new shape is learnt sooner, the old "
+        "prompts are held less", metavar="N")
     prior_prompts: str | None = opt(
         None, "the prompts the prior images are drawn for, one per line; default: the base model folder's "
         "prompts.txt (a sample of the captions it was trained on) where it has one, else your captions without "
@@ -110,6 +114,9 @@ class FinetuneConfig(RunConfig):
         if not 0 <= self.lora_rank <= 256:
             raise ValueError(f"--lora-rank must be from 0 to 256 (0 = full fine-tuning), "
                              f"got {self.lora_rank}")
+        if self.prior_images is not None and not 1 <= self.prior_images <= 100_000:
+            raise ValueError(f"--prior-images must be from 1 to 100000 (leave it out for as many as your "
+                             f"images, or give --prior off), got {self.prior_images}")
         if self.class_prompt and self.num_class_images < 1:
             raise ValueError("--class-prompt needs --num-class-images N (N >= 1)")
         if self.num_class_images and not self.class_prompt:
@@ -275,7 +282,8 @@ def prepare(cfg: FinetuneConfig):
     prior_dir = os.path.join(cfg.out, "prior_images")
     if cfg.prior == "on" or cfg.tune_decoder != "off":  # the decoder's prior too: drawn once, kept
         prompts = prior_source(cfg.model, cfg.prior_prompts, captions, new_words)
-        draw_prior(pipe, prompts, len(data.items), prior_dir, size, cfg.seed, cfg.val_steps, cfg.val_guidance)
+        n_prior = cfg.prior_images or len(data.items)
+        draw_prior(pipe, prompts, n_prior, prior_dir, size, cfg.seed, cfg.val_steps, cfg.val_guidance)
     codec = tune_decoder(cfg, pipe.vae, data, prior_dir)
     dataset = training_set(cfg, pipe, data, prior_dir, size)
     return pipe, dataset, len(data), {"new_word_share": round(share, 3), "decoder": codec}
