@@ -81,7 +81,7 @@ class FinetuneConfig(RunConfig):
     decoder_lr: float = opt(3e-4, "learning rate of decoder tuning")
     prior: str = opt(
         "on", "prior preservation: the base model's own images for your captions with their new words left "
-        "out (as many as your images) are trained on beside yours, weighted by --prior-loss-weight, so the "
+        "out (--prior-images of them) are trained on beside yours, weighted by --prior-loss-weight, so the "
         "model keeps what it drew before", choices=("on", "off"))
     prior_images: int | None = opt(
         None, "how many prior images the base model draws; default: as many as your images (half of each "
