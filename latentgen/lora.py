@@ -44,14 +44,18 @@ def add_text_lora(text_encoder: nn.Module, rank: int, alpha: float | None,
     return get_peft_model(text_encoder, _config(rank, alpha, targets))
 
 
-def lora_layers(model: nn.Module) -> dict:
-    """The adapters' weights of ``model`` in the diffusers format, under the model's own module names
-    (peft's wrapper prefix removed, as the loaders want)."""
+def lora_layers(model: nn.Module, convert: bool = True) -> dict:
+    """The adapters' weights of ``model`` under the model's own module names (peft's wrapper prefix removed,
+    as the loaders want), renamed to diffusers' format with ``convert``.
+
+    diffusers renames only attention projections (``to_q.lora_A`` -> ``to_q.lora.down``), and its UNet
+    loader decides the naming of a whole file from its first key: a UNet whose adapters sit on other layers
+    too (``conv1``, ``ff.net.2``) must keep peft's names throughout, or the renamed ones are dropped on load."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model)
-    return convert_state_dict_to_diffusers({k.removeprefix(PEFT_PREFIX): v for k, v in state.items()})
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in get_peft_model_state_dict(model).items()}
+    return convert_state_dict_to_diffusers(state) if convert else state
 
 
 def save_lora(out: str, unet: nn.Module, text_encoder: nn.Module | None = None) -> str:
@@ -59,7 +63,7 @@ def save_lora(out: str, unet: nn.Module, text_encoder: nn.Module | None = None) 
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
     StableDiffusionLoraLoaderMixin.save_lora_weights(
-        out, unet_lora_layers=lora_layers(unet),
+        out, unet_lora_layers=lora_layers(unet, convert=False),
         text_encoder_lora_layers=lora_layers(text_encoder) if text_encoder is not None else None,
         safe_serialization=True)
     return os.path.join(out, LORA_FILE)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from latentgen.data.shapes import write_shapes_folder
+from latentgen.lora import UNET_LORA_TARGETS
 from latentgen.train.config import TrainerError
 from latentgen.train.finetune import FinetuneConfig, main, run
 from tests.tiny_models import make_tiny_pipeline
@@ -40,14 +41,16 @@ def _image(pipe, seed=0):
                 output_type="np").images
 
 
-def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tmp_path):
+@pytest.mark.parametrize("targets", [UNET_LORA_TARGETS, UNET_LORA_TARGETS + ",proj_in,proj_out,conv1,conv2"],
+                         ids=["attention", "and-other-layers"])  # proj_in: the file's first key, not renamed
+def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tmp_path, targets):
     from diffusers import StableDiffusionPipeline
 
     from latentgen import LatentGenPipeline
     base, data = base_and_data
     out = tmp_path / "lora"
     with pytest.warns(UserWarning, match="new to the tokenizer"):
-        res = run(_cfg(base, data, out, lora_rank=4))
+        res = run(_cfg(base, data, out, lora_rank=4, lora_targets=targets))
     assert res["finished"] and res["lora"]
     assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
     from safetensors.torch import load_file
@@ -59,6 +62,10 @@ def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tm
     before = _image(ours)
     base_sd = {k: v.clone() for k, v in ours.unet.state_dict().items()}
     ours.load_lora_weights(str(out))
+    saved = {k.removeprefix("unet.").split(".lora")[0] for k in keys}  # the adapted modules' names
+    for target in targets.split(","):  # every kind of target has adapters, the ResNet convolutions too
+        assert any(name.endswith("." + target) for name in saved), target
+    assert _adapted(ours.unet) == saved  # every adapter in the file is loaded, none dropped
     after = _image(ours)
     assert abs(after - before).max() > 1e-4  # the adapters change the image
     # only adapter weights differ from the base model
@@ -68,12 +75,18 @@ def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tm
 
     stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     stock.load_lora_weights(str(out))
+    assert _adapted(stock.unet) == saved
     theirs = stock("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
                    output_type="np").images
     assert abs(theirs - after).max() < 1e-3
 
     ours.fuse_lora(lora_scale=0.0)  # scale 0 = the base model again
     assert abs(_image(ours) - before).max() < 1e-4
+
+
+def _adapted(unet) -> set[str]:
+    """The names of ``unet``'s modules that carry loaded LoRA adapters."""
+    return {name for name, module in unet.named_modules() if hasattr(module, "lora_A") and module.lora_A}
 
 
 def _fixed_loss(pipe, data, repeats=4):
