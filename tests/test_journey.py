@@ -64,10 +64,18 @@ def _text(page, elem_id: str, value: str):
     page.locator(f"#{elem_id}").get_by_role("textbox").fill(value)
 
 
-def _choose(page, elem_id: str, option: str):
-    """Pick ``option`` from the dropdown's list, as a user does (it must be offered there)."""
-    page.locator(f"#{elem_id} input").click()
-    page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()  # this list's, not another's
+def _choose(page, elem_id: str, option: str, tries: int = 3):
+    """Pick ``option`` from the dropdown's list, as a user does (it must be offered there), and see it chosen:
+    opening the list reads the models again, and a list redrawn under the pointer takes the click elsewhere,
+    so a user (and this) picks again."""
+    box = page.locator(f"#{elem_id} input")
+    for _ in range(tries):
+        box.click()
+        page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()  # this list's
+        page.wait_for_timeout(200)  # the list's refresh, if it was late, lands first
+        if box.input_value() == option:
+            return
+    assert box.input_value() == option, f"{elem_id}: chose {option!r}, shows {box.input_value()!r}"
 
 
 def _wait_for_run(page, key: str) -> str:
