@@ -239,11 +239,13 @@ def finetune(data: str, out: str, args) -> dict:
 
 def load(args, tuned: str | None = None):
     """The base pipeline, or the fine-tune in ``tuned``: a model folder (full, or the base with a tuned
-    decoder) with the LoRA weights beside it applied, or LoRA weights on the base."""
+    decoder) with the LoRA weights beside it fused, or LoRA weights fused on the base (as the app loads them:
+    the adapters' products added to the weights, so a step costs what the base's does)."""
     folder = tuned if tuned and os.path.isfile(os.path.join(tuned, "model_index.json")) else args.model
     pipe = LatentGenPipeline.from_pretrained(folder).to(args.device)
     if tuned and os.path.isfile(os.path.join(tuned, LORA_FILE)):
         pipe.load_lora_weights(tuned)
+        pipe.fuse_lora()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -411,7 +413,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train-text-encoder", action="store_true")
     p.add_argument("--flags", default="", help="more trainer flags (latentgen train finetune), e.g. "
                    "\"--caption-dropout 0\"")
-    p.add_argument("--lr", type=float, help="default: the trainer's (1e-4)")
+    p.add_argument("--lr", type=float, help="default: the trainer's")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model card's, else 5)")
@@ -419,7 +421,7 @@ def main(argv=None) -> dict:
     p.add_argument("--student", help="teal and star: a student of the base whose move by the fine-tune is "
                    "measured beside it (default: the bundled 4-step student for the bundled model; 'none': no "
                    "student)")
-    p.add_argument("--student-refine-steps", type=int, default=200,
+    p.add_argument("--student-refine-steps", type=int, default=800,
                    help="steps the moved student is refined for on the case's folder (0: the move alone)")
     p.add_argument("--style-images", type=int, default=300, help="Noto emoji in the noto case's folder")
     p.add_argument("--style-source", help="the noto case's source (a folder of Noto PNGs; default: the font)")

@@ -9,8 +9,10 @@ refused unless the caller trusts them; nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 
 from latentgen.diffusion import SAMPLERS
@@ -129,6 +131,23 @@ def check_lora_source(path: str | os.PathLike, weight_name: str | None = None,
     if target.endswith(PICKLE_SUFFIXES):
         raise ValueError(f"LoRA weights {target!r} are a pickle file: {PICKLE_HELP}")
     raise ValueError(f"LoRA weights {target!r} are not a .safetensors file: {LORA_HELP}")
+
+
+class _UnetOnlyLoRA(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated to CLIPTextModel")
+
+
+@contextlib.contextmanager
+def quiet_unet_only_lora():
+    """Drop diffusers' warning that a LoRA has no text-encoder keys: a UNet-only LoRA (the fine-tune's default)
+    has none, and the warning's advice does not apply."""
+    log, note = logging.getLogger("diffusers.loaders.lora_base"), _UnetOnlyLoRA()
+    log.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
 
 
 def resolve_model_dir(model: str | os.PathLike | None, trust_pickle: bool = False) -> str:

@@ -72,6 +72,7 @@ from latentgen.loading import (
     check_weight_files,
     diffusers_dtype,
     load_component_folders,
+    quiet_unet_only_lora,
     read_model_card_defaults,
     resolve_model_dir,
 )
@@ -146,7 +147,8 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             kwargs.setdefault("local_files_only", True)
             if not trust_pickle:
                 kwargs["use_safetensors"] = True
-        return super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
+        with quiet_unet_only_lora():
+            return super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
 
     # ------------------------------------------------------------ helpers
     @property

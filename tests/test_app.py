@@ -475,3 +475,15 @@ def test_fine_tune_tab_starts_at_the_trainers_default_steps():
     from latentgen.ui.training_tab import FINETUNE
 
     assert FINETUNE.default_steps == FinetuneConfig.max_steps
+
+
+def test_fine_tune_tabs_methods_are_the_trainers_lora_default_and_full():
+    from latentgen.train.config import parse_config
+    from latentgen.train.finetune import FinetuneConfig
+    from latentgen.ui.training_tab import FINETUNE, trainer_flags
+
+    base = ["--model", "m", "--data", "d", "--out", "o"]
+    lora = parse_config(FinetuneConfig, "", base + trainer_flags(FINETUNE, 100, ("LoRA", "", "")))
+    full = parse_config(FinetuneConfig, "", base + trainer_flags(FINETUNE, 100, ("Full", "", "")))
+    assert lora == FinetuneConfig(model="m", data=("d",), out="o") and lora.lora_rank > 0
+    assert full.lora_rank == 0 and full.loop().lr != lora.loop().lr

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -36,6 +37,22 @@ def _args(base, data, out, *extra):
             "--decoder-steps", "3", *extra]
 
 
+class _Notes(logging.Handler):
+    """The messages a logger emits from now on (``take`` returns them and starts again)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.messages = []
+        logging.getLogger(name).addHandler(self)
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        taken, self.messages = self.messages, []
+        return taken
+
+
 def _image(pipe, seed=0):
     return pipe("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed),
                 output_type="np").images
@@ -61,7 +78,9 @@ def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tm
     ours = LatentGenPipeline.from_pretrained(base)
     before = _image(ours)
     base_sd = {k: v.clone() for k, v in ours.unet.state_dict().items()}
+    notes = _Notes("diffusers.loaders.lora_base")
     ours.load_lora_weights(str(out))
+    assert not notes.take()  # diffusers' note that a UNet-only LoRA has no text-encoder keys, left out
     saved = {k.removeprefix("unet.").split(".lora")[0] for k in keys}  # the adapted modules' names
     for target in targets.split(","):  # every kind of target has adapters, the ResNet convolutions too
         assert any(name.endswith("." + target) for name in saved), target
@@ -75,6 +94,8 @@ def test_lora_trains_only_adapters_and_loads_in_both_pipelines(base_and_data, tm
 
     stock = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     stock.load_lora_weights(str(out))
+    assert any(m.startswith("No LoRA keys associated to CLIPTextModel") for m in notes.take())  # stock's note
+    logging.getLogger("diffusers.loaders.lora_base").removeHandler(notes)
     assert _adapted(stock.unet) == saved
     theirs = stock("a red circle", num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
                    output_type="np").images
@@ -187,9 +208,10 @@ def test_flags_give_the_config_and_the_mode_gives_the_learning_rate(tmp_path):
                        class_prompt="a dog", num_class_images=3)
     command = shlex.split(command_for(cfg))  # latentgen train finetune --out ...: the card's command
     assert parse_config(FinetuneConfig, "", command[3:]) == cfg
-    assert FinetuneConfig(out="o", data="d", model="m").lora_rank == 0  # full fine-tuning by default
-    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=8).loop().lr == 1e-4  # LoRA
-    assert FinetuneConfig(out="o", data="d", model="m").loop().lr == 1e-4  # full
+    default = FinetuneConfig(out="o", data="d", model="m")  # a LoRA of rank 32 on attention and ResNet convs
+    assert default.lora_rank == 32 and default.lora_targets.split(",")[-2:] == ["conv1", "conv2"]
+    assert default.loop().lr == 5e-4 and FinetuneConfig(out="o", data="d", model="m", lora_rank=8).loop().lr == 5e-4
+    assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0).loop().lr == 1e-4  # full
     assert FinetuneConfig(out="o", data="d", model="m", lora_rank=0, lr=1e-3).loop().lr == 1e-3
 
 

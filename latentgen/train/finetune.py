@@ -1,9 +1,9 @@
-"""Fine-tune a model on your own captioned images: full UNet or LoRA (peft); optionally the text encoder.
+"""Fine-tune a model on your own captioned images: LoRA (peft) or the full UNet; optionally the text encoder.
 
-    # the whole UNet (the default) on a folder of images with .txt captions or a metadata.jsonl
+    # a LoRA of rank 32 (the default) on a folder of images with .txt captions or a metadata.jsonl
     latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine
-    # a LoRA of rank 8 instead (a small file; it learnt neither a new shape nor all of a new colour)
-    latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 8
+    # the whole UNet instead (a complete model folder; it forgets more of the base's 2-object scenes)
+    latentgen train finetune --model latentgen/weights/default --data my_images --out runs/mine --lora-rank 0
     # a concept from a few images (DreamBooth), with prior preservation
     latentgen train finetune --model M --data dog_photos --out runs/dog \\
         --instance-prompt "a photo of sks dog" --class-prompt "a photo of a dog" --num-class-images 50
@@ -41,7 +41,8 @@ from latentgen.lora import UNET_LORA_TARGETS
 from latentgen.train.common import probability
 from latentgen.train.config import RunConfig, main_for, opt
 
-LORA_LR, FULL_LR = 1e-4, 1e-4  # the learning rates when none is given
+LORA_LR, FULL_LR = 5e-4, 1e-4  # the learning rates when none is given
+LORA_TARGETS = UNET_LORA_TARGETS + ",conv1,conv2"  # attention and the ResNet blocks: a new shape needs both
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,10 @@ class FinetuneConfig(RunConfig):
     lr: float | None = opt(None, f"default: {FULL_LR:g} in full, {LORA_LR:g} with LoRA (--lora-rank > 0)")
     checkpoint_every: int = 200
     validate_every: int = 200
-    lora_rank: int = opt(0, "0 = full fine-tuning of the UNet (the default: it learns new shapes and colours "
-                         "that a LoRA does not; bench/results/finetune.md); > 0 = a LoRA of this rank")
+    lora_rank: int = opt(32, "the rank of the UNet's LoRA (it learns the new concept and keeps more of the "
+                         "base than full fine-tuning: bench/results/finetune.md); 0 = full fine-tuning")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: the rank)")
-    lora_targets: str = opt(UNET_LORA_TARGETS, "comma-separated UNet module names")
+    lora_targets: str = opt(LORA_TARGETS, "comma-separated UNet module names the LoRA adapts")
     text_encoder: str | None = opt(
         None, "use this text encoder and tokenizer instead of the base model's: a CLIP run continued on your "
         "folder (latentgen train clip --model BASE --data DIR --out DIR)", metavar="DIR")

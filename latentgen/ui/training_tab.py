@@ -70,9 +70,9 @@ FINETUNE = TrainerSpec(
     "Base model",
     700,  # the trainer's own default (latentgen.train.finetune.FinetuneConfig.max_steps)
     "Max steps",
-    "Teach a model your own images. Full fine-tuning (the default) trains the whole UNet and learns new "
-    "colours and shapes; LoRA trains small adapters (a few MB) and learns less. The result appears in the "
-    "model list as the name you give.",
+    "Teach a model your own images. LoRA (the default) trains adapters of rank 32 on the UNet's attention "
+    "and convolutions: it learns new colours and shapes and keeps more of what the model drew; Full trains "
+    "the whole UNet. The result appears in the model list as the name you give.",
 )
 DISTILL = TrainerSpec(
     "latentgen.train.distill",
@@ -143,7 +143,7 @@ def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> 
         batch = gr.Number(8, precision=0, label="Batch size", minimum=1, **_ids(spec, "batch"))
         every = gr.Number(100, precision=0, label="Checkpoint + sample every", minimum=1, **_ids(spec, "every"))
     if spec.key == "finetune":
-        own = [gr.Radio(["LoRA", "Full"], value="Full", label="Method", **_ids(spec, "method")),
+        own = [gr.Radio(["LoRA", "Full"], value="LoRA", label="Method", **_ids(spec, "method")),
                gr.Textbox(label="Sample prompt (rendered at each sample step)", **_ids(spec, "prompt"))]
     else:
         start = gr.Dropdown([TRAIN_ONE, *registry.choices()], value=TRAIN_ONE, label="Start from a student",
@@ -267,7 +267,7 @@ def trainer_flags(spec: TrainerSpec, ckpt_every: int, rest) -> list[str]:
     """The trainer's own controls (method, sample prompt / student steps) and the extra flags."""
     if spec.key == "finetune":
         method, sample_prompt, flags = rest
-        argv = [f"--lora-rank={8 if method == 'LoRA' else 0}"]
+        argv = [] if method == "LoRA" else ["--lora-rank=0"]  # LoRA: the trainer's rank, lr and targets
         sample_prompt = check_prompt(sample_prompt, "sample prompt").strip()
         if sample_prompt:
             argv += [f"--val-prompt={sample_prompt}", f"--validate-every={ckpt_every}"]
