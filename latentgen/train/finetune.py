@@ -42,7 +42,7 @@ from latentgen.train.common import probability
 from latentgen.train.config import RunConfig, main_for, opt
 
 LORA_LR, FULL_LR = 5e-4, 1e-4  # the learning rates when none is given
-LORA_TARGETS = UNET_LORA_TARGETS + ",conv1,conv2"  # attention and the ResNet blocks: a new shape needs both
+LORA_TARGETS = UNET_LORA_TARGETS + ",conv1,conv2"  # the attention projections and the ResNet convolutions
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ class FinetuneConfig(RunConfig):
     lr: float | None = opt(None, f"default: {FULL_LR:g} in full, {LORA_LR:g} with LoRA (--lora-rank > 0)")
     checkpoint_every: int = 200
     validate_every: int = 200
-    lora_rank: int = opt(32, "the rank of the UNet's LoRA (it learns the new concept and keeps more of the "
-                         "base than full fine-tuning: bench/results/finetune.md); 0 = full fine-tuning")
+    lora_rank: int = opt(32, "the rank of the UNet's LoRA (it learns a new colour or shape as well as full "
+                         "fine-tuning and keeps more 2-object scenes: bench/results/finetune.md); 0 = full "
+                         "fine-tuning")
     lora_alpha: float | None = opt(None, "LoRA alpha (default: the rank)")
     lora_targets: str = opt(LORA_TARGETS, "comma-separated UNet module names the LoRA adapts")
     text_encoder: str | None = opt(
