@@ -155,14 +155,14 @@ def check_args(args) -> list[int]:
     return seeds
 
 
-def settings(args, model: str) -> dict:
-    """The steps, guidance and sampler of the flags, else of the model card (else the pipeline's)."""
-    from latentgen.loading import read_model_card_defaults
-    from latentgen.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+def settings(args, pipe) -> dict:
+    """The steps, guidance and sampler of the flags, else of the model card (else the pipeline's defaults)."""
+    from latentgen.loading import sampling_defaults
 
-    card = read_model_card_defaults(model)
-    return {"steps": args.steps if args.steps is not None else card.get("num_inference_steps", DEFAULT_STEPS),
-            "guidance": args.guidance if args.guidance is not None else card.get("guidance_scale", DEFAULT_GUIDANCE),
+    card = pipe.card_defaults
+    call = sampling_defaults(card, pipe.unet.config.time_cond_proj_dim is not None)
+    return {"steps": args.steps if args.steps is not None else call["num_inference_steps"],
+            "guidance": args.guidance if args.guidance is not None else call["guidance_scale"],
             "sampler": args.sampler or card.get("sampler")}
 
 
@@ -179,12 +179,12 @@ def run(args) -> int:
     from latentgen.prompts import unknown_words, unknown_words_message
 
     model = resolve_model_dir(args.model, trust_pickle=args.trust_pickle)
-    s = settings(args, model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
 
     pipe = LatentGenPipeline.from_pretrained(model, trust_pickle=args.trust_pickle).to(device)
+    s = settings(args, pipe)
     if unknown := unknown_words(pipe.tokenizer, args.prompt):
         print(f"warning: {unknown_words_message(unknown, EXAMPLES_HINT)}", file=sys.stderr)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

@@ -9,6 +9,7 @@ each have a :class:`Bound`, checked by :func:`check_bounds`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 1000
@@ -26,6 +27,20 @@ def check_prompt(text, name: str = "prompt") -> str:
             "(the text encoder reads only the first 77 tokens): shorten it"
         )
     return text
+
+
+def check_sampling(num_inference_steps, n_train: int, guidance_scale, num_images_per_prompt, strength=None):
+    """A pipeline call's numbers, each a ValueError naming the accepted range (``strength``: image to image)."""
+    if not isinstance(num_inference_steps, numbers.Integral) or not 1 <= num_inference_steps <= n_train:
+        raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer from 1 to {n_train}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
+            or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number "
+                         "(1 turns guidance off; 3 to 8 is typical)")
+    if not isinstance(num_images_per_prompt, numbers.Integral) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1")
+    if strength is not None and not (isinstance(strength, numbers.Real) and 0 <= strength <= 1):
+        raise ValueError(f"strength={strength!r} must be a number from 0 (keep the image) to 1 (ignore it)")
 
 
 MAX_CAPTION_CHARS = 2000  # a training caption; longer ones are skipped and reported by the data scanner

@@ -19,6 +19,9 @@ from latentgen.diffusion import SAMPLERS
 from latentgen.modelcard import read_card_defaults
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "default")
+DEFAULT_STEPS = 25  # a teacher's steps and guidance where its model card gives none
+DEFAULT_STUDENT_STEPS = 4
+DEFAULT_GUIDANCE = 5.0
 FOLDER_CONTENTS = (
     "a model folder holds model_index.json and unet/, vae/ and text_encoder/ (each a config.json and "
     ".safetensors weights), tokenizer/ (tokenizer.json, or vocab.json and merges.txt) and scheduler/ "
@@ -167,6 +170,15 @@ def read_model_card_defaults(folder: str | os.PathLike) -> dict:
     """:func:`latentgen.modelcard.read_card_defaults` knowing the pipeline's samplers (an unknown one is an
     error)."""
     return read_card_defaults(folder, SAMPLERS)
+
+
+def sampling_defaults(card: dict, student: bool) -> dict:
+    """The ``num_inference_steps`` and ``guidance_scale`` of a call that leaves them out: the model card's
+    (:func:`read_model_card_defaults`), else 4 steps for a guidance-conditioned student or 25 for a
+    teacher, and guidance 5."""
+    return {"num_inference_steps": card.get("num_inference_steps",
+                                            DEFAULT_STUDENT_STEPS if student else DEFAULT_STEPS),
+            "guidance_scale": card.get("guidance_scale", DEFAULT_GUIDANCE)}
 
 
 def diffusers_dtype(dtype) -> dict:

@@ -18,6 +18,7 @@ Diffusion folder runs here:
   ``negative_prompt``.
 * The saved ``scheduler/`` is the recommended sampler; ``sampler="euler"`` etc. picks
   another one on the same noise schedule (``latentgen.diffusion.make_scheduler``).
+  ``num_inference_steps`` and ``guidance_scale`` left out are the model card's (``README.md``).
 
 Cancelling: a ``callback_on_step_end`` that sets ``pipe._interrupt = True`` (diffusers'
 convention; another thread may set it too) stops the loop after the current step.
@@ -39,7 +40,6 @@ importable from here too.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -64,9 +64,11 @@ from latentgen.diffusion import (
     step_kwargs,
 )
 from latentgen.images import fit_latent_rgb_map, image_tensor, latents_to_rgb
-from latentgen.limits import check_prompt
+from latentgen.limits import check_prompt, check_sampling
 from latentgen.loading import (
+    DEFAULT_GUIDANCE,
     DEFAULT_MODEL_DIR,
+    DEFAULT_STEPS,
     check_lora_source,
     check_model_folder,
     check_weight_files,
@@ -75,6 +77,7 @@ from latentgen.loading import (
     quiet_unet_only_lora,
     read_model_card_defaults,
     resolve_model_dir,
+    sampling_defaults,
 )
 from latentgen.pngmeta import read_png_params, save_png_with_params
 from latentgen.prompts import as_prompt_list, encode_prompts
@@ -82,12 +85,10 @@ from latentgen.prompts import as_prompt_list, encode_prompts
 __all__ = [  # with the loaders and PNG helpers, so that `from latentgen.pipeline import ...` keeps working
     "DEFAULT_GUIDANCE", "DEFAULT_MODEL_DIR", "DEFAULT_STEPS", "LatentGenPipeline", "LatentGenPipelineOutput",
     "check_lora_source", "check_model_folder", "check_weight_files", "encode_prompts", "read_model_card_defaults",
-    "read_png_params", "resolve_model_dir", "save_png_with_params",
+    "read_png_params", "resolve_model_dir", "sampling_defaults", "save_png_with_params",
 ]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 5.0
 
 
 @dataclass
@@ -129,11 +130,15 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         kwargs.pop("torch_dtype", None)
         kwargs.setdefault("use_safetensors", None if trust_pickle else True)
         kwargs.setdefault("local_files_only", True)
+        card = read_model_card_defaults(folder)
         if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            return cls(**load_component_folders(folder, dtype, kwargs["use_safetensors"]))
-        for extra in ("safety_checker", "feature_extractor", "image_encoder", "requires_safety_checker"):
-            kwargs.pop(extra, None)
-        return super().from_pretrained(folder, **kwargs, **diffusers_dtype(dtype))
+            pipe = cls(**load_component_folders(folder, dtype, kwargs["use_safetensors"]))
+        else:
+            for extra in ("safety_checker", "feature_extractor", "image_encoder", "requires_safety_checker"):
+                kwargs.pop(extra, None)
+            pipe = super().from_pretrained(folder, **kwargs, **diffusers_dtype(dtype))
+        pipe.card_defaults = card  # the steps and guidance of a call that leaves them out
+        return pipe
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
                           trust_pickle: bool = False, **kwargs):
@@ -219,19 +224,8 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if negatives is not None and len(negatives) != len(prompts):
             raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts: "
                              "give one negative prompt, or one per prompt")
-        n_train = self.scheduler.config.num_train_timesteps
-        if not isinstance(num_inference_steps, numbers.Integral) or not 1 <= num_inference_steps <= n_train:
-            raise ValueError(f"num_inference_steps={num_inference_steps!r} must be an integer "
-                             f"from 1 to {n_train}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
-                or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number "
-                             "(1 turns guidance off; 3 to 8 is typical)")
-        if not isinstance(num_images_per_prompt, numbers.Integral) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1")
-        if image is not None and not (isinstance(strength, numbers.Real) and 0 <= strength <= 1):
-            raise ValueError(f"strength={strength!r} must be a number from 0 (keep the image) "
-                             "to 1 (ignore it)")
+        check_sampling(num_inference_steps, self.scheduler.config.num_train_timesteps, guidance_scale,
+                       num_images_per_prompt, None if image is None else strength)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is unknown; "
                              f"choose one of {', '.join(OUTPUT_TYPES)}")
@@ -249,8 +243,8 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self,
         prompt: str | list[str] = "",
         negative_prompt: str | list[str] | None = None,
-        num_inference_steps: int = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -265,7 +259,8 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         """Generate images; returns a ``LatentGenPipelineOutput``.
 
         ``prompt``/``negative_prompt``: a string or one per image batch entry ("" is unconditional).
-        ``guidance_scale``: classifier-free guidance weight (<= 1: off). ``generator``: one, or
+        ``num_inference_steps``, ``guidance_scale`` (classifier-free guidance weight, <= 1: off): None is
+        the model card's, else :func:`latentgen.loading.sampling_defaults`. ``generator``: one, or
         one per image. ``height``/``width``: multiples of ``vae_scale_factor`` (default: the
         model's size). ``image`` + ``strength``: SDEdit image-to-image. ``sampler``: a name
         from ``latentgen.diffusion.SAMPLERS`` (default: the saved scheduler). ``output_type``:
@@ -275,7 +270,10 @@ class LatentGenPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         previews); returning ``{"latents": ...}`` replaces the latents, and setting
         ``pipe._interrupt = True`` cancels (see the module docstring).
         """
-        # 1. Check inputs
+        # 1. Check inputs (steps and guidance left out: the model card's)
+        card = sampling_defaults(getattr(self, "card_defaults", {}), self.unet.config.time_cond_proj_dim is not None)
+        num_inference_steps = card["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = card["guidance_scale"] if guidance_scale is None else guidance_scale
         prompts = as_prompt_list(prompt, "prompt")
         negatives = None if negative_prompt is None else as_prompt_list(negative_prompt, "negative_prompt")
         negatives = negatives * len(prompts) if negatives is not None and len(negatives) == 1 else negatives

@@ -143,6 +143,31 @@ def test_guidance_conditioned_student_runs_one_pass_and_matches_stock(tmp_path):
     assert np.abs(ours - theirs).max() < 1e-3
     other_w = _np(student, guidance_scale=2.0, seed=1)
     assert np.abs(ours - other_w).max() > 1e-4, "the guidance embedding must reach the UNet"
+    with _CountCalls(student.unet) as calls:  # steps left out: a student without a card samples 4 steps
+        student("a red circle", generator=_gen(1), output_type="np")
+    assert calls == [1] * 4
+
+
+def test_steps_and_guidance_left_out_are_the_model_cards(tmp_path):
+    folder = make_tiny_pipeline(tmp_path)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("---\nnum_inference_steps: 2\nguidance_scale: 1.0\n---\n# A model\n")
+    pipe = LatentGenPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    with _CountCalls(pipe.unet) as calls:
+        left_out = pipe("a red circle", generator=_gen(2), output_type="np").images
+    assert calls == [1, 1], "2 steps and guidance 1 (one conditional pass each), as the card says"
+    given = _np(pipe, steps=2, seed=2, guidance_scale=1.0)
+    assert np.array_equal(left_out, given)
+    os.remove(os.path.join(folder, "README.md"))
+    with _CountCalls(pipe.unet) as calls:  # the card is read at load: this pipeline keeps it
+        pipe("a red circle", generator=_gen(2), output_type="np")
+    assert calls == [1, 1]
+    bare = LatentGenPipeline.from_pretrained(folder)
+    bare.set_progress_bar_config(disable=True)
+    with _CountCalls(bare.unet) as calls:  # no card: 25 steps with guidance (two branches in one batch)
+        bare("a red circle", generator=_gen(2), output_type="np")
+    assert calls == [2] * 25
 
 
 def _sd_shaped_folder(tmp_path) -> str:

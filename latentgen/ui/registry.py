@@ -293,17 +293,16 @@ class ModelRegistry:
 
     def defaults(self, choice: str | None) -> dict:
         """Settings for the controls: the model card's sampler/steps/guidance and the native size."""
-        from latentgen.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, read_model_card_defaults
+        from latentgen.pipeline import read_model_card_defaults, sampling_defaults
 
-        path = self.resolve(choice)
-        card = read_model_card_defaults(path)
+        card = read_model_card_defaults(self.resolve(choice))
         pipe = self.load(choice)
         height, width = pipe.default_size()
-        student = pipe.unet.config.time_cond_proj_dim is not None
+        call = sampling_defaults(card, pipe.unet.config.time_cond_proj_dim is not None)
         return {
             "sampler": card.get("sampler", "auto"),
-            "steps": card.get("num_inference_steps", 4 if student else DEFAULT_STEPS),
-            "guidance": card.get("guidance_scale", DEFAULT_GUIDANCE),
+            "steps": call["num_inference_steps"],
+            "guidance": call["guidance_scale"],
             "height": height,
             "width": width,
             "factor": pipe.vae_scale_factor,
