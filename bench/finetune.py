@@ -40,6 +40,7 @@ import json
 import os
 import random
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -153,11 +154,14 @@ def generate(pipe, prompts: list[str], seed: int, s: dict, batch_size: int = 8) 
 
 
 def evaluate_new_word(pipe, word: NewWord, n: int, seed: int, s: dict) -> dict:
-    """Share of ``n`` seeded prompts naming ``word`` drawn right (``correct``) and per attribute."""
+    """Share of ``n`` seeded prompts naming ``word`` drawn right (``correct``), per attribute, and drawn right
+    per size asked for (``by_size``: small objects are where a 64 px model loses detail first)."""
     objects = word.objects(n, random.Random(f"bench-finetune-{word.word}-eval:{seed}"))
     images = generate(pipe, [word.prompt(o) for o in objects], seed, s)
     verdicts = [word.verdict(img, o) for img, o in zip(images, objects)]
-    return {k: sum(v[k] for v in verdicts) / n for k in verdicts[0]} | {"n": n}
+    sizes = sorted({o.size for o in objects})
+    by_size = {z: statistics.mean(v["correct"] for v, o in zip(verdicts, objects) if o.size == z) for z in sizes}
+    return {k: sum(v[k] for v in verdicts) / n for k in verdicts[0]} | {"n": n, "by_size": by_size}
 
 
 def evaluate_adherence(pipe, args, s: dict) -> dict:
@@ -377,6 +381,9 @@ def _new_word_section(t: dict) -> list[str]:
         lines.append(f"| {when} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
     cost = [t["before"]["adherence"][g] - t["after"]["adherence"][g] for g in ADHERENCE_GROUPS]
     lines += student_section(t, ADHERENCE_GROUPS)[:1] if "student" in t else []
+    if by_size := t["after"]["new_word"].get("by_size"):
+        lines += ["", f"{t['word']} prompts drawn right after, by the size asked for: " + ", ".join(
+            f"{z} {100 * v:.0f}%" for z, v in by_size.items())]
     lines += ["", "Points lost on the original prompts (negative: gained): " + ", ".join(
         f"{g} {100 * c:.1f}" for g, c in zip(ADHERENCE_GROUPS, cost)), ""]
     lines += student_section(t, ADHERENCE_GROUPS)[2:] if "student" in t else []

@@ -62,12 +62,16 @@ def test_new_word_case_end_to_end_on_a_tiny_model(tmp_path, case):
     assert res["finetune"]["steps"] == 4 and res["finetune"]["cpu_s"] > 0 and res["finetune"]["wall_s"] > 0
     for when in ("before", "after"):
         q, a = res[when]["new_word"], res[when]["adherence"]
-        assert set(q) == {"correct", "one_object", "color", "shape", "size", "position", "n"} and q["n"] == 3
+        assert set(q) == {"correct", "one_object", "color", "shape", "size", "position", "n", "by_size"}
+        assert q["n"] == 3 and set(q["by_size"]) <= {"small", "large"} and q["by_size"]
+        assert all(0 <= v <= 1 for v in q["by_size"].values())
         assert set(a) == {"1_object", "2_objects", "report"}
-        assert all(0 <= v <= 1 for v in [*(q[k] for k in q if k != "n"), a["1_object"], a["2_objects"]])
+        assert all(0 <= v <= 1 for v in [*(q[k] for k in q if k not in ("n", "by_size")), a["1_object"],
+                                         a["2_objects"]])
     with open(results + ".md") as f:
         md = f.read()
     assert f"| {case} (new " in md and f"## {case}" in md and "| before |" in md and "Points lost on the original prompts" in md
+    assert f"{case} prompts drawn right after, by the size asked for: " in md
     assert "command: `python -m bench.finetune" in md
     finetune.main(argv)  # a finished run is not trained again
     with open(results + ".json") as f:
