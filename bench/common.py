@@ -10,6 +10,27 @@ import sys
 
 import torch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
+
+def shown_command(module: str, argv=None, cache_flags: tuple[str, ...] = ()) -> str:
+    """``python -m module ARGS`` as a reader reruns it from the repository: a path inside the repository
+    relative to it, and the flags of ``cache_flags`` (folders of intermediate runs, whose defaults serve as
+    well) left out with their values."""
+    args, shown = list(sys.argv[1:] if argv is None else argv), []
+    while args:
+        a = args.pop(0)
+        if a in cache_flags:
+            args = args[1:]
+            continue
+        if a.split("=", 1)[0] in cache_flags:
+            continue
+        flag, eq, value = a.rpartition("=") if a.startswith("--") else ("", "", a)
+        if os.path.isabs(value) and os.path.normpath(value).startswith(ROOT + os.sep):
+            value = os.path.relpath(value, ROOT)
+        shown.append(flag + eq + value)
+    return " ".join([f"python -m {module}", *shown])
+
 
 def machine() -> str:
     """One line naming the machine the figures were measured on."""
@@ -48,11 +69,10 @@ def text_model_meta(module: str, model: str, argv, root: str, **extra) -> dict:
         if not os.path.isdir(os.path.join(model, sub)):
             raise SystemExit(f"error: {model} has no {sub}/ folder: give a model folder (--model)")
     return {"model": os.path.relpath(model, root), "machine": machine(), **extra,
-            "command": " ".join([f"python -m {module}", *(sys.argv[1:] if argv is None else argv)]),
+            "command": shown_command(module, argv),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def add_text_model_arg(p) -> None:

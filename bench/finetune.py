@@ -41,14 +41,13 @@ import os
 import random
 import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from bench.common import machine, model_name, read_json, write_results
+from bench.common import machine, model_name, read_json, shown_command, write_results
 from bench.finetune_student import default_student, student_case, student_row, student_section
 from bench.finetune_style import style_case, style_markdown
 from bench.vae import emoji_split
@@ -452,7 +451,7 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     s = sampling(args)
     meta = {"n": args.n, "machine": f"{machine()}, {args.device}",
-            "command": "python -m bench.finetune " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": shown_command("bench.finetune", argv, cache_flags=("--work",)),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "settings": {"model": args.model, "flags": trainer_flags(args), "seed": args.seed, "sampling": s}}
     chosen = set(args.case or ["all"])

@@ -1,6 +1,7 @@
 """bench.finetune: the new-word renders and their checker, and the cases end to end on a tiny model."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_new_word_case_end_to_end_on_a_tiny_model(tmp_path, case):
         md = f.read()
     assert f"| {case} (new " in md and f"## {case}" in md and "| before |" in md and "Points lost on the original prompts" in md
     assert f"{case} prompts drawn right after, by the size asked for: " in md
-    assert "command: `python -m bench.finetune" in md
+    assert "command: `python -m bench.finetune" in md and "--work" not in md  # a cache folder: left out
     finetune.main(argv)  # a finished run is not trained again
     with open(results + ".json") as f:
         assert json.load(f)[case]["finetune"] == res["finetune"]
@@ -106,3 +107,14 @@ def test_noto_case_end_to_end_on_a_tiny_model(tmp_path):
         md = f.read()
     assert "| noto (new style) |" in md  # the one-table summary
     assert "## noto" in md and "style share" in md and (tmp_path / "res" / "finetune_noto.png").is_file()
+
+
+def test_the_recorded_command_names_repository_paths_relatively_and_leaves_out_cache_folders(tmp_path):
+    from bench.common import ROOT, shown_command
+
+    inside = os.path.join(ROOT, "bench", "results", "finetune")
+    argv = ["--case", "star", "--work", str(tmp_path), f"--results={inside}", "--results", inside,
+            "--model", str(tmp_path / "m"), "--work=/elsewhere"]
+    assert shown_command("bench.finetune", argv, cache_flags=("--work",)) == (
+        "python -m bench.finetune --case star --results=bench/results/finetune --results bench/results/finetune "
+        f"--model {tmp_path / 'm'}")
