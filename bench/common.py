@@ -73,8 +73,6 @@ def text_model_meta(module: str, model: str, argv, root: str, **extra) -> dict:
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-
-
 def add_text_model_arg(p) -> None:
     """``--model``: a folder with ``text_encoder/`` and ``tokenizer/``, by default the bundled model."""
     p.add_argument("--model", default=os.path.join(ROOT, "latentgen", "weights", "default"),
