@@ -57,11 +57,10 @@ from latentgen.eval.adherence import evaluate_shapes
 from latentgen.eval.shapes import find_blobs
 from latentgen.lora import LORA_FILE
 from latentgen.pipeline import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
     LatentGenPipeline,
     read_model_card_defaults,
     resolve_model_dir,
+    sampling_defaults,
 )
 from latentgen.train import finetune as train_finetune
 from latentgen.train.config import config_from_args, parser_for
@@ -134,11 +133,15 @@ def write_new_word_folder(word: NewWord, out: str, size: int, seed: int) -> str:
 
 # ---------------------------------------------------------------- generation and evaluation
 def sampling(args) -> dict:
-    """Sampler, steps and guidance: the flags, else the model card's, else the pipeline's defaults."""
+    """Sampler, steps and guidance: the flags, else the model card's, else the pipeline's defaults
+    (:func:`latentgen.loading.sampling_defaults`, which give a student without a card 4 steps)."""
     card = read_model_card_defaults(args.model)
-    guidance = card.get("guidance_scale", DEFAULT_GUIDANCE) if args.guidance is None else args.guidance
+    with open(os.path.join(args.model, "unet", "config.json")) as f:
+        student = json.load(f).get("time_cond_proj_dim") is not None
+    call = sampling_defaults(card, student)
+    guidance = call["guidance_scale"] if args.guidance is None else args.guidance
     return {"sampler": card.get("sampler"), "guidance": guidance,
-            "steps": args.sample_steps or card.get("num_inference_steps", DEFAULT_STEPS)}
+            "steps": args.sample_steps or call["num_inference_steps"]}
 
 
 def generate(pipe, prompts: list[str], seed: int, s: dict, batch_size: int = 8) -> list:
