@@ -97,7 +97,10 @@ def test_bundle_card_lists_the_later_runs_data_and_times_only_the_stages_the_rec
     recipe = {"preset": "ship", "config": {}, "seconds": {"unet": 600.0, "clip2": 0.0, "distill": 1200.0},
               "done": {"unet": {"finished": True}, "clip2": {"skipped": True}}}
     card = model_card("teacher", {}, recipe, [], [], ["- a later run"], [line])
-    assert "Minutes per stage: unet 10.0 (total 10.0)." in card and line in card
+    assert "nor sharing the cores: unet 10.0* (total 10.0). *: wall clock" in card and line in card
+    # with active seconds kept, those are the stage's minutes
+    card = model_card("teacher", {}, {**recipe, "active_seconds": {"unet": 300.0}}, [], [], [], [line])
+    assert "nor sharing the cores: unet 5.0 (total 5.0)." in card and "*: wall clock" not in card
 
 
 def test_bundle_names_a_student_s_guidance_range_in_its_run_note_and_card(tmp_path):

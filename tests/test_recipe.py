@@ -73,6 +73,7 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
         assert sum(1 for _ in f) == pr.vae_shapes
     assert state["done"]["vae"]["n_val"] == len(held) and state["done"]["vae"]["val_psnr"] > 0
     assert all(state["cpu_seconds"][s] > 0 for s in recipe.STAGES)
+    assert all(0 <= state["active_seconds"][s] <= state["seconds"][s] + 1 for s in recipe.STAGES)
     # word-level text states: the extra colours feed the text-conditioned stages only, CLIP (both sittings) learns
     # with the token loss, the UNet (both sittings) on shuffled summaries
     extra = os.path.join(out, "data", "shapes-extra")
@@ -396,3 +397,34 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     assert "exactly 2 objects" not in card(replace(pr, two_object_shapes=0))
     with pytest.raises(ValueError, match="set finetune_steps > 0"):
         replace(pr, finetune_steps=0)
+
+
+def test_active_clock_leaves_out_the_time_the_process_was_stopped(monkeypatch):
+    """A stop the ticking thread sees as a late wake is not counted; on-time wakes are."""
+    import time
+
+    from latentgen.train import recipe
+    from latentgen.train.recipe import ActiveClock
+
+    now = iter([0.0, 1.0, 2.0, 302.0, 303.0] + [303.0] * 100)  # a 300 s stop between the 2nd and 3rd wake
+    monkeypatch.setattr(recipe.time, "monotonic", lambda: next(now))
+    clock = ActiveClock(tick=0.001, late=5.0)
+    with clock:
+        while clock.seconds < 3.0:
+            time.sleep(0.001)
+    assert clock.seconds == 3.0  # 1 + 1 + 1, the 300 s left out
+
+
+def test_a_stage_begun_before_active_time_was_kept_gets_none(tmp_path, monkeypatch):
+    """Active seconds of a stage are kept only when they cover all its sittings."""
+    from latentgen.train import recipe
+
+    monkeypatch.setitem(recipe.RUNNERS, "data", lambda cfg, pr: {"finished": True})
+    cfg = recipe.RecipeConfig(out=str(tmp_path), preset="tiny")
+    path = str(tmp_path / "recipe.json")
+    old = {"preset": "tiny", "done": {}, "seconds": {"data": 50.0}}
+    assert recipe._run_stage("data", cfg, recipe.PRESETS["tiny"], old, path)
+    assert old["seconds"]["data"] >= 50.0 and "data" not in old.get("active_seconds", {})
+    new = {"preset": "tiny", "done": {}, "seconds": {}}
+    assert recipe._run_stage("data", cfg, recipe.PRESETS["tiny"], new, path)
+    assert 0 <= new["active_seconds"]["data"] <= new["seconds"]["data"] + 1

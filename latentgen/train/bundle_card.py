@@ -185,15 +185,20 @@ def recipe_lines(recipe: dict, later: list[str]) -> list[str]:
     and the runs after it."""
     done = recipe.get("done", {})
     # stages the recipe finished (a stage stopped part-way, whose model a later run replaced, is not counted)
-    minutes = {k: round(v / 60, 1) for k, v in recipe.get("seconds", {}).items()
+    # active minutes (the process neither stopped nor starved); a stage begun before they were kept: wall clock
+    active = recipe.get("active_seconds", {})
+    minutes = {k: round(active.get(k, v) / 60, 1) for k, v in recipe.get("seconds", {}).items()
                if isinstance(done.get(k), dict) and not done[k].get("skipped")}
+    walled = [k for k in minutes if k not in active]
     return ["## Recipe and training time", "",
             f"`latentgen train recipe --out runs/recipe --preset {recipe.get('preset', '?')}` then "
             "`latentgen train bundle --recipe runs/recipe`"
             + (" with the later runs below" if later else "")
-            + ", on 2 CPU cores. Minutes per stage: "
-            + ", ".join(f"{k} {v}" for k, v in minutes.items())
-            + f" (total {round(sum(minutes.values()), 1)}).", "",
+            + ", on 2 CPU cores. Minutes per stage, while the run was neither stopped nor sharing the cores: "
+            + ", ".join(f"{k} {v}{'*' if k in walled else ''}" for k, v in minutes.items())
+            + f" (total {round(sum(minutes.values()), 1)})."
+            + (" *: wall clock, pauses and shared time included (the stage began before the recipe kept "
+               "active time)." if walled else ""), "",
             "```json", json.dumps(recipe.get("config", {}), indent=2), "```", "",
             *([("Runs after the recipe, in order (`--teacher-runs`/`--student-runs`; parts swapped in with "
                 "`--clip`/`--vae` keep the UNet's inputs unchanged, which `latentgen train bundle` checks):"), "",

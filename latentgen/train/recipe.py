@@ -21,8 +21,9 @@ CLIP's ``token_loss`` and the unet and finetune stages' ``shuffle_summary``
 Each stage builds its trainer's config and calls its ``run(cfg)`` with ``resume="latest"``; a stage whose
 result is complete is skipped, so a killed recipe (or one stopped for the night) continues where it was with
 the same command. Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the
-end: wall-clock seconds, and the process's CPU seconds (user + system, all threads), which do not count the
-time another job on the machine took. A preset whose step counts were raised since a stage finished reopens
+end: wall-clock seconds (``seconds``); active seconds (``active_seconds``: the wall clock less the time the
+process was stopped or starved by another job, :class:`ActiveClock`), which the bundle's card gives as each
+stage's minutes; and the process's CPU seconds (``cpu_seconds``, user + system, all threads). A preset whose step counts were raised since a stage finished reopens
 that stage (it resumes from its last checkpoint and trains on to the new count); the stages after it, trained
 on the old result, are moved aside to ``<stage>.before-<time>`` and run again.
 The teacher ends in ``<out>/finetune`` (``<out>/unet`` without a finetune stage), the student in
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
@@ -271,8 +273,8 @@ def reopen_stages(out: str, state: dict, pr: RecipePreset) -> list[str]:
         folder = os.path.join(out, stage)
         if os.path.isdir(folder):
             os.replace(folder, f"{folder}.before-{stamp}")
-        state["seconds"].pop(stage, None)
-        state.get("cpu_seconds", {}).pop(stage, None)
+        for key in ("seconds", "active_seconds", "cpu_seconds"):
+            state.get(key, {}).pop(stage, None)
     reopened = [s for s in (first, *later) if s in state["done"]]
     for stage in (first, *later):
         state["done"].pop(stage, None)
@@ -288,17 +290,49 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+class ActiveClock:
+    """Wall seconds while this process ran: a thread wakes every ``tick`` seconds and counts the wakes that
+    came within ``late`` seconds; a process stopped (``kill -STOP``, a suspended laptop) or starved by
+    another job misses them, so that time is not counted. Use as ``with ActiveClock() as clock: ...``."""
+
+    def __init__(self, tick: float = 1.0, late: float = 5.0):
+        self.tick, self.late, self.seconds = tick, late, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._count, daemon=True)
+
+    def _count(self):
+        last = time.monotonic()
+        while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            if now - last <= self.late:
+                self.seconds += now - last
+            last = now
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def _run_stage(stage: str, cfg: RecipeConfig, pr: RecipePreset, state: dict, state_path: str) -> bool:
-    """Run one stage, adding its wall and CPU seconds to ``state`` (saved even when it fails); False when the
-    stage stopped before its end (a later run goes on)."""
+    """Run one stage, adding its wall, active (:class:`ActiveClock`) and CPU seconds to ``state`` (saved even
+    when it fails); False when the stage stopped before its end (a later run goes on)."""
     print(f"[recipe] {stage}: running")
     t0, c0 = time.time(), _cpu_seconds()
+    clock = ActiveClock()
     try:
-        result = RUNNERS[stage](cfg, pr) or {}
+        with clock:
+            result = RUNNERS[stage](cfg, pr) or {}
     finally:
-        state["seconds"][stage] = state["seconds"].get(stage, 0) + time.time() - t0
-        cpu = state.setdefault("cpu_seconds", {})
-        cpu[stage] = cpu.get(stage, 0) + _cpu_seconds() - c0
+        # a stage begun before active seconds were kept has none: its earlier sittings are unknown
+        known = stage not in state["seconds"] or stage in state.get("active_seconds", {})
+        for key, spent in (("seconds", time.time() - t0), ("active_seconds", clock.seconds if known else None),
+                           ("cpu_seconds", _cpu_seconds() - c0)):
+            if spent is not None:
+                state.setdefault(key, {})[stage] = state.get(key, {}).get(stage, 0) + spent
         _save_state(state_path, state)
     if result.get("finished") is False:
         print(f"[recipe] {stage} stopped at step {result.get('step')}; rerun the same command to go on")
@@ -309,12 +343,14 @@ def _run_stage(stage: str, cfg: RecipeConfig, pr: RecipePreset, state: dict, sta
 
 
 def _print_summary(out: str, state: dict):
-    cpu = state.get("cpu_seconds", {})
-    print("[recipe] summary: wall-clock minutes, CPU minutes (all threads)")
+    cpu, active = state.get("cpu_seconds", {}), state.get("active_seconds", {})
+    print("[recipe] summary: wall-clock minutes, active minutes (not stopped or starved), CPU minutes")
     for stage in STAGES:
         if stage in state["seconds"]:
-            print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min {cpu.get(stage, 0) / 60:8.1f} cpu-min")
-    print(f"  {'total':8s} {sum(state['seconds'].values()) / 60:8.1f} min {sum(cpu.values()) / 60:8.1f} cpu-min")
+            print(f"  {stage:8s} {state['seconds'][stage] / 60:8.1f} min {active.get(stage, 0) / 60:8.1f} active "
+                  f"{cpu.get(stage, 0) / 60:8.1f} cpu-min")
+    print(f"  {'total':8s} {sum(state['seconds'].values()) / 60:8.1f} min {sum(active.values()) / 60:8.1f} active "
+          f"{sum(cpu.values()) / 60:8.1f} cpu-min")
     print(f"  teacher: {teacher_dir(out, state['config'])}\n  student: {os.path.join(out, 'distill', 'final')}")
     if state["config"].get("half_round_steps"):
         print(f"  half-step student: {os.path.join(out, 'distill2', 'final')}")
