@@ -15,8 +15,9 @@ tokenizer; the finetune stage's text encoder is clip2's where the recipe has tha
   of the prompted emoji among every render of its style by pixels.
 
 A checkpoint's recipe minutes are the minutes of the stages before its own plus its stage's minutes times
-step / max_steps (the stage's mean pace: ``recipe.json`` records a stage's minutes when it finishes, so a
-stage still running gives no minutes). Points already measured at the same settings are kept; the results
+step / max_steps (the stage's mean pace; a stage still running gives no minutes). The minutes are active
+ones, the wall clock less the time the run was stopped or starved, where ``recipe.json`` has them; a stage
+begun before the recipe kept them counts its wall clock, and the table says which. Points already measured at the same settings are kept; the results
 are ``bench/results/recipe_curve.{json,md}``.
 """
 
@@ -48,10 +49,19 @@ def checkpoints(recipe: str, stage: str, snapshots: str | None) -> dict[int, str
     return found
 
 
+def stage_seconds(state: dict) -> tuple[dict, set]:
+    """Each stage's seconds: active ones (``latentgen.train.recipe.ActiveClock``) where the recipe kept them,
+    else wall clock; and the stages given in wall clock."""
+    active = state.get("active_seconds", {})
+    seconds = {**state.get("seconds", {}), **active}
+    return seconds, set(seconds) - set(active)
+
+
 def recipe_minutes(state: dict, stage: str, step: int) -> float | None:
-    """The recipe's minutes when ``stage`` reached ``step`` (None while the stage has no recorded minutes)."""
-    seconds = state.get("seconds", {})
-    if stage not in seconds:
+    """The recipe's minutes when ``stage`` reached ``step`` (None until the stage has finished: a stage's
+    seconds are added up at the end of each sitting, so a running one's are part of its time)."""
+    seconds, _ = stage_seconds(state)
+    if stage not in seconds or stage not in state.get("done", {}):
         return None
     from latentgen.train.recipe_presets import STAGES as ORDER
 
@@ -121,7 +131,11 @@ def markdown(result: dict) -> str:
         cells = [stage, step, mins, *(f"{100 * p[g]:.0f}%" for g in SHAPES)]
         cells += [" / ".join(f"{100 * p[s][k]:.0f}" for k in ("top1", "top5", "top20")) + "%" for s in styles]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `{result['command']}` ({result['machine']}).", ""]
+    walled = result.get("wall_clock_stages")
+    lines += ["", "Recipe minutes: each stage's active minutes (the run neither stopped nor starved by another job)"
+              + (f", but wall-clock minutes, pauses and shared time included, for {', '.join(walled)} (begun "
+                 "before the recipe kept active time)." if walled else "."),
+              "", f"Command: `{result['command']}` ({result['machine']}).", ""]
     return "\n".join(lines)
 
 
@@ -179,6 +193,7 @@ def main(argv=None) -> dict:
     for key, p in result["points"].items():  # minutes of a stage that finished after its points were measured
         stage, step = key.split(":")
         p["minutes"] = recipe_minutes(state, stage, int(step))
+    result["wall_clock_stages"] = sorted(stage_seconds(state)[1] & set(state.get("done", {})))
     write_results(args.results, result, markdown(result))
     return result
 

@@ -428,3 +428,15 @@ def test_a_stage_begun_before_active_time_was_kept_gets_none(tmp_path, monkeypat
     new = {"preset": "tiny", "done": {}, "seconds": {}}
     assert recipe._run_stage("data", cfg, recipe.PRESETS["tiny"], new, path)
     assert 0 <= new["active_seconds"]["data"] <= new["seconds"]["data"] + 1
+
+
+def test_recipe_curve_minutes_are_active_ones_where_kept_and_none_for_a_running_stage():
+    from bench import recipe_curve
+
+    state = {"config": {"unet_steps": 100, "finetune_steps": 200},
+             "done": {"data": {}, "unet": {}},
+             "seconds": {"data": 60.0, "unet": 6000.0, "finetune": 900.0},
+             "active_seconds": {"unet": 3000.0, "finetune": 600.0}}
+    assert recipe_curve.stage_seconds(state) == ({"data": 60.0, "unet": 3000.0, "finetune": 600.0}, {"data"})
+    assert recipe_curve.recipe_minutes(state, "unet", 50) == (60.0 + 1500.0) / 60
+    assert recipe_curve.recipe_minutes(state, "finetune", 100) is None  # still running: its seconds are partial

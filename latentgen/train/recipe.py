@@ -301,20 +301,24 @@ class ActiveClock:
         self._thread = threading.Thread(target=self._count, daemon=True)
 
     def _count(self):
-        last = time.monotonic()
         while not self._stop.wait(self.tick):
-            now = time.monotonic()
-            if now - last <= self.late:
-                self.seconds += now - last
-            last = now
+            self._wake()
+
+    def _wake(self):
+        now = time.monotonic()
+        if now - self._last <= self.late:
+            self.seconds += now - self._last
+        self._last = now
 
     def __enter__(self):
+        self._last = time.monotonic()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._wake()  # the part since the last tick
 
 
 def _run_stage(stage: str, cfg: RecipeConfig, pr: RecipePreset, state: dict, state_path: str) -> bool:
