@@ -1,7 +1,7 @@
 """Benchmark of fine-tuning on custom images: a new colour, a new shape, a new style, and OpenMoji.
 
     python -m bench.finetune                                   # the bundled model, the trainer's defaults
-    python -m bench.finetune --case teal --case star --n 100 --flags "--caption-dropout 0"
+    python -m bench.finetune --case teal --case star --n 100 --flags "--prior-loss-weight 2"
 
 *teal* (a new colour) and *star* (a new shape word): 40 one-object shapes scenes, in teal (RGB 0, 150,
 150, outside the shapes palette) drawn as the spec's shapes, or as a five-pointed star
@@ -421,7 +421,7 @@ def main(argv=None) -> dict:
     p.add_argument("--lora-rank", type=int, help="0 = full fine-tuning of the UNet (default: the trainer's)")
     p.add_argument("--train-text-encoder", action="store_true")
     p.add_argument("--flags", default="", help="more trainer flags (latentgen train finetune), e.g. "
-                   "\"--caption-dropout 0\"")
+                   "\"--prior-loss-weight 2\"")
     p.add_argument("--lr", type=float, help="default: the trainer's")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--sample-steps", type=int, help="sampling steps (default: the model card's, else 25)")

@@ -376,6 +376,9 @@ def test_finetune_stage_without_clip2_keeps_the_unet_s_own_text_encoder(tmp_path
     assert isinstance(ft, finetune.FinetuneConfig) and ft.text_encoder is None
     assert ft.model == os.path.join(str(tmp_path), "unet") and ft.lora_rank == 0 and ft.lr == pr.finetune_lr
     assert (ft.tune_decoder, ft.prior, ft.lr_schedule, ft.ema_decay) == ("off", "off", "linear", 0.999)
+    # the teacher keeps learning its unconditional prediction, as in the unet stage (a user's fine-tune does not)
+    assert ft.caption_dropout == seen["latentgen.train.unet"].caption_dropout == 0.1
+    assert finetune.FinetuneConfig(model="m", data=("d",), out="o").caption_dropout == 0.0
     assert seen["latentgen.train.clip"].token_loss == 0.5
     assert seen["latentgen.train.unet"].shuffle_summary == ft.shuffle_summary == 0.25
     assert seen["latentgen.train.unet"].text_encoder == os.path.join(str(tmp_path), "clip")

@@ -73,7 +73,9 @@ class FinetuneConfig(RunConfig):
     val_prompt: tuple[str, ...] = opt((), "rendered at each validation (repeatable)")
     val_steps: int = opt(25, "sampling steps for validation, prior and class images")
     val_guidance: float = opt(4.0, "guidance scale for validation, prior and class images")
-    caption_dropout: float = opt(0.1, "share of captions replaced by ''", type=probability)
+    caption_dropout: float = opt(
+        0.0, "share of captions replaced by '' (trains the unconditional prediction on your images too, which "
+        "guidance then subtracts: a new shape is drawn less often, bench/results/finetune.md)", type=probability)
     tune_decoder: str = opt(
         "auto", "tune the VAE's decoder on the folder first (encoder unchanged, so the UNet's latents keep "
         "their meaning): auto = when the VAE reconstructs the folder below 30 dB, or below 25 dB on its edges "

@@ -173,6 +173,7 @@ def stage_finetune(cfg: RecipeConfig, pr: RecipePreset) -> dict:
         **loop, model=os.path.join(cfg.out, "unet"), lora_rank=0, lr=pr.finetune_lr,
         warmup_steps=_warmup(pr.finetune_steps), lr_schedule="linear", ema_decay=0.999,
         tune_decoder="off", prior="off",  # the model's own data: nothing new to decode or preserve
+        caption_dropout=0.1,  # as the unet stage: the unconditional prediction guidance needs trains on
         text_encoder=os.path.join(cfg.out, "clip2") if pr.clip2_steps else None,
         shuffle_summary=pr.shuffle_summary,
         shuffle_summary_multi=pr.finetune_shuffle_multi if pr.shuffle_summary else None))
