@@ -23,8 +23,8 @@ result is complete is skipped, so a killed recipe (or one stopped for the night)
 the same command. Time spent per stage is added up across sittings in ``<out>/recipe.json`` and printed at the
 end: wall-clock seconds (``seconds``); active seconds (``active_seconds``: the wall clock less the time the
 process was stopped or starved by another job, :class:`ActiveClock`), which the bundle's card gives as each
-stage's minutes; and the process's CPU seconds (``cpu_seconds``, user + system, all threads). A preset whose step counts were raised since a stage finished reopens
-that stage (it resumes from its last checkpoint and trains on to the new count); the stages after it, trained
+stage's minutes; and the process's CPU seconds (``cpu_seconds``, user + system, all threads). A preset
+whose step counts were raised since a stage finished reopens that stage (it resumes from its last checkpoint and trains on to the new count); the stages after it, trained
 on the old result, are moved aside to ``<stage>.before-<time>`` and run again.
 The teacher ends in ``<out>/finetune`` (``<out>/unet`` without a finetune stage), the student in
 ``<out>/distill/final`` and the half-step one in ``<out>/distill2/final``.
