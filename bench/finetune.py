@@ -430,7 +430,7 @@ def main(argv=None) -> dict:
     p.add_argument("--student", help="teal and star: a student of the base whose move by the fine-tune is "
                    "measured beside it (default: the bundled 4-step student for the bundled model; 'none': no "
                    "student)")
-    p.add_argument("--student-refine-steps", type=int, default=800,
+    p.add_argument("--student-refine-steps", type=int, default=0,
                    help="steps the moved student is refined for on the case's folder (0: the move alone)")
     p.add_argument("--style-images", type=int, default=300, help="Noto emoji in the noto case's folder")
     p.add_argument("--style-source", help="the noto case's source (a folder of Noto PNGs; default: the font)")

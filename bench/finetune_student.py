@@ -86,6 +86,15 @@ def student_case(args, tuned: str, data: str, teacher_pipe, word, s: dict, load,
             f"seconds_per_image_batch{SPEED_BATCH}": seconds_per_image(models, prompts, args.seed, SPEED_BATCH)}
 
 
+def minutes(wall_s: float) -> str:
+    """A table's minutes cell: a transfer takes seconds."""
+    return f"{wall_s / 60:.1f}" if wall_s >= 6 else "< 0.1"
+
+
+def took(wall_s: float) -> str:
+    return f"{wall_s / 60:.1f} min" if wall_s >= 60 else f"{wall_s:.0f} s"
+
+
 def student_row(name: str, t: dict) -> str:
     """The summary table's row: the student against its teacher."""
     st, a = t["student"], t["after"]
@@ -100,7 +109,7 @@ def student_row(name: str, t: dict) -> str:
     return (f"| {name} student ({st['sampling']['steps']} steps) | prompts naming it drawn right | "
             f"teacher {100 * a['new_word']['correct']:.1f}% | {100 * b['new_word']['correct']:.1f}% | points "
             f"behind the teacher: {behind}; {faster} faster per image | "
-            f"{st['made']['wall_s'] / 60:.1f} |")
+            f"{minutes(st['made']['wall_s'])} |")
 
 
 def student_section(t: dict, groups: tuple[str, ...]) -> list[str]:
@@ -110,7 +119,7 @@ def student_section(t: dict, groups: tuple[str, ...]) -> list[str]:
     cells = [q[k] for k in ("correct", "color", "shape", "size", "position", "one_object")] + [a[g] for g in groups]
     sp, sp8 = st["seconds_per_image"], st.get(f"seconds_per_image_batch{SPEED_BATCH}")
     return ["| student | " + " | ".join(f"{v:.3f}" for v in cells) + " |", "",
-            (f"Student: `{st['made']['command']}` ({st['made']['wall_s'] / 60:.1f} min), sampled with "
+            (f"Student: `{st['made']['command']}` ({took(st['made']['wall_s'])}), sampled with "
              f"{st['sampling']}. Seconds per image at batch 1 (median of {SPEED_IMAGES}): teacher "
              f"{sp['teacher']:.3f}, student {sp['student']:.3f} ({sp['teacher'] / sp['student']:.1f}x)"
              + (f"; per image in calls of {SPEED_BATCH}: teacher {sp8['teacher']:.3f}, student {sp8['student']:.3f} "

@@ -49,7 +49,8 @@ def _sd(folder):
 
 
 def test_the_student_moves_by_what_the_fine_tune_changed_and_keeps_its_own_sampling(models, tmp_path):
-    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o")))
+    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o"),
+                            transfer_scale=1.0))
     got, student, base, tuned = (_sd(f) for f in (res["final"], models["student"], models["base"],
                                                    models["tuned"]))
     for k, w in got.items():
@@ -66,6 +67,21 @@ def test_the_student_moves_by_what_the_fine_tune_changed_and_keeps_its_own_sampl
     image = stock("a teal circle", num_inference_steps=4, guidance_scale=3.0, height=16, width=16,
                   generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (16, 16, 3)
+
+
+def test_transfer_scale_moves_the_student_that_many_times_the_change(models, tmp_path):
+    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o"),
+                            transfer_scale=1.25))
+    got, student, base, tuned = (_sd(f) for f in (res["final"], models["student"], models["base"],
+                                                   models["tuned"]))
+    assert res["scale"] == 1.25
+    for k in base:
+        assert torch.allclose(got[k], student[k] + 1.25 * (tuned[k] - base[k]), atol=1e-6), k
+    assert "1.25 times what the fine-tune" in (tmp_path / "o" / "final" / "README.md").read_text()
+    for bad in (0, -1, 5):
+        with pytest.raises(TrainerError, match="--transfer-scale must be above 0 and at most 4"):
+            run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "b"),
+                              transfer_scale=bad))
 
 
 def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_path):

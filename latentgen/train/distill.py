@@ -18,8 +18,7 @@ Folders: ``<out>/stage1``, ``<out>/round-32``, ..., ``<out>/round-<min>``, each 
 model folder (DDIM scheduler, model card with its step count) plus the loop's checkpoints
 and logs, and ``<out>/final``, the model folder of the smallest step count. A finished
 round is reused when the command is run again; ``--resume latest`` continues the round in
-progress from its last checkpoint. ``--max-steps`` is the default for both
-``--stage1-steps`` and ``--steps-per-round``.
+progress from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -85,6 +84,7 @@ class DistillConfig(RunConfig):
                          "into <out>/data and distil on those")
     from_student: str | None = opt(None, "no training: add what the fine-tune --model changed in its base to "
                                    "this student of that base (seconds; latentgen.train.distill_transfer)")
+    transfer_scale: float = opt(1.125, "with --from-student: add this multiple of that change (0 < x <= 4)")
     refine_steps: int = opt(0, "with --from-student and --data: then train it this many steps on --model's guided "
                             "DDIM over each of its steps, --refine-substeps teacher steps each")
     refine_substeps: int = opt(4, "teacher DDIM steps per student step when refining (a power of two)")

@@ -4,11 +4,13 @@
 
 Task arithmetic (Ilharco et al. 2023): fine-tuning moves the teacher's UNet by tau = theta_ft - theta_base.
 A student distilled from theta_base stays close to it in weight space, so it takes the same move,
-theta_student + tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to a
-fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round): seconds, no images. The student's
-scheduler, step count and guidance come along, and the fine-tune's VAE and text encoder. A short fine-tune's
-move does not always carry over; ``--refine-steps N`` with ``--data`` then trains the moved student so that
-each of its steps matches the fine-tuned teacher's guided DDIM over it (:func:`refine`).
+theta_student + lambda * tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to
+a fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round): seconds, no images. lambda is
+``--transfer-scale``: 1.125 by default, as a student moved by tau alone fell short of its teacher on a new
+shape (README, Fine-tune). The student's scheduler, step count and guidance come along, and the fine-tune's
+VAE and text encoder. ``--refine-steps N`` with ``--data`` then trains the moved student so that each of its
+steps matches the fine-tuned teacher's guided DDIM over it (:func:`refine`); on a few dozen images that costs
+the prompts it knew.
 The base is the model the fine-tune's ``finetune.json`` names (a LoRA fine-tune: the model it applies to).
 """
 
@@ -113,11 +115,14 @@ def run_transfer(cfg) -> dict:
         student_dir = check_model_folder(cfg.from_student)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise TrainerError(f"--from-student: {e}") from None
+    if not 0 < cfg.transfer_scale <= 4:
+        raise TrainerError(f"--transfer-scale must be above 0 and at most 4 (1 adds what the fine-tune changed "
+                           f"once), got {cfg.transfer_scale}")
     pipe, parts = load_merged(cfg.model)  # the fine-tuned UNet (a LoRA merged), its VAE and text encoder
     base_dir = fine_tune_base(cfg.model)
     student = load_unet(student_dir)
     weights, report = task_vector_sum(student.state_dict(), load_unet(base_dir).state_dict(),
-                                      pipe.unet.state_dict())
+                                      pipe.unet.state_dict(), cfg.transfer_scale)
     if report["student_from_base_median"] > FAR:
         raise TrainerError(f"{student_dir}'s UNet is far from {base_dir}'s (median relative distance "
                            f"{report['student_from_base_median']}): it is not a student of the model "
@@ -139,8 +144,10 @@ def run_transfer(cfg) -> dict:
     card = {"front": {"sampler": defaults.get("sampler", "ddim"), "num_inference_steps": steps,
                       "guidance_scale": guidance, "distillation": "task vector"},
             "title": f"latentgen fine-tuned student: {steps} steps",
-            "body": [(f"The student in `{student_dir}` moved by what the fine-tune in `{cfg.model}` changed in "
-                      f"its base `{base_dir}` (task arithmetic, Ilharco et al. 2023)"
+            "body": [(f"The student in `{student_dir}` moved by "
+                      + ("" if cfg.transfer_scale == 1 else f"{cfg.transfer_scale:g} times ")
+                      + f"what the fine-tune in `{cfg.model}` changed in its base `{base_dir}` (task "
+                      "arithmetic, Ilharco et al. 2023)"
                       + (f", then refined for {cfg.refine_steps} steps: each of its steps matches "
                          f"{cfg.refine_substeps} guided DDIM steps of the fine-tune" if cfg.refine_steps else
                          ": no training") + ". It samples as that student does, and `negative_prompt` does what "
@@ -149,7 +156,7 @@ def run_transfer(cfg) -> dict:
     with torch.no_grad():
         export_model(final, out, configs=configs, sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
                      prompts_from=cfg.model if has_prompts else parts, card=card)
-    print(f"student: {student_dir} + (fine-tune - base): {report['weights_moved']} weights moved (the fine-tune "
+    print(f"student: {student_dir} + {cfg.transfer_scale:g} x (fine-tune - base): {report['weights_moved']} weights moved (the fine-tune "
           f"moved them by a median {report['fine_tune_move_median']:.2%}; the student sits "
           f"{report['student_from_base_median']:.2%} from its base); saved to {final}")
     return {"finished": True, "final": final, **report}

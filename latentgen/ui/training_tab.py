@@ -148,8 +148,9 @@ def _settings(spec: TrainerSpec, registry: ModelRegistry, limits: TabLimits) -> 
     else:
         start = gr.Dropdown([TRAIN_ONE, *registry.choices()], value=TRAIN_ONE, label="Start from a student",
                             info="for a fine-tune: its base's student moved by what the fine-tune changed "
-                            "(seconds), then refined for the steps above on the images given (none: no "
-                            "refining); or train a student", **_ids(spec, "from"))
+                            "(seconds; best with no images: refining on a fine-tune's few images, for the "
+                            "steps above, costs prompts the model knew); or train a student",
+                            **_ids(spec, "from"))
         start.focus(lambda: gr.Dropdown(choices=[TRAIN_ONE, *registry.choices()]), None, start, queue=False,
                     api_name=f"{spec.key}_students", **PRIVATE)
         own = [gr.Radio([4, 2, 1], value=4, label="Student steps", info="distil down to this many steps",
