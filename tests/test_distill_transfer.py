@@ -90,6 +90,7 @@ def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_p
     got, student, base = _sd(res["final"]), _sd(models["student"]), _sd(models["base"])
     moved = [k for k in base if not torch.allclose(got[k], student[k], atol=1e-6)]
     assert moved and all(".attn" in k and k.endswith("weight") for k in moved), moved  # only what LoRA adapts
+    assert res["weights_moved"] == len(moved) < res["weights_shared"] and res["fine_tune_move_median"] > 0
 
 
 def test_wrong_students_and_bases_are_named(models, tmp_path, capsys):

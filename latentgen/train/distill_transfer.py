@@ -45,10 +45,11 @@ def task_vector_sum(student: dict, base: dict, tuned: dict, scale: float = 1.0) 
         out[k] = (w.float() + scale * tau).to(w.dtype)
         norm = b.norm().clamp_min(1e-8)
         dist.append(float((w.float() - b).norm() / norm))
-        move.append(float(tau.norm() / norm))
+        if tau.any():  # a LoRA moves only the weights it adapts
+            move.append(float(tau.norm() / norm))
     med = sorted(dist)[len(dist) // 2]
-    return out, {"weights_moved": len(dist), "student_from_base_median": round(med, 4),
-                 "fine_tune_move_median": round(sorted(move)[len(move) // 2], 4), "scale": scale}
+    return out, {"weights_moved": len(move), "weights_shared": len(dist), "student_from_base_median": round(med, 4),
+                 "fine_tune_move_median": round(sorted(move)[len(move) // 2], 4) if move else 0.0, "scale": scale}
 
 
 def fine_tune_base(model_dir: str) -> str:
@@ -156,7 +157,8 @@ def run_transfer(cfg) -> dict:
     with torch.no_grad():
         export_model(final, out, configs=configs, sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
                      prompts_from=cfg.model if has_prompts else parts, card=card)
-    print(f"student: {student_dir} + {cfg.transfer_scale:g} x (fine-tune - base): {report['weights_moved']} weights moved (the fine-tune "
-          f"moved them by a median {report['fine_tune_move_median']:.2%}; the student sits "
-          f"{report['student_from_base_median']:.2%} from its base); saved to {final}")
+    print(f"student: {student_dir} + {cfg.transfer_scale:g} x (fine-tune - base): {report['weights_moved']} of "
+          f"{report['weights_shared']} weights moved (the fine-tune moved them by a median "
+          f"{report['fine_tune_move_median']:.2%}; the student sits {report['student_from_base_median']:.2%} "
+          f"from its base); saved to {final}")
     return {"finished": True, "final": final, **report}
