@@ -2,9 +2,11 @@
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 from diffusers import StableDiffusionPipeline
 
 from latentgen import LatentGenPipeline
@@ -13,6 +15,7 @@ from latentgen.lora import LORA_INFO
 from latentgen.modelcard import write_card
 from latentgen.train.config import TrainerError
 from latentgen.train.distill import DistillConfig, main, run
+from latentgen.train.distill_transfer import FALLBACK, SCALES, choose_scale
 from tests.tiny_models import make_tiny_pipeline, write_lora_fine_tune
 
 
@@ -78,10 +81,52 @@ def test_transfer_scale_moves_the_student_that_many_times_the_change(models, tmp
     for k in base:
         assert torch.allclose(got[k], student[k] + 1.25 * (tuned[k] - base[k]), atol=1e-6), k
     assert "1.25 times what the fine-tune" in (tmp_path / "o" / "final" / "README.md").read_text()
-    for bad in (0, -1, 5):
-        with pytest.raises(TrainerError, match="--transfer-scale must be above 0 and at most 4"):
+    for bad in (0, -1, 5, "often"):
+        with pytest.raises(TrainerError, match="--transfer-scale must be auto, or a number above 0 and at most 4"):
             run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "b"),
                               transfer_scale=bad))
+
+
+def test_auto_chooses_the_scale_whose_drawings_are_nearest_the_images():
+    class Student(torch.nn.Module):  # its one weight is the grey level it draws
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+    student = Student()
+
+    def pipe(prompts, generator, output_type, **sampling):
+        assert output_type == "pt" and len(generator) == len(prompts) and sampling == {"num_inference_steps": 4}
+        return SimpleNamespace(images=student.w.detach().expand(len(prompts), 3, 2, 2))
+
+    images = torch.full((10, 3, 2, 2), 0.6)
+    scale, dist = choose_scale(pipe, student, lambda lam: {"w": torch.tensor(lam / 2)}, ["c"] * 10, images,
+                               {"num_inference_steps": 4}, (1.0, 1.25, 1.5))
+    assert scale == 1.25 and dist[1.25] == pytest.approx(0.000625, rel=1e-4) and dist[1.0] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_auto_scale_is_chosen_on_the_fine_tunes_images_and_said(models, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 150, 150)).save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text(f"a teal circle {i}")
+    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "o"),
+                            data=(str(data),), transfer_scale="auto"))
+    dist = res["auto"]["distances"]
+    assert res["auto"]["images"] == 3 and [float(k) for k in dist] == list(SCALES)
+    assert len(set(dist.values())) == len(SCALES)  # each scale drew something else
+    assert res["scale"] == float(min(dist, key=dist.get))
+    got, student, base, tuned = (_sd(f) for f in (res["final"], models["student"], models["base"],
+                                                   models["tuned"]))
+    k = "conv_in.weight"
+    assert torch.allclose(got[k], student[k] + res["scale"] * (tuned[k] - base[k]), atol=1e-6)
+    assert "nearest to their 3 images" in (tmp_path / "o" / "final" / "README.md").read_text()
+    # without the images (the fixture's finetune.json names no data), the fallback, said so
+    res = run(DistillConfig(model=models["tuned"], from_student=models["student"], out=str(tmp_path / "f"),
+                            transfer_scale="auto"))
+    assert res["scale"] == FALLBACK and res["auto"] == {"images": 0}
+    assert "images were not found" in (tmp_path / "f" / "final" / "README.md").read_text()
 
 
 def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_path):
@@ -91,6 +136,7 @@ def test_a_lora_fine_tune_moves_the_student_by_its_merged_adapters(models, tmp_p
     moved = [k for k in base if not torch.allclose(got[k], student[k], atol=1e-6)]
     assert moved and all(".attn" in k and k.endswith("weight") for k in moved), moved  # only what LoRA adapts
     assert res["weights_moved"] == len(moved) < res["weights_shared"] and res["fine_tune_move_median"] > 0
+    assert res["scale"] == 1.125  # the default
 
 
 def test_wrong_students_and_bases_are_named(models, tmp_path, capsys):

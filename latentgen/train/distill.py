@@ -84,7 +84,7 @@ class DistillConfig(RunConfig):
                          "into <out>/data and distil on those")
     from_student: str | None = opt(None, "no training: add what the fine-tune --model changed in its base to "
                                    "this student of that base (seconds; latentgen.train.distill_transfer)")
-    transfer_scale: float = opt(1.125, "with --from-student: add this multiple of that change (0 < x <= 4)")
+    transfer_scale: str = opt("1.125", "with --from-student: add this multiple of that change (0 < x <= 4), or auto")
     refine_steps: int = opt(0, "with --from-student and --data: then train it this many steps on --model's guided "
                             "DDIM over each of its steps, --refine-substeps teacher steps each")
     refine_substeps: int = opt(4, "teacher DDIM steps per student step when refining (a power of two)")
