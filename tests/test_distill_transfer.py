@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from latentgen import LatentGenPipeline
 from latentgen.distill import make_student
