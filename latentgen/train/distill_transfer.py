@@ -2,18 +2,19 @@
 
     latentgen train distill --model models/mine --from-student latentgen/weights/default-4step --out runs/mine-4step
 
-Task arithmetic (Ilharco et al. 2023): fine-tuning moves the teacher's UNet by tau = theta_ft - theta_base.
-A student distilled from theta_base stays close to it in weight space, so it takes the same move,
-theta_student + lambda * tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to
-a fine-tuned model, Luo et al. 2023, Eq. 9, here the other way round): seconds, no training. lambda is
+Task arithmetic (Ilharco et al. 2023): fine-tuning moves the teacher's UNet by tau = theta_ft - theta_base. A
+student distilled from theta_base stays close to it in weight space, so it takes the same move, theta_student
++ lambda * tau, and keeps its few-step sampling (as LCM-LoRA's acceleration vector is added to a fine-tuned
+model, Luo et al. 2023, Eq. 9, here the other way round): seconds, no training. lambda is
 ``--transfer-scale``: 1.125 by default, as a student moved by tau alone fell short of its teacher on a new
 shape (README, Fine-tune); ``auto`` takes the one of :data:`SCALES` whose student draws the fine-tune's own
-captions nearest to their images (:func:`choose_scale`; about 12 s more at 64 px on 2 cores). On the bench's four
-default fine-tunes (star and teal, two training seeds each) auto took 1.125 three times and 1.5 once, for the
-same share of new words right within 2 points, so it stays a choice. The student's scheduler, step count and
-guidance come along, and the fine-tune's VAE and text encoder. ``--refine-steps N`` with ``--data`` then trains the moved student so that each of its
-steps matches the fine-tuned teacher's guided DDIM over it (:func:`refine`); on a few dozen images that costs
-the prompts it knew.
+captions nearest to their images (:func:`choose_scale`; about 12 s more at 64 px on 2 cores). On the bench's
+four default fine-tunes (star and teal, two training seeds each) auto took 1.125 three times and 1.5 once, and
+1.0 for a whole-UNet star fine-tune: new words right within 3 points of 1.125's each time, so it stays a
+choice. The student's scheduler, step count and guidance come along, and the fine-tune's VAE and text encoder.
+``--refine-steps N`` with ``--data`` then trains the moved student so that each of its steps matches the
+fine-tuned teacher's guided DDIM over it (:func:`refine`); on a few dozen images that costs the prompts it
+knew.
 The base is the model the fine-tune's ``finetune.json`` names (a LoRA fine-tune: the model it applies to).
 """
 
