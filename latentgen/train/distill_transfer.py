@@ -94,11 +94,12 @@ def fine_tune_pairs(cfg, size: int) -> tuple[list[str], torch.Tensor | None]:
 
 
 @torch.no_grad()
-def choose_scale(pipe, student, weights: dict, captions: list[str], images: torch.Tensor, sampling: dict,
+def choose_scale(pipe, student, weights, captions: list[str], images: torch.Tensor, sampling: dict,
                  scales=SCALES) -> tuple[float, dict]:
     """The scale whose moved student draws ``captions`` nearest to ``images``:
     argmin_lambda mean_i ||x_lambda(c_i, z_i) - x_i||^2, pixels in [0, 1], z_i seeded i so that every lambda starts
-    from the same noise. ``weights(lambda)`` gives the moved weights; ``pipe`` is the student's pipeline."""
+    from the same noise. ``weights(lambda)`` gives the moved weights (a state dict); ``pipe`` is the student's
+    pipeline."""
     dist = {}
     for lam in scales:
         student.load_state_dict(weights(lam))
@@ -242,7 +243,7 @@ def run_transfer(cfg) -> dict:
         export_model(final, out, configs=configs, sources={"vae": parts, "text_encoder": parts}, clip_from=parts,
                      prompts_from=cfg.model if has_prompts else parts, card=card)
     print(f"student: {student_dir} + {scale:g} x (fine-tune - base){auto_note(chosen, scales)}: "
-          f"{report['weights_moved']} of {report['weights_shared']} weights moved (the fine-tune moved them by a median "
-          f"{report['fine_tune_move_median']:.2%}; the student sits {report['student_from_base_median']:.2%} "
+          f"{report['weights_moved']} of {report['weights_shared']} weights moved (the fine-tune moved them by a "
+          f"median {report['fine_tune_move_median']:.2%}; the student sits {report['student_from_base_median']:.2%} "
           f"from its base); saved to {final}")
     return {"finished": True, "final": final, **report}

@@ -124,9 +124,9 @@ PRESETS = {
     # steps, 16 -> 8 -> 4, annealed to 0; then the teacher's CLIP scorer 5000 steps with the text tower frozen.
     # Planned as 6.8 h from shorter runs' step times (minutes: data 2, vae 28, decoder 8, clip 10.5, unet 83,
     # finetune ~185 at 0.55 s a step, distill ~61, scorer ~30); a whole run on 2 CPU cores (Xeon) measured the
-    # stages up to finetune at about 3.5 h and the finetune at 0.74 s a step: about 9 h in all. OpenMoji's names are also drawn in the noto
-    # and twemoji styles (data/emoji-noto, data/emoji-twemoji), so each name has three images and a style word;
-    # a 2-step student is halved from the 4-step one in 1000 more steps (distill2).
+    # stages up to finetune at about 3.5 h and the finetune at 0.74 s a step: about 9 h in all. OpenMoji's names are
+    # also drawn in the noto and twemoji styles (data/emoji-noto, data/emoji-twemoji), so each name has three images
+    # and a style word; a 2-step student is halved from the 4-step one in 1000 more steps (distill2).
     "ship": RecipePreset(size=64, shapes=20_000, emoji=None, vae_preset="small64", vae_steps=4000,
                          vae_batch=16, clip_preset="small", clip_steps=600, clip_batch=128,
                          unet_preset="small", unet_steps=8000, unet_batch=32, unet_lr=4e-4,
